@@ -1,0 +1,35 @@
+"""Write sample grids from a trained run.
+
+    python -m experiments.sample --workdir=/tmp/vae --config.sample.num_samples=100 \
+        --config.sample.seed=3
+
+Reads W/config.json and the latest checkpoint (EMA params when the run keeps
+them); `--config.sample.*` overrides apply. Prints the paths of the PNGs.
+"""
+
+import jax
+from absl import flags
+
+from jaxgen import cli
+from jaxgen.train import loop
+
+flags.DEFINE_string("workdir", None, "Run directory written by experiments.train.")
+
+
+def main(argv):
+    del argv
+    config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+    run = loop.load_run(config, workdir)
+    batch = run.placement.put_batch(
+        loop.first_eval_batch(config, config.sample.num_samples), backend="jit"
+    )
+    sample = run.placement.compile_eval(run.steps.sample)
+    rng = jax.random.PRNGKey(config.sample.seed)
+    tag = f"_seed{config.sample.seed}"
+    for path in loop.write_samples(sample, run.state, batch, rng, workdir, run.step, tag):
+        print(path)
+
+
+if __name__ == "__main__":
+    cli.define_workdir_config(__import__("sys").argv)
+    cli.run(main)

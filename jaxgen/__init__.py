@@ -1,0 +1,1 @@
+"""jaxgen: generative models in JAX/Flax, trained by pure steps on a device mesh."""

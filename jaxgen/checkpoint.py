@@ -1,0 +1,119 @@
+"""Checkpoints: the only module that imports Orbax.
+
+A checkpoint holds the train state (params, optimizer state, EMA, step, rng)
+and the data iterator's state, so a resumed run sees exactly the batches and
+randomness it would have seen. Orbax writes each step into a temporary
+directory and renames it when complete, so a kill mid-write leaves the last
+good checkpoint as the latest one. Saves are asynchronous by default.
+"""
+
+import logging
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from jaxgen.config import ConfigDict
+
+PyTree = Any
+CHECKPOINT_DIR = "checkpoints"
+
+
+class Checkpointer:
+    """Saves and restores (state, data_state) pairs under `workdir/checkpoints`."""
+
+    def __init__(self, workdir: str, ckpt_config: ConfigDict):
+        self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=ckpt_config.max_to_keep,
+            enable_async_checkpointing=ckpt_config.async_save,
+            cleanup_tmp_directories=True,  # remove half-written saves left by a kill
+            create=True,
+        )
+        self.manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "data")
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def save(self, step: int, state: PyTree, data_state: dict) -> None:
+        """Start writing step `step`; returns once the arrays are copied off the device."""
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
+            ),
+            force=True,
+        )
+
+    def restore(self, abstract_state: PyTree, step: int | None = None) -> tuple[PyTree, dict, int]:
+        """Restore onto `abstract_state`'s shardings, trying the newest step first.
+
+        A step that fails to restore (truncated or corrupt files) is reported and
+        skipped in favour of the next older one; nothing is deleted.
+        """
+        steps = [step] if step is not None else self.all_steps()[::-1]
+        errors = []
+        for candidate in steps:
+            try:
+                restored = self.manager.restore(
+                    candidate,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+                    ),
+                )
+            except Exception as error:  # noqa: BLE001 - any unreadable checkpoint falls back
+                message = str(error).splitlines()[0] if str(error) else type(error).__name__
+                logging.warning("checkpoint %d in %s is unreadable (%s)", candidate, self.directory, message)
+                errors.append(f"step {candidate}: {message}")
+                continue
+            return restored.state, restored.data, candidate
+        raise FileNotFoundError(
+            f"no restorable checkpoint in {self.directory}: {'; '.join(errors) or 'none saved'}"
+        )
+
+    def wait(self) -> None:
+        """Block until background saves are committed."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def restore_params(path: str, abstract_params: PyTree) -> PyTree:
+    """Params of another run, for `config.init_from` (fine-tuning).
+
+    `path` is a workdir (its latest checkpoint is used), its checkpoints/ folder,
+    or one step's folder inside it. The params are placed like `abstract_params`.
+    """
+    path = os.path.abspath(path)
+    step = None
+    for directory in (os.path.join(path, CHECKPOINT_DIR), path):
+        if os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory)):
+            break
+    else:
+        directory, name = os.path.split(path)
+        if not name.isdigit():
+            raise FileNotFoundError(f"config.init_from: no checkpoint found at {path}")
+        step = int(name)
+    manager = ocp.CheckpointManager(
+        directory,
+        options=ocp.CheckpointManagerOptions(read_only=True),
+        item_names=("state", "data"),
+    )
+    step = manager.latest_step() if step is None else step
+    # Restore the saved tree as it is (no target), then keep only the params.
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    manager.close()
+    params = restored.state["params"]
+    return jax.tree.map(
+        lambda target, value: jax.device_put(value.astype(target.dtype), target.sharding),
+        abstract_params,
+        params,
+    )

@@ -1,0 +1,77 @@
+"""Command-line plumbing shared by experiments/*.py.
+
+Flags follow the research-codebase convention: `--config=path.py:arg` plus
+`--config.section.field=value` overrides (ml_collections config_flags), or
+`--workdir=W` alone for scripts that read W/config.json. Any bad input (an
+unknown key, a wrong type, a value that cannot work, bad data) is printed as
+one line naming the field or file, and the process exits with status 2.
+"""
+
+import logging
+import sys
+from collections.abc import Callable
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+from jaxgen.config import ConfigError, load_workdir_config
+
+EXIT_BAD_INPUT = 2
+
+
+def fail(message: object) -> None:
+    text = " ".join(str(message).split())
+    print(f"error: {text}", file=sys.stderr)
+    sys.exit(EXIT_BAD_INPUT)
+
+
+def _parse(argv: list[str]) -> list[str]:
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, ConfigError, FileNotFoundError) as error:
+        fail(error)
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        # ml_collections reports unknown override keys and bad types this way.
+        fail(f"bad config override or config file: {error}")
+
+
+def define_config_file() -> None:
+    config_flags.DEFINE_config_file(
+        "config", None, "Config file and argument, e.g. configs/vae/mnist.py:smoke.", lock_config=True
+    )
+
+
+def define_workdir_config(argv: list[str]) -> None:
+    """`--config` holding W/config.json, so `--config.sample.x=...` overrides work."""
+    workdir = next(
+        (arg.split("=", 1)[1] for arg in argv if arg.startswith("--workdir=")), None
+    )
+    if workdir is None:
+        fail("--workdir: required (the run directory to read config.json and checkpoints from)")
+    try:
+        config = load_workdir_config(workdir)
+    except ConfigError as error:
+        fail(error)
+    config_flags.DEFINE_config_dict("config", config, "The run's config with overrides.", lock_config=True)
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+    """absl's app.run with one-line errors and exit status 2 for bad input."""
+
+    def guarded(argv):
+        # Libraries (Orbax above all) log every save at INFO: keep their warnings only.
+        absl_logging.set_verbosity(absl_logging.WARNING)
+        logging.getLogger("jaxgen").setLevel(logging.INFO)
+        try:
+            main(argv)
+        except ConfigError as error:
+            fail(error)
+        except Exception as error:
+            from jaxgen.data import DataError
+
+            if isinstance(error, DataError):
+                fail(error)
+            raise
+
+    app.run(guarded, flags_parser=_parse)

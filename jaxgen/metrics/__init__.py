@@ -1,0 +1,86 @@
+"""Evaluators: the entries of `config.evals`, run during training and by experiments/evaluate.
+
+An entry's `type` names either an eval step the family provides (the VAE's
+"elbo" and "nll") or an evaluator registered here. A family eval step returns
+per-batch sums with a "count"; `DatasetAverage` runs it over the eval split and
+divides. Results are keyed "<entry name>/<metric>".
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxgen import data
+from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.parallel import Placement
+from jaxgen.registry import Registry
+
+EVALUATORS = Registry("evaluator", "config.evals.<name>.type")
+
+
+def check_config(config: ConfigDict, family_types: set[str], num_devices: int) -> None:
+    for name, entry in config.evals.items():
+        if "type" not in entry:
+            raise ConfigError(f"config.evals.{name}.type: missing")
+        if entry.type not in family_types and entry.type not in EVALUATORS:
+            choices = sorted(family_types | set(EVALUATORS.names()))
+            raise ConfigError(
+                f"config.evals.{name}.type: unknown evaluator {entry.type!r}; choose from {', '.join(choices)}"
+            )
+        if entry.get("batch_size", num_devices) % num_devices:
+            raise ConfigError(
+                f"config.evals.{name}.batch_size: {entry.batch_size} is not divisible by the {num_devices} devices"
+            )
+        if entry.get("num_examples", 0) < 0:
+            raise ConfigError(f"config.evals.{name}.num_examples: must be >= 0 (0 means the whole split)")
+
+
+class DatasetAverage:
+    """Averages a family eval step over (the first `num_examples` of) the eval split."""
+
+    def __init__(self, config: ConfigDict, entry: ConfigDict, make_step: Callable, placement: Placement):
+        self.config, self.entry, self.placement = config, entry, placement
+        self.step = placement.compile_eval(make_step(entry))
+        self.rng = jax.random.PRNGKey(config.seed + 1)  # the same noise at every evaluation
+
+    def __call__(self, state: Any) -> dict[str, float]:
+        entry = self.entry
+        iterator = data.make_iterator(
+            self.config.data,
+            entry.get("split", self.config.data.eval_split),
+            entry.batch_size,
+            self.config.seed,
+            train=False,
+        )
+        totals, seen = None, 0
+        for index, host_batch in enumerate(iterator):
+            batch = self.placement.put_batch(host_batch, backend="jit")
+            sums = self.step(state, batch, jax.random.fold_in(self.rng, index))
+            totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
+            seen += entry.batch_size
+            if entry.get("num_examples", 0) and seen >= entry.num_examples:
+                break
+        totals = jax.device_get(totals)
+        count = float(totals.pop("count"))
+        return {key: float(np.asarray(value) / count) for key, value in totals.items()} | {"count": count}
+
+
+def build(config: ConfigDict, steps: Any, placement: Placement) -> dict[str, Callable[[Any], dict]]:
+    """name -> evaluator(state) -> {metric: value} for every entry of config.evals."""
+    evaluators = {}
+    for name, entry in config.evals.items():
+        if entry.type in steps.eval_steps:
+            evaluators[name] = DatasetAverage(config, entry, steps.eval_steps[entry.type], placement)
+        else:
+            evaluators[name] = EVALUATORS.get(entry.type)(config, entry, steps, placement)
+    return evaluators
+
+
+def run(evaluators: dict[str, Callable], state: Any) -> dict[str, float]:
+    results = {}
+    for name, evaluator in evaluators.items():
+        for metric, value in evaluator(state).items():
+            results[f"{name}/{metric}"] = value
+    return results

@@ -1,0 +1,1 @@
+"""Flax models, one file per family (gan, vae, gpt, ddpm); each owns its MODELS registry."""

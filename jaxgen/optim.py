@@ -1,0 +1,64 @@
+"""Optax optimizers and learning-rate schedules built from `config.optim`.
+
+Clipping, warmup + cosine decay and decoupled weight decay (on matrices and
+kernels only, never on biases or norm scales) are chained here so that every
+family gets the same optimizer from the same config lines.
+"""
+
+import jax
+import optax
+
+from jaxgen.config import ConfigDict, ConfigError
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine")
+
+
+def check_config(optim: ConfigDict) -> None:
+    if optim.name not in OPTIMIZERS:
+        raise ConfigError(f"config.optim.name: unknown optimizer {optim.name!r}; choose from {', '.join(OPTIMIZERS)}")
+    if optim.schedule not in SCHEDULES:
+        raise ConfigError(f"config.optim.schedule: unknown schedule {optim.schedule!r}; choose from {', '.join(SCHEDULES)}")
+    if not optim.lr > 0:
+        raise ConfigError(f"config.optim.lr: must be > 0, got {optim.lr}")
+    for field in ("weight_decay", "grad_clip_norm", "warmup_steps", "min_lr_ratio"):
+        if optim[field] < 0:
+            raise ConfigError(f"config.optim.{field}: must be >= 0, got {optim[field]}")
+    if not 0 <= optim.ema_decay < 1:
+        raise ConfigError(f"config.optim.ema_decay: must be in [0, 1), got {optim.ema_decay}")
+    if not (0 <= optim.b1 < 1 and 0 <= optim.b2 < 1):
+        raise ConfigError(f"config.optim.b1/b2: must be in [0, 1), got {optim.b1}, {optim.b2}")
+
+
+def learning_rate(optim: ConfigDict, num_steps: int) -> optax.Schedule:
+    """Linear warmup to `lr`, then constant or cosine decay to `min_lr_ratio * lr`."""
+    if optim.schedule == "constant":
+        decay = optax.constant_schedule(optim.lr)
+    else:
+        decay = optax.cosine_decay_schedule(
+            optim.lr, max(num_steps - optim.warmup_steps, 1), alpha=optim.min_lr_ratio
+        )
+    if not optim.warmup_steps:
+        return decay
+    warmup = optax.linear_schedule(0.0, optim.lr, optim.warmup_steps)
+    return optax.join_schedules([warmup, decay], [optim.warmup_steps])
+
+
+def make_optimizer(optim: ConfigDict, num_steps: int) -> optax.GradientTransformation:
+    schedule = learning_rate(optim, num_steps)
+    if optim.name == "sgd":
+        update = optax.sgd(schedule, momentum=optim.b1 or None)
+    elif optim.name == "adam":
+        update = optax.adam(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps)
+    else:
+        update = optax.adamw(
+            schedule,
+            b1=optim.b1,
+            b2=optim.b2,
+            eps=optim.eps,
+            weight_decay=optim.weight_decay,
+            mask=lambda params: jax.tree.map(lambda p: p.ndim >= 2, params),
+        )
+    if optim.grad_clip_norm:
+        return optax.chain(optax.clip_by_global_norm(optim.grad_clip_norm), update)
+    return update

@@ -1,0 +1,154 @@
+"""Devices: the mesh, where state and batches live, and how steps are compiled.
+
+The only module that builds meshes or calls jax.jit / jax.pmap on a step.
+Families write their steps as if one device held the whole batch; this file
+makes them data-parallel:
+
+- backend "jit" (default): a Mesh with a "data" axis. Batches are sharded on
+  it, state is replicated, and XLA inserts the gradient all-reduce.
+- backend "pmap": the same family step under jax.pmap. The family is built with
+  axis_name="data" and averages its gradients with lax.pmean; state carries a
+  leading device axis while training and is un-replicated for saving and eval.
+
+Per-example randomness (`example_rngs`) makes a step's result independent of
+how the batch is split over devices and microbatches, so 1 device, 4 devices
+under jit and 4 under pmap give the same update.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxgen.config import ConfigDict, ConfigError
+
+PyTree = Any
+DATA_AXIS = "data"
+BACKENDS = ("jit", "pmap")
+
+
+def check_config(config: ConfigDict) -> None:
+    """Mesh and batch-size checks that need only the device count."""
+    if config.mesh.backend not in BACKENDS:
+        raise ConfigError(
+            f"config.mesh.backend: unknown backend {config.mesh.backend!r}; choose from jit, pmap"
+        )
+    num = num_data_devices(config.mesh)
+    for field, size in (("train.batch_size", config.train.batch_size),):
+        if size % num:
+            raise ConfigError(
+                f"config.{field}: global batch {size} is not divisible by the {num} devices"
+            )
+        per_device = size // num
+        if per_device % config.train.microbatches:
+            raise ConfigError(
+                f"config.train.microbatches: {config.train.microbatches} does not divide the "
+                f"per-device batch {per_device}"
+            )
+
+
+def num_data_devices(mesh_config: ConfigDict) -> int:
+    count = jax.device_count()
+    if mesh_config.data == -1:
+        return count
+    if mesh_config.data < 1 or mesh_config.data > count or count % mesh_config.data:
+        raise ConfigError(
+            f"config.mesh.data: {mesh_config.data} devices requested, {count} available "
+            "(use -1 for all, or a divisor of the count)"
+        )
+    return mesh_config.data
+
+
+def make_mesh(mesh_config: ConfigDict) -> Mesh:
+    """A 1-D mesh over the first `mesh.data` devices (all by default)."""
+    devices = jax.devices()[: num_data_devices(mesh_config)]
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def example_rngs(rng: jax.Array, batch_size: int, axis_name: str | None = None) -> jax.Array:
+    """One key per example, from the example's position in the global batch.
+
+    Under pmap each device holds batch_size examples starting at
+    axis_index * batch_size, so example i gets the same key whatever the split.
+    """
+    offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * batch_size
+    index = offset + jnp.arange(batch_size)
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, index)
+
+
+class Placement:
+    """Puts state and batches on the devices of a mesh and compiles steps for it."""
+
+    def __init__(self, mesh_config: ConfigDict):
+        self.backend = mesh_config.backend
+        self.mesh = make_mesh(mesh_config)
+        self.replicated = NamedSharding(self.mesh, P())
+        self.batch_sharding = NamedSharding(self.mesh, P(DATA_AXIS))
+        self.num_devices = self.mesh.size
+
+    @property
+    def axis_name(self) -> str | None:
+        """The axis a train step must average gradients over (pmap only)."""
+        return DATA_AXIS if self.backend == "pmap" else None
+
+    # -- state ---------------------------------------------------------------
+    def abstract_state(self, abstract: PyTree) -> PyTree:
+        """Shape/dtype structs with the replicated sharding (a restore target)."""
+        return jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.replicated), abstract
+        )
+
+    def put_state(self, state: PyTree) -> PyTree:
+        """Global, replicated state -> the form the compiled train step takes."""
+        state = jax.device_put(state, self.replicated)
+        if self.backend == "jit":
+            return state
+        # A leading device axis, one slice per device (what pmap takes).
+        n = self.num_devices
+        return jax.device_put(
+            jax.tree.map(lambda x: jnp.broadcast_to(x, (n,) + x.shape), state), self.batch_sharding
+        )
+
+    def get_state(self, state: PyTree) -> PyTree:
+        """The train step's form -> global replicated state (for saving and eval)."""
+        if self.backend == "jit":
+            return state
+        return jax.device_put(jax.tree.map(lambda x: x[0], state), self.replicated)
+
+    # -- batches -------------------------------------------------------------
+    def put_batch(self, host_batch: dict[str, np.ndarray], backend: str | None = None) -> PyTree:
+        """This host's share of a global batch -> arrays laid out for the step."""
+        if (backend or self.backend) == "pmap":
+            count = self.num_devices // jax.process_count()
+            return jax.tree.map(lambda x: x.reshape((count, -1) + x.shape[1:]), host_batch)
+        return jax.tree.map(
+            lambda x: jax.make_array_from_process_local_data(self.batch_sharding, x), host_batch
+        )
+
+    # -- compilation ---------------------------------------------------------
+    def compile_train_step(self, train_step: Callable, state: PyTree) -> Callable:
+        """Compile `train_step(state, batch) -> (state, metrics)` once, donating state."""
+        if self.backend == "pmap":
+            return jax.pmap(train_step, axis_name=DATA_AXIS, donate_argnums=0)
+        state_sharding = jax.tree.map(lambda _: self.replicated, state)
+        return jax.jit(
+            train_step,
+            in_shardings=(state_sharding, self.batch_sharding),
+            out_shardings=(state_sharding, self.replicated),
+            donate_argnums=0,
+        )
+
+    def compile_eval(self, fn: Callable) -> Callable:
+        """Compile `fn(state, batch, *replicated_args)`; evals always run under jit."""
+        return jax.jit(fn, out_shardings=self.replicated)
+
+    def compile_init(self, init: Callable) -> Callable:
+        return jax.jit(init, out_shardings=self.replicated)
+
+    def first_metrics(self, metrics: PyTree) -> PyTree:
+        """Metrics of a pmap step carry a device axis (equal after pmean): drop it."""
+        return jax.tree.map(lambda x: x[0], metrics) if self.backend == "pmap" else metrics

@@ -1,0 +1,1 @@
+"""Sampling functions, one file per family: pure functions of (model, params, arrays)."""

@@ -1,0 +1,237 @@
+"""The training loop shared by every family.
+
+init or resume -> compiled steps -> log / checkpoint / evaluate / sample on
+their intervals. The loop owns every host-side concern (files, progress,
+signals); the family supplies only pure functions (jaxgen.train.Steps).
+Metrics are fetched from the device once per `log_every` steps.
+"""
+
+import logging
+import os
+import signal
+import time
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from jaxgen import checkpoint, data, images, metrics, optim, parallel
+from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.train import get_family
+from jaxgen.train.writer import MetricWriter
+
+PyTree = Any
+log = logging.getLogger("jaxgen")
+INTERVALS = ("log_every", "eval_every", "ckpt_every", "sample_every")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or Inf; the message names the step."""
+
+
+def check(config: ConfigDict, workdir: str | None = None) -> Any:
+    """Every check that needs no compilation; returns the dataset info.
+
+    Raises ConfigError naming the field for the first value that cannot work.
+    """
+    family = get_family(config.family)
+    for field in ("num_steps", "batch_size", "microbatches", *INTERVALS):
+        if config.train[field] < 1:
+            raise ConfigError(f"config.train.{field}: must be >= 1, got {config.train[field]}")
+    if config.seed < 0:
+        raise ConfigError(f"config.seed: must be >= 0, got {config.seed}")
+    if config.ckpt.max_to_keep < 1:
+        raise ConfigError(f"config.ckpt.max_to_keep: must be >= 1, got {config.ckpt.max_to_keep}")
+    optim.check_config(config.optim)
+    parallel.check_config(config)
+    num_devices = parallel.num_data_devices(config.mesh)
+    if config.sample.num_samples < 1 or config.sample.num_samples % num_devices:
+        raise ConfigError(
+            f"config.sample.num_samples: must be a positive multiple of the {num_devices} devices, "
+            f"got {config.sample.num_samples}"
+        )
+    if config.init_from and not os.path.exists(config.init_from):
+        raise ConfigError(f"config.init_from: no such path {config.init_from!r}")
+    if workdir is not None:
+        _check_writable(workdir)
+    data.check_config(config.data)
+    info = data.get_info(config.data)
+    for split in (config.data.train_split, config.data.eval_split):
+        if split not in info.num_examples:
+            raise ConfigError(
+                f"config.data: split {split!r} not in {config.data.name} "
+                f"(has {', '.join(info.num_examples)})"
+            )
+    family.validate(config, info)
+    steps = family.make_steps(config, info)
+    metrics.check_config(config, set(steps.eval_steps), num_devices)
+    return info
+
+
+def _check_writable(workdir: str) -> None:
+    path = os.path.abspath(workdir)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path) or not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"--workdir: {workdir!r} is not writable ({path} is not a writable folder)")
+
+
+class _Preemption:
+    """Turns SIGTERM into a flag the loop checks between steps."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        log.warning("SIGTERM: saving a checkpoint at the end of this step, then exiting")
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _mean_metrics(window: list[dict], first_step: int) -> dict[str, float]:
+    """Average a window of per-step metrics, failing on the first non-finite loss."""
+    host = jax.device_get(window)
+    for offset, row in enumerate(host):
+        if not np.isfinite(row["loss"]):
+            raise NonFiniteLossError(
+                f"loss is {float(row['loss'])} at step {first_step + offset + 1}; "
+                "the last checkpoint is from before it"
+            )
+    return {key: float(np.mean([row[key] for row in host])) for key in host[0]}
+
+
+def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
+    """Train (or resume) in `workdir`; returns the final state (global, replicated)."""
+    info = info or check(config, workdir)
+    family = get_family(config.family)
+    placement = parallel.Placement(config.mesh)
+    steps = family.make_steps(config, info, placement.axis_name)
+    jit_steps = steps if placement.axis_name is None else family.make_steps(config, info, None)
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+
+    train_iter = data.make_iterator(
+        config.data, config.data.train_split, config.train.batch_size, config.seed, train=True
+    )
+    sample_batch = first_eval_batch(config, config.sample.num_samples)
+    rng = jax.random.PRNGKey(config.seed)
+    init = placement.compile_init(jit_steps.init)
+    abstract = placement.abstract_state(jax.eval_shape(jit_steps.init, rng, sample_batch))
+
+    ckpt = checkpoint.Checkpointer(workdir, config.ckpt)
+    if ckpt.latest_step() is not None:
+        state, data_state, start = ckpt.restore(abstract)
+        train_iter.set_state(data_state["train"])
+        log.info("resumed from step %d of %s", start, ckpt.directory)
+    else:
+        state, start = init(rng, sample_batch), 0
+        if config.init_from:
+            params = checkpoint.restore_params(config.init_from, abstract.params)
+            state = state.replace(params=params, ema_params=params if state.ema_params else {})
+            log.info("params from %s", config.init_from)
+
+    evaluators = metrics.build(config, jit_steps, placement)
+    sample = placement.compile_eval(jit_steps.sample)
+    sample_rng = jax.random.PRNGKey(config.sample.seed)
+    sample_batch = placement.put_batch(sample_batch, backend="jit")
+    writer = MetricWriter(workdir, start)
+    train_step = placement.compile_train_step(steps.train_step, state)
+    state = placement.put_state(state)
+
+    every = {name: config.train[name] for name in INTERVALS}
+    num_steps = config.train.num_steps
+    window, window_start, window_time = [], start, time.perf_counter()
+    bar = tqdm(total=num_steps, initial=start, desc="train", unit="step", mininterval=2.0, dynamic_ncols=True)
+    with _Preemption() as preemption:
+        for step in range(start, num_steps):
+            batch = placement.put_batch(next(train_iter))
+            state, step_metrics = train_step(state, batch)
+            window.append(placement.first_metrics(step_metrics))
+            done = step + 1
+            bar.update(1)
+            due = {name: done % interval == 0 or done == num_steps for name, interval in every.items()}
+            if preemption.requested:  # save now and exit quickly: no eval or samples
+                due.update(ckpt_every=True, eval_every=False, sample_every=False)
+            if window and (due["log_every"] or due["ckpt_every"]):
+                means = _mean_metrics(window, window_start)
+                elapsed = time.perf_counter() - window_time
+                means["perf/steps_per_sec"] = len(window) / elapsed
+                writer.write(done, "train", means)
+                bar.set_postfix(loss=f"{means['loss']:.4g}")
+                window, window_start, window_time = [], done, time.perf_counter()
+            if evaluators and due["eval_every"]:
+                results = metrics.run(evaluators, placement.get_state(state))
+                writer.write(done, "eval", results)
+            if due["sample_every"]:
+                write_samples(sample, placement.get_state(state), sample_batch, sample_rng, workdir, done)
+            if due["eval_every"] or due["sample_every"]:
+                window_time = time.perf_counter()  # steps/s counts training only
+            # Saved last: a checkpoint at step s means everything logged for s is
+            # written, so a resumed run never skips an eval or a sample grid.
+            if due["ckpt_every"]:
+                ckpt.save(done, placement.get_state(state), {"train": train_iter.get_state()})
+            if preemption.requested:
+                break
+    bar.close()
+    ckpt.close()
+    writer.close()
+    return placement.get_state(state)
+
+
+def write_samples(sample, state, batch, rng, workdir: str, step: int, tag: str = "") -> list[str]:
+    """Run the compiled sampler and write one PNG grid per output name."""
+    grids = jax.device_get(sample(state, batch, rng))
+    if jax.process_index() != 0:
+        return []
+    return [
+        images.save_grid(grid, os.path.join(workdir, "samples", f"{name}_{step:07d}{tag}.png"))
+        for name, grid in grids.items()
+    ]
+
+
+class Run(NamedTuple):
+    """A trained run loaded for sampling or evaluation (always under jit)."""
+
+    state: PyTree  # global, replicated
+    step: int
+    steps: Any  # the family's Steps
+    placement: parallel.Placement
+    info: Any
+
+
+def load_run(config: ConfigDict, workdir: str) -> Run:
+    """Restore the latest checkpoint of `workdir` with `config` (the run's, plus overrides)."""
+    config = config.copy_and_resolve_references()
+    config.mesh.backend = "jit"
+    info = check(config)
+    family = get_family(config.family)
+    placement = parallel.Placement(config.mesh)
+    steps = family.make_steps(config, info, None)
+    batch = first_eval_batch(config, config.sample.num_samples)
+    abstract = jax.eval_shape(steps.init, jax.random.PRNGKey(config.seed), batch)
+    ckpt = checkpoint.Checkpointer(workdir, config.ckpt)
+    state, _, step = ckpt.restore(placement.abstract_state(abstract))
+    ckpt.close()
+    return Run(state, step, steps, placement, info)
+
+
+def first_eval_batch(config: ConfigDict, batch_size: int) -> dict:
+    """The first `batch_size` examples of the eval split (host arrays)."""
+    iterator = data.make_iterator(
+        config.data, config.data.eval_split, batch_size, config.seed, train=False
+    )
+    return next(iter(iterator))

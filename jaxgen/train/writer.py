@@ -1,0 +1,52 @@
+"""Metrics to `workdir/metrics.jsonl` and TensorBoard event files.
+
+On resume from step s, lines logged after s by the interrupted run are dropped
+(from the JSON file, and from TensorBoard through purge_step), so the record
+matches an uninterrupted run.
+"""
+
+import json
+import math
+import os
+
+import jax
+from tensorboardX import SummaryWriter
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricWriter:
+    def __init__(self, workdir: str, start_step: int):
+        self.enabled = jax.process_index() == 0
+        self.path = os.path.join(workdir, METRICS_FILE)
+        if not self.enabled:
+            return
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= start_step]
+            with open(self.path + ".tmp", "w") as f:
+                f.writelines(kept)
+            os.replace(self.path + ".tmp", self.path)
+        self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step + 1)
+
+    def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, "split": split}
+        for name, value in metrics.items():
+            value = float(value)
+            row[name] = value if math.isfinite(value) else str(value)
+            self.tensorboard.add_scalar(f"{split}/{name}", value, step)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.tensorboard.close()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """Every row of workdir/metrics.jsonl."""
+    with open(os.path.join(workdir, METRICS_FILE)) as f:
+        return [json.loads(line) for line in f if line.strip()]

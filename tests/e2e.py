@@ -1,0 +1,62 @@
+"""Running experiments/*.py in subprocesses, as a user would."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from jaxgen.train.writer import read_metrics
+from tests.helpers import ROOT
+
+SMOKE = "configs/vae/mnist.py:smoke"
+
+
+def script_env(devices: int = 1) -> dict:
+    env = dict(os.environ)
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    if devices > 1:
+        flags.append(f"--xla_force_host_platform_device_count={devices}")
+    env["XLA_FLAGS"] = " ".join(flags)
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def command(script: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", f"experiments.{script}", *args]
+
+
+def run_script(script: str, *args: str, devices: int = 1, check: bool = True, timeout: int = 600):
+    result = subprocess.run(
+        command(script, *args), cwd=ROOT, env=script_env(devices), capture_output=True, text=True, timeout=timeout
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} {args} exited {result.returncode}:\n{result.stderr[-4000:]}")
+    return result
+
+
+def comparable_metrics(workdir) -> list[dict]:
+    """metrics.jsonl without timings, which differ between any two runs."""
+    return [{k: v for k, v in row.items() if not k.startswith("perf/")} for row in read_metrics(workdir)]
+
+
+def final_params(workdir, step: int):
+    """The params saved at `step`, as numpy, read straight from the checkpoint."""
+    import orbax.checkpoint as ocp
+
+    manager = ocp.CheckpointManager(
+        os.path.join(workdir, "checkpoints"),
+        options=ocp.CheckpointManagerOptions(read_only=True),
+        item_names=("state", "data"),
+    )
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    manager.close()
+    return {"/".join(map(str, path)): np.asarray(x) for path, x in _flatten(restored.state)}
+
+
+def _flatten(tree, prefix=()):
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _flatten(value, prefix + (key,))
+    else:
+        yield prefix, tree

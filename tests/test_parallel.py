@@ -1,0 +1,88 @@
+"""1 device, 4 devices under jit and 4 under pmap give the same training; so do microbatches."""
+
+import jax
+import numpy as np
+import pytest
+
+from jaxgen import parallel
+from jaxgen.data import DatasetInfo
+from jaxgen.train import vae
+from tests.helpers import vae_smoke_config
+
+INFO = DatasetInfo(image_shape=(28, 28, 1), num_classes=10, num_examples={"train": 64, "test": 64})
+
+
+def binary_batches(num, batch_size, seed=0):
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            "image": (rng.random((batch_size, 28, 28, 1)) < 0.3).astype(np.float32),
+            "label": rng.integers(0, 10, batch_size).astype(np.int32),
+        }
+        for _ in range(num)
+    ]
+
+
+def train_params(backend: str, devices: int, microbatches: int = 1, num_steps: int = 4):
+    config = vae_smoke_config()
+    config.mesh.backend, config.mesh.data = backend, devices
+    config.train.microbatches = microbatches
+    config.train.batch_size = 32
+    parallel.check_config(config)
+    placement = parallel.Placement(config.mesh)
+    assert placement.num_devices == devices
+    steps = vae.make_steps(config, INFO, placement.axis_name)
+    init_steps = vae.make_steps(config, INFO, None)
+    batches = binary_batches(num_steps, config.train.batch_size)
+    state = placement.compile_init(init_steps.init)(jax.random.PRNGKey(0), batches[0])
+    step = placement.compile_train_step(steps.train_step, state)
+    state = placement.put_state(state)
+    losses = []
+    for batch in batches:
+        state, metrics = step(state, placement.put_batch(batch))
+        losses.append(float(placement.first_metrics(metrics)["loss"]))
+    state = placement.get_state(state)
+    assert int(state.step) == num_steps
+    return jax.device_get(state.params), losses
+
+
+def assert_trees_close(a, b, atol):
+    flat_a, flat_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(flat_a) == len(flat_b)
+    for x, y in zip(flat_a, flat_b):
+        np.testing.assert_allclose(x, y, atol=atol, rtol=1e-4)
+
+
+def test_four_devices_are_available():
+    assert jax.device_count() == 4, "tests/conftest.py should give 4 fake CPU devices"
+
+
+@pytest.mark.parametrize("backend,devices", [("jit", 4), ("pmap", 4), ("pmap", 1)])
+def test_device_count_and_backend_do_not_change_training(backend, devices):
+    reference, reference_losses = train_params("jit", 1)
+    params, losses = train_params(backend, devices)
+    np.testing.assert_allclose(losses, reference_losses, rtol=1e-5)
+    assert_trees_close(params, reference, atol=2e-6)
+
+
+def test_params_move():
+    # Guards the test above against comparing untrained params.
+    one, _ = train_params("jit", 1, num_steps=1)
+    four, _ = train_params("jit", 1, num_steps=4)
+    difference = max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(one), jax.tree.leaves(four)))
+    assert difference > 1e-4
+
+
+@pytest.mark.parametrize("backend,devices", [("jit", 1), ("jit", 4), ("pmap", 4)])
+def test_microbatches_give_the_big_batch_update(backend, devices):
+    reference, reference_losses = train_params(backend, devices, microbatches=1)
+    params, losses = train_params(backend, devices, microbatches=2 if devices == 4 else 4)
+    np.testing.assert_allclose(losses, reference_losses, rtol=1e-5)
+    assert_trees_close(params, reference, atol=2e-6)
+
+
+def test_batch_not_divisible_by_devices_names_the_field():
+    config = vae_smoke_config()
+    config.train.batch_size = 30
+    with pytest.raises(parallel.ConfigError, match=r"^config\.train\.batch_size"):
+        parallel.check_config(config)

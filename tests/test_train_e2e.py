@@ -1,0 +1,145 @@
+"""End to end: experiments/train, sample and evaluate on the VAE smoke config.
+
+Real MNIST from ../shared/data when present (conftest sets JAXGEN_DATA_DIR).
+"""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from tests.e2e import SMOKE, command, comparable_metrics, final_params, run_script, script_env
+from tests.helpers import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("smoke")
+    start = time.perf_counter()
+    result = run_script("train", f"--config={SMOKE}", f"--workdir={workdir}")
+    return workdir, result, time.perf_counter() - start
+
+
+def test_smoke_run_leaves_config_metrics_checkpoint_and_samples(smoke_run):
+    workdir, result, seconds = smoke_run
+    assert seconds < 60, f"smoke run took {seconds:.0f}s"
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["family"] == "vae" and config["train"]["num_steps"] == 20
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    eval_rows = [r for r in rows if r["split"] == "eval"]
+    assert [r["step"] for r in train_rows] == [5, 10, 15, 20]
+    assert [r["step"] for r in eval_rows] == [10, 20]
+    assert all(np.isfinite(r["loss"]) for r in train_rows)
+    # −ELBO in nats of a binarised 28x28 image is positive and below 784·log 2.
+    assert all(0 < r["elbo/neg_elbo"] < 784 * np.log(2) for r in eval_rows)
+    assert eval_rows[-1]["elbo/count"] == 256
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "20"]
+    samples = sorted(os.listdir(workdir / "samples"))
+    assert "prior_0000020.png" in samples and "interpolation_0000020.png" in samples
+    assert str(workdir / "samples") in result.stdout
+
+
+def test_sample_script_writes_pngs_with_overrides(smoke_run):
+    workdir, _, _ = smoke_run
+    result = run_script(
+        "sample", f"--workdir={workdir}", "--config.sample.num_samples=4", "--config.sample.seed=7"
+    )
+    paths = result.stdout.split()
+    assert any(p.endswith("prior_0000020_seed7.png") for p in paths)
+    from PIL import Image
+
+    with Image.open([p for p in paths if "prior" in p][0]) as image:
+        assert image.size == (2 * 30 + 2, 2 * 30 + 2)  # 4 samples -> 2x2 grid of 28px + padding
+
+
+def test_evaluate_script_writes_eval_json(smoke_run):
+    workdir, _, _ = smoke_run
+    run_script("evaluate", f"--workdir={workdir}", "--config.evals.nll.num_samples=32")
+    result = json.loads((workdir / "eval_20.json").read_text())
+    assert result["step"] == 20
+    # The importance-sampled bound is tighter than the ELBO (same model, many examples).
+    assert result["nll/nll"] < result["elbo/neg_elbo"]
+
+
+BAD_CONFIGS = [
+    ("--config.optim.lrr=1", "lrr"),
+    ("--config.train.num_steps=abc", "num_steps"),
+    ("--config.optim.lr=-0.001", "config.optim.lr"),
+    ("--config.train.batch_size=30", "config.train.batch_size"),  # 4 devices
+    ("--config.model.name=transformer", "config.model.name"),
+    ("--config.loss.name=hinge", "config.loss.name"),
+    ("--config.data.name=no_such_dataset", "config.data.name"),
+    ("--config.train.eval_every=0", "config.train.eval_every"),
+    ("--config.mesh.backend=tpu_magic", "config.mesh.backend"),
+    ("--config.data.pixels=symmetric", "config.data.pixels"),
+]
+
+
+@pytest.mark.parametrize("override,field", BAD_CONFIGS)
+def test_bad_config_is_one_line_naming_the_field_exit_2(tmp_path, override, field):
+    start = time.perf_counter()
+    result = run_script(
+        "train", f"--config={SMOKE}", f"--workdir={tmp_path}", override, devices=4, check=False
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and field in lines[0] and lines[0].startswith("error: "), result.stderr
+    assert not (tmp_path / "checkpoints").exists()
+    assert time.perf_counter() - start < 60
+
+
+def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path):
+    """Kill -9 at seeded random moments; re-running finishes with identical params and metrics."""
+    args = [
+        f"--config={SMOKE}",
+        "--config.train.num_steps=60",
+        "--config.train.ckpt_every=10",
+        "--config.train.log_every=5",
+        "--config.train.eval_every=20",
+        "--config.train.sample_every=30",
+        "--config.model.hidden=(256,256)",  # slower steps, so kills land mid-run
+        "--config.train.batch_size=128",
+    ]
+    reference = tmp_path / "reference"
+    run_script("train", *args, f"--workdir={reference}")
+
+    killed = tmp_path / "killed"
+    rng = random.Random(1234)
+    kills_mid_run = 0
+    for _ in range(3):
+        metrics = killed / "metrics.jsonl"
+        size_before = metrics.stat().st_size if metrics.exists() else 0
+        process = subprocess.Popen(
+            command("train", *args, f"--workdir={killed}"),
+            cwd=ROOT,
+            env=script_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        # Wait until training is under way (a new metrics line), then a random delay.
+        deadline = time.time() + 120
+        while time.time() < deadline and process.poll() is None:
+            if metrics.exists() and metrics.stat().st_size > size_before:
+                break
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 1.0))
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            kills_mid_run += 1
+        process.wait()
+    assert kills_mid_run >= 1, "every kill came after the run had finished; slow the run down"
+    run_script("train", *args, f"--workdir={killed}")
+
+    assert comparable_metrics(killed) == comparable_metrics(reference)
+    expected, actual = final_params(reference, 60), final_params(killed, 60)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        np.testing.assert_array_equal(actual[key], expected[key], err_msg=key)

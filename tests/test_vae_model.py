@@ -1,0 +1,163 @@
+"""Tests for jaxgen/models/vae.py and jaxgen/sampling/vae.py on tiny configs."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxgen.config import ConfigError
+from jaxgen.models import vae as models
+from jaxgen.sampling import vae as sampling
+
+LATENT = 3
+
+
+def _config(name="mlp", likelihood="bernoulli", dtype="float32", **overrides):
+    config = ml_collections.ConfigDict(
+        dict(
+            name=name,
+            dtype=dtype,
+            param_dtype="float32",
+            latent_dim=LATENT,
+            hidden=(16, 8),
+            features=(4, 8),
+            likelihood=likelihood,
+        )
+    )
+    config.update(overrides)
+    return config
+
+
+def _init(model, image_shape, batch=2):
+    x = jnp.zeros((batch, *image_shape))
+    return model.init(jax.random.key(0), x, jnp.zeros((batch, LATENT)))["params"]
+
+
+def _images(likelihood, shape, seed=0):
+    rng = np.random.default_rng(seed)
+    if likelihood == "bernoulli":
+        return jnp.asarray((rng.random(shape) < 0.5).astype(np.float32))
+    return jnp.asarray(rng.uniform(-1, 1, shape).astype(np.float32))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+@pytest.mark.parametrize("name", ["mlp", "conv"])
+def test_output_shapes_and_dtypes(name, likelihood, dtype):
+    image_shape = (8, 12, 3)
+    channels_out = 3 if likelihood == "bernoulli" else 6
+    model = models.make_model(_config(name, likelihood, dtype), image_shape)
+    assert model.dtype == jnp.dtype(dtype)
+    params = _init(model, image_shape)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+
+    x = _images(likelihood, (2, *image_shape))
+    variables = {"params": params}
+    mean, logvar = model.apply(variables, x, method=model.encode)
+    assert mean.shape == logvar.shape == (2, LATENT)
+    assert mean.dtype == logvar.dtype == jnp.float32
+
+    z = jax.random.normal(jax.random.key(1), (2, 5, LATENT))  # [B, K, D]
+    out = model.apply(variables, z, method=model.decode)
+    assert out.shape == (2, 5, *image_shape[:2], channels_out)
+    assert out.dtype == jnp.float32
+    assert np.all(np.isfinite(out))
+
+    result = model.apply(variables, x, z)
+    assert result.out.shape == (2, 5, *image_shape[:2], channels_out)
+    assert result.z.shape == (2, 5, LATENT)
+    assert result.out.dtype == result.mean.dtype == result.z.dtype == jnp.float32
+    expected_z = mean[:, None] + jnp.exp(0.5 * logvar)[:, None] * z
+    np.testing.assert_allclose(result.z, expected_z, rtol=1e-6)
+    if likelihood == "gaussian":
+        assert np.all(out[..., 3:] >= models.MIN_LOG_SCALE)
+
+
+@pytest.mark.parametrize("name", ["mlp", "conv"])
+def test_bfloat16_compute_stays_close_to_float32(name):
+    image_shape = (8, 8, 1)
+    model_f32 = models.make_model(_config(name), image_shape)
+    model_bf16 = models.make_model(_config(name, dtype="bfloat16"), image_shape)
+    params = _init(model_f32, image_shape)
+    x = _images("bernoulli", (4, *image_shape))
+    z = jax.random.normal(jax.random.key(1), (4, LATENT))
+    out_f32 = model_f32.apply({"params": params}, x, z).out
+    out_bf16 = model_bf16.apply({"params": params}, x, z).out
+    np.testing.assert_allclose(out_bf16, out_f32, atol=0.1)
+
+
+def test_mlp_param_count_matches_formula():
+    image_shape = (5, 7, 2)
+    model = models.make_model(_config("mlp", "gaussian", hidden=(11, 13)), image_shape)
+    pixels, out_pixels, d = 5 * 7 * 2, 5 * 7 * 4, LATENT
+    dense = lambda fan_in, fan_out: fan_in * fan_out + fan_out  # noqa: E731
+    encoder = dense(pixels, 11) + dense(11, 13) + dense(13, 2 * d)
+    decoder = dense(d, 13) + dense(13, 11) + dense(11, out_pixels)
+    params = _init(model, image_shape)
+    assert sum(p.size for p in jax.tree.leaves(params)) == encoder + decoder
+
+
+def test_check_image_shape_errors():
+    models.check_image_shape(_config("conv"), (28, 28, 1))
+    models.check_image_shape(_config("mlp"), (28, 30, 1))  # the MLP takes any shape
+    with pytest.raises(ConfigError, match=r"^config\.model\.name: .*divisible by 4"):
+        models.check_image_shape(_config("conv"), (28, 30, 1))
+    with pytest.raises(ConfigError, match=r"^config\.model\.likelihood:"):
+        models.check_image_shape(_config("mlp", likelihood="poisson"), (28, 28, 1))
+    with pytest.raises(ConfigError, match=r"^config\.model\.name: unknown model 'resnet'"):
+        models.check_image_shape(_config("resnet"), (28, 28, 1))
+    with pytest.raises(ConfigError, match=r"^config\.model\.features:"):
+        models.check_image_shape(_config("conv", features=(4, 8, 16)), (28, 28, 1))
+    with pytest.raises(ConfigError, match=r"^config\.model\.name:") as error:
+        models.make_model(_config("conv"), (6, 8, 1))  # make_model checks too
+    assert "\n" not in str(error.value)  # the scripts print it as one line
+
+
+def test_make_model_requires_every_hyperparameter():
+    config = _config("mlp")
+    del config["hidden"]
+    with pytest.raises(ConfigError, match=r"^config\.model\.hidden: missing"):
+        models.make_model(config, (4, 4, 1))
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_sampling_shapes_range_and_interpolation_endpoints(likelihood):
+    image_shape = (8, 8, 1)
+    model = models.make_model(_config("conv", likelihood), image_shape)
+    params = _init(model, image_shape)
+    # Sampling functions must be jittable with the model static, as the caller does.
+    prior = jax.jit(sampling.prior_samples, static_argnums=(0, 3))
+    samples = prior(model, params, jax.random.key(2), 5)
+    assert samples.shape == (5, *image_shape) and samples.dtype == jnp.float32
+    assert np.all((np.asarray(samples) >= -1) & (np.asarray(samples) <= 1))
+
+    image_a = _images(likelihood, (3, *image_shape), seed=1)
+    image_b = _images(likelihood, (3, *image_shape), seed=2)
+    recon_a = sampling.reconstructions(model, params, image_a)
+    recon_b = sampling.reconstructions(model, params, image_b)
+    assert recon_a.shape == (3, *image_shape)
+    lines = jax.jit(sampling.interpolations, static_argnums=(0, 4))(
+        model, params, image_a, image_b, 4
+    )
+    assert lines.shape == (3, 4, *image_shape)
+    assert np.all((np.asarray(lines) >= -1) & (np.asarray(lines) <= 1))
+    np.testing.assert_allclose(lines[:, 0], recon_a, atol=1e-5)
+    np.testing.assert_allclose(lines[:, -1], recon_b, atol=1e-5)
+
+
+def test_to_pixels_by_hand():
+    logits = jnp.array([-50.0, 0.0, np.log(3.0), 50.0]).reshape(1, 1, 4, 1)
+    np.testing.assert_allclose(
+        sampling.to_pixels(logits, "bernoulli").ravel(), [-1.0, 0.0, 0.5, 1.0], atol=1e-6
+    )
+    out = jnp.array([[-3.0, 0.25, 2.0, -9.0, -9.0, -9.0]]).reshape(1, 1, 1, 6)  # means, scales
+    np.testing.assert_allclose(
+        sampling.to_pixels(out, "gaussian").ravel(), [-1.0, 0.25, 1.0], atol=1e-6
+    )
+    with pytest.raises(ConfigError, match=r"^config\.model\.likelihood:"):
+        sampling.to_pixels(out, "poisson")
+
+
+def test_models_are_registered():
+    assert models.MODELS.names() == ["conv", "mlp"]
