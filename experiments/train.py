@@ -29,7 +29,9 @@ def main(argv):
     last_step = max((name.rsplit("_", 1)[-1] for name in names), default=None)
     latest = [name for name in names if name.endswith(last_step or "-")]
     print(f"checkpoints: {os.path.join(workdir, 'checkpoints')}")
-    print(f"metrics:     {os.path.join(workdir, 'metrics.jsonl')} (TensorBoard: {workdir}/tensorboard)")
+    print(
+        f"metrics:     {os.path.join(workdir, 'metrics.jsonl')} (TensorBoard: {workdir}/tensorboard)"
+    )
     for name in latest:
         print(f"samples:     {os.path.join(samples, name)}")
 

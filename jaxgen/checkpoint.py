@@ -69,7 +69,9 @@ class Checkpointer:
                 )
             except Exception as error:  # noqa: BLE001 - any unreadable checkpoint falls back
                 message = str(error).splitlines()[0] if str(error) else type(error).__name__
-                logging.warning("checkpoint %d in %s is unreadable (%s)", candidate, self.directory, message)
+                logging.warning(
+                    "checkpoint %d in %s is unreadable (%s)", candidate, self.directory, message
+                )
                 errors.append(f"step {candidate}: {message}")
                 continue
             return restored.state, restored.data, candidate

@@ -38,22 +38,25 @@ def _parse(argv: list[str]) -> list[str]:
 
 def define_config_file() -> None:
     config_flags.DEFINE_config_file(
-        "config", None, "Config file and argument, e.g. configs/vae/mnist.py:smoke.", lock_config=True
+        "config",
+        None,
+        "Config file and argument, e.g. configs/vae/mnist.py:smoke.",
+        lock_config=True,
     )
 
 
 def define_workdir_config(argv: list[str]) -> None:
     """`--config` holding W/config.json, so `--config.sample.x=...` overrides work."""
-    workdir = next(
-        (arg.split("=", 1)[1] for arg in argv if arg.startswith("--workdir=")), None
-    )
+    workdir = next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--workdir=")), None)
     if workdir is None:
         fail("--workdir: required (the run directory to read config.json and checkpoints from)")
     try:
         config = load_workdir_config(workdir)
     except ConfigError as error:
         fail(error)
-    config_flags.DEFINE_config_dict("config", config, "The run's config with overrides.", lock_config=True)
+    config_flags.DEFINE_config_dict(
+        "config", config, "The run's config with overrides.", lock_config=True
+    )
 
 
 def run(main: Callable[[list[str]], None]) -> None:

@@ -23,7 +23,8 @@ def make_grid(images: np.ndarray, padding: int = 2) -> np.ndarray:
     rows, cols, height, width, channels = images.shape
     pixels = to_uint8(images)
     grid = np.zeros(
-        (rows * (height + padding) + padding, cols * (width + padding) + padding, channels), np.uint8
+        (rows * (height + padding) + padding, cols * (width + padding) + padding, channels),
+        np.uint8,
     )
     for r in range(rows):
         for c in range(cols):

@@ -16,9 +16,13 @@ SCHEDULES = ("constant", "cosine")
 
 def check_config(optim: ConfigDict) -> None:
     if optim.name not in OPTIMIZERS:
-        raise ConfigError(f"config.optim.name: unknown optimizer {optim.name!r}; choose from {', '.join(OPTIMIZERS)}")
+        raise ConfigError(
+            f"config.optim.name: unknown optimizer {optim.name!r}; choose from {', '.join(OPTIMIZERS)}"
+        )
     if optim.schedule not in SCHEDULES:
-        raise ConfigError(f"config.optim.schedule: unknown schedule {optim.schedule!r}; choose from {', '.join(SCHEDULES)}")
+        raise ConfigError(
+            f"config.optim.schedule: unknown schedule {optim.schedule!r}; choose from {', '.join(SCHEDULES)}"
+        )
     if not optim.lr > 0:
         raise ConfigError(f"config.optim.lr: must be > 0, got {optim.lr}")
     for field in ("weight_decay", "grad_clip_norm", "warmup_steps", "min_lr_ratio"):

@@ -12,31 +12,31 @@ from jaxgen.config import ConfigError
 
 
 class Registry:
-  """A named collection of callables, filled with the `register` decorator."""
+    """A named collection of callables, filled with the `register` decorator."""
 
-  def __init__(self, kind: str, field: str):
-    self.kind = kind  # "loss", "model", ... used in error messages
-    self.field = field  # the config field that selects an entry, e.g. "config.loss.name"
-    self._entries: dict[str, Any] = {}
+    def __init__(self, kind: str, field: str):
+        self.kind = kind  # "loss", "model", ... used in error messages
+        self.field = field  # the config field that selects an entry, e.g. "config.loss.name"
+        self._entries: dict[str, Any] = {}
 
-  def register(self, name: str) -> Callable[[Any], Any]:
-    def add(obj):
-      if name in self._entries:
-        raise ValueError(f"{self.kind} {name!r} is registered twice")
-      self._entries[name] = obj
-      return obj
+    def register(self, name: str) -> Callable[[Any], Any]:
+        def add(obj):
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._entries[name] = obj
+            return obj
 
-    return add
+        return add
 
-  def get(self, name: str) -> Any:
-    if name not in self._entries:
-      raise ConfigError(
-          f"{self.field}: unknown {self.kind} {name!r}; choose from {', '.join(sorted(self._entries))}"
-      )
-    return self._entries[name]
+    def get(self, name: str) -> Any:
+        if name not in self._entries:
+            raise ConfigError(
+                f"{self.field}: unknown {self.kind} {name!r}; choose from {', '.join(sorted(self._entries))}"
+            )
+        return self._entries[name]
 
-  def __contains__(self, name: str) -> bool:
-    return name in self._entries
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
 
-  def names(self) -> list[str]:
-    return sorted(self._entries)
+    def names(self) -> list[str]:
+        return sorted(self._entries)

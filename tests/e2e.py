@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 
 from jaxgen.train.writer import read_metrics
@@ -28,16 +29,25 @@ def command(script: str, *args: str) -> list[str]:
 
 def run_script(script: str, *args: str, devices: int = 1, check: bool = True, timeout: int = 600):
     result = subprocess.run(
-        command(script, *args), cwd=ROOT, env=script_env(devices), capture_output=True, text=True, timeout=timeout
+        command(script, *args),
+        cwd=ROOT,
+        env=script_env(devices),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if check and result.returncode != 0:
-        raise AssertionError(f"{script} {args} exited {result.returncode}:\n{result.stderr[-4000:]}")
+        raise AssertionError(
+            f"{script} {args} exited {result.returncode}:\n{result.stderr[-4000:]}"
+        )
     return result
 
 
 def comparable_metrics(workdir) -> list[dict]:
     """metrics.jsonl without timings, which differ between any two runs."""
-    return [{k: v for k, v in row.items() if not k.startswith("perf/")} for row in read_metrics(workdir)]
+    return [
+        {k: v for k, v in row.items() if not k.startswith("perf/")} for row in read_metrics(workdir)
+    ]
 
 
 def final_params(workdir, step: int):
@@ -51,12 +61,5 @@ def final_params(workdir, step: int):
     )
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     manager.close()
-    return {"/".join(map(str, path)): np.asarray(x) for path, x in _flatten(restored.state)}
-
-
-def _flatten(tree, prefix=()):
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            yield from _flatten(value, prefix + (key,))
-    else:
-        yield prefix, tree
+    leaves = jax.tree_util.tree_flatten_with_path(restored.state)[0]
+    return {jax.tree_util.keystr(path): np.asarray(x) for path, x in leaves}

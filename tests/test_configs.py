@@ -9,7 +9,8 @@ from jaxgen.train import loop
 from tests.helpers import ROOT, load_config
 
 CONFIG_FILES = sorted(
-    str(p.relative_to(ROOT)) for p in map(__import__("pathlib").Path, glob.glob(str(ROOT / "configs/*/*.py")))
+    str(p.relative_to(ROOT))
+    for p in map(__import__("pathlib").Path, glob.glob(str(ROOT / "configs/*/*.py")))
 )
 
 

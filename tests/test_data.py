@@ -84,7 +84,7 @@ def _keys(batch) -> list[bytes]:
     mask = batch.get("mask", np.ones(len(pixels)))
     return [
         hashlib.blake2b(p.tobytes() + bytes([int(label)]), digest_size=16).digest()
-        for p, label, m in zip(pixels, batch["label"], mask)
+        for p, label, m in zip(pixels, batch["label"], mask, strict=True)
         if m
     ]
 
@@ -99,7 +99,7 @@ def _take(iterator, n):
 
 def _assert_batches_equal(a, b):
     assert len(a) == len(b)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert x.keys() == y.keys()
         for key in x:
             np.testing.assert_array_equal(x[key], y[key])
@@ -496,7 +496,7 @@ def test_binary_pixels(mnist_config):
     binary_config = _with(mnist_config, pixels="binary")
     binary = _take(make_iterator(binary_config, "train", 256, 0, train=True), 4)
     symmetric = _take(make_iterator(mnist_config, "train", 256, 0, train=True), 4)
-    for b, s in zip(binary, symmetric):
+    for b, s in zip(binary, symmetric, strict=True):
         assert b["image"].dtype == np.float32
         assert set(np.unique(b["image"])) <= {0.0, 1.0}
         np.testing.assert_array_equal(b["label"], s["label"])  # same examples, same order

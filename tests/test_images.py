@@ -7,7 +7,9 @@ from jaxgen import images
 
 
 def test_pixel_mapping_endpoints():
-    np.testing.assert_array_equal(images.to_uint8(np.array([-1.0, 0.0, 1.0, 5.0])), [0, 128, 255, 255])
+    np.testing.assert_array_equal(
+        images.to_uint8(np.array([-1.0, 0.0, 1.0, 5.0])), [0, 128, 255, 255]
+    )
 
 
 def test_grid_places_each_image():

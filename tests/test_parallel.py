@@ -49,7 +49,7 @@ def train_params(backend: str, devices: int, microbatches: int = 1, num_steps: i
 def assert_trees_close(a, b, atol):
     flat_a, flat_b = jax.tree.leaves(a), jax.tree.leaves(b)
     assert len(flat_a) == len(flat_b)
-    for x, y in zip(flat_a, flat_b):
+    for x, y in zip(flat_a, flat_b, strict=True):
         np.testing.assert_allclose(x, y, atol=atol, rtol=1e-4)
 
 
@@ -69,7 +69,10 @@ def test_params_move():
     # Guards the test above against comparing untrained params.
     one, _ = train_params("jit", 1, num_steps=1)
     four, _ = train_params("jit", 1, num_steps=4)
-    difference = max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(one), jax.tree.leaves(four)))
+    difference = max(
+        float(np.max(np.abs(x - y)))
+        for x, y in zip(jax.tree.leaves(one), jax.tree.leaves(four), strict=True)
+    )
     assert difference > 1e-4
 
 

@@ -38,8 +38,9 @@ def test_smoke_run_leaves_config_metrics_checkpoint_and_samples(smoke_run):
     assert [r["step"] for r in train_rows] == [5, 10, 15, 20]
     assert [r["step"] for r in eval_rows] == [10, 20]
     assert all(np.isfinite(r["loss"]) for r in train_rows)
-    # −ELBO in nats of a binarised 28x28 image is positive and below 784·log 2.
-    assert all(0 < r["elbo/neg_elbo"] < 784 * np.log(2) for r in eval_rows)
+    assert all(r["elbo/neg_elbo"] > 0 for r in eval_rows)
+    # After 20 steps the (EMA) model beats coin flips on every pixel: 784·log 2 nats.
+    assert eval_rows[-1]["elbo/neg_elbo"] < 784 * np.log(2) < eval_rows[0]["elbo/neg_elbo"] + 200
     assert eval_rows[-1]["elbo/count"] == 256
     assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "20"]
     samples = sorted(os.listdir(workdir / "samples"))
@@ -143,3 +144,28 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path):
     assert expected.keys() == actual.keys()
     for key in expected:
         np.testing.assert_array_equal(actual[key], expected[key], err_msg=key)
+
+
+def test_resume_on_another_device_count_and_backend(tmp_path):
+    """10 steps on 4 devices under pmap, then 10 more on 1 device, match 20 steps on 1 device."""
+    args = [
+        f"--config={SMOKE}",
+        "--config.train.eval_every=1000",
+        "--config.train.sample_every=1000",
+        "--config.optim.schedule=constant",  # so stopping at 10 does not change the lr
+    ]
+    reference, switched = tmp_path / "reference", tmp_path / "switched"
+    run_script("train", *args, f"--workdir={reference}")
+    run_script(
+        "train",
+        *args,
+        "--config.train.num_steps=10",
+        "--config.mesh.backend=pmap",
+        f"--workdir={switched}",
+        devices=4,
+    )
+    assert sorted(os.listdir(switched / "checkpoints")) == ["10"]
+    run_script("train", *args, f"--workdir={switched}")
+    expected, actual = final_params(reference, 20), final_params(switched, 20)
+    for key in expected:
+        np.testing.assert_allclose(actual[key], expected[key], rtol=1e-4, atol=1e-5, err_msg=key)

@@ -1,5 +1,7 @@
 """Tests for jaxgen/models/vae.py and jaxgen/sampling/vae.py on tiny configs."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -11,6 +13,7 @@ from jaxgen.models import vae as models
 from jaxgen.sampling import vae as sampling
 
 LATENT = 3
+IMAGE_SHAPE = (8, 12, 3)  # H != W catches swapped axes; both divisible by 4 for "conv"
 
 
 def _config(name="mlp", likelihood="bernoulli", dtype="float32", **overrides):
@@ -29,9 +32,27 @@ def _config(name="mlp", likelihood="bernoulli", dtype="float32", **overrides):
     return config
 
 
-def _init(model, image_shape, batch=2):
-    x = jnp.zeros((batch, *image_shape))
-    return model.init(jax.random.key(0), x, jnp.zeros((batch, LATENT)))["params"]
+def _init_args(image_shape, batch=2):
+    return jax.random.key(0), jnp.zeros((batch, *image_shape)), jnp.zeros((batch, LATENT))
+
+
+@functools.cache
+def _params(name, likelihood):
+    """Random params for IMAGE_SHAPE with init's structure, shared by the tests.
+
+    Init's shapes come from eval_shape; values are drawn with NumPy (LeCun-normal
+    kernels, small biases) because compiling Flax's initialisers takes seconds on CPU.
+    """
+    model = models.make_model(_config(name, likelihood), IMAGE_SHAPE)
+    shapes = jax.eval_shape(model.init, *_init_args(IMAGE_SHAPE))["params"]
+    rng = np.random.default_rng(0)
+
+    def draw(shape):
+        assert shape.dtype == jnp.float32  # param_dtype, whatever the compute dtype
+        scale = 0.1 if len(shape.shape) == 1 else 1 / np.sqrt(np.prod(shape.shape[:-1]))
+        return jnp.asarray(rng.normal(0, scale, shape.shape).astype(np.float32))
+
+    return jax.tree.map(draw, shapes)
 
 
 def _images(likelihood, shape, seed=0):
@@ -45,12 +66,11 @@ def _images(likelihood, shape, seed=0):
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
 @pytest.mark.parametrize("name", ["mlp", "conv"])
 def test_output_shapes_and_dtypes(name, likelihood, dtype):
-    image_shape = (8, 12, 3)
+    image_shape = IMAGE_SHAPE
     channels_out = 3 if likelihood == "bernoulli" else 6
     model = models.make_model(_config(name, likelihood, dtype), image_shape)
     assert model.dtype == jnp.dtype(dtype)
-    params = _init(model, image_shape)
-    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+    params = _params(name, likelihood)
 
     x = _images(likelihood, (2, *image_shape))
     variables = {"params": params}
@@ -75,11 +95,23 @@ def test_output_shapes_and_dtypes(name, likelihood, dtype):
 
 
 @pytest.mark.parametrize("name", ["mlp", "conv"])
+def test_gaussian_log_scale_is_floored(name):
+    model = models.make_model(_config(name, "gaussian"), IMAGE_SHAPE)
+    params = dict(_params(name, "gaussian"))
+    # A very negative head bias drives the raw log-scale (and mean) far below the floor.
+    params["decoder_head"] = dict(params["decoder_head"])
+    params["decoder_head"]["bias"] = jnp.full_like(params["decoder_head"]["bias"], -100.0)
+    out = model.apply({"params": params}, jnp.zeros((2, LATENT)), method=model.decode)
+    np.testing.assert_allclose(out[..., 3:], models.MIN_LOG_SCALE, atol=1e-3)
+    assert np.all(out[..., :3] < -10)  # the means are not floored
+
+
+@pytest.mark.parametrize("name", ["mlp", "conv"])
 def test_bfloat16_compute_stays_close_to_float32(name):
-    image_shape = (8, 8, 1)
+    image_shape = IMAGE_SHAPE
     model_f32 = models.make_model(_config(name), image_shape)
     model_bf16 = models.make_model(_config(name, dtype="bfloat16"), image_shape)
-    params = _init(model_f32, image_shape)
+    params = _params(name, "bernoulli")
     x = _images("bernoulli", (4, *image_shape))
     z = jax.random.normal(jax.random.key(1), (4, LATENT))
     out_f32 = model_f32.apply({"params": params}, x, z).out
@@ -94,7 +126,7 @@ def test_mlp_param_count_matches_formula():
     dense = lambda fan_in, fan_out: fan_in * fan_out + fan_out  # noqa: E731
     encoder = dense(pixels, 11) + dense(11, 13) + dense(13, 2 * d)
     decoder = dense(d, 13) + dense(13, 11) + dense(11, out_pixels)
-    params = _init(model, image_shape)
+    params = jax.eval_shape(model.init, *_init_args(image_shape))["params"]
     assert sum(p.size for p in jax.tree.leaves(params)) == encoder + decoder
 
 
@@ -123,20 +155,25 @@ def test_make_model_requires_every_hyperparameter():
 
 @pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
 def test_sampling_shapes_range_and_interpolation_endpoints(likelihood):
-    image_shape = (8, 8, 1)
+    image_shape = IMAGE_SHAPE
     model = models.make_model(_config("conv", likelihood), image_shape)
-    params = _init(model, image_shape)
+    params = _params("conv", likelihood)
     # Sampling functions must be jittable with the model static, as the caller does.
     prior = jax.jit(sampling.prior_samples, static_argnums=(0, 3))
     samples = prior(model, params, jax.random.key(2), 5)
     assert samples.shape == (5, *image_shape) and samples.dtype == jnp.float32
     assert np.all((np.asarray(samples) >= -1) & (np.asarray(samples) <= 1))
+    decode = functools.partial(model.apply, {"params": params}, method=model.decode)
+    z_prior = jax.random.normal(jax.random.key(2), (5, LATENT))
+    np.testing.assert_allclose(samples, sampling.to_pixels(decode(z_prior), likelihood), atol=1e-5)
 
     image_a = _images(likelihood, (3, *image_shape), seed=1)
     image_b = _images(likelihood, (3, *image_shape), seed=2)
     recon_a = sampling.reconstructions(model, params, image_a)
     recon_b = sampling.reconstructions(model, params, image_b)
     assert recon_a.shape == (3, *image_shape)
+    mean_a, _ = model.apply({"params": params}, image_a, method=model.encode)
+    np.testing.assert_allclose(recon_a, sampling.to_pixels(decode(mean_a), likelihood), atol=1e-5)
     lines = jax.jit(sampling.interpolations, static_argnums=(0, 4))(
         model, params, image_a, image_b, 4
     )

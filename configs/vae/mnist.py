@@ -7,7 +7,10 @@
 
 Arguments (comma-separated): "mlp" (default) or "conv" picks the model;
 "quick" is the short run `make run` uses; "smoke" shrinks everything to run on
-CPU in seconds (tests rely on it); "iwae" trains on the IWAE bound with k=5.
+CPU in seconds (tests rely on it); "iwae" trains on the IWAE bound with k=5;
+"gaussian" models pixels in [-1, 1] with a Gaussian decoder instead of
+binarised pixels with a Bernoulli one (its nats are not comparable).
+Fashion-MNIST: add --config.data.name=fashion_mnist.
 """
 
 from jaxgen.config import ConfigDict, base_config
@@ -15,7 +18,7 @@ from jaxgen.config import ConfigDict, base_config
 
 def get_config(arg: str = "mlp") -> ConfigDict:
     args = set(filter(None, arg.split(",")))
-    unknown = args - {"mlp", "conv", "quick", "smoke", "iwae"}
+    unknown = args - {"mlp", "conv", "quick", "smoke", "iwae", "gaussian"}
     if unknown:
         raise ValueError(f"configs/vae/mnist.py: unknown argument(s) {sorted(unknown)}")
     config = base_config()
@@ -28,7 +31,9 @@ def get_config(arg: str = "mlp") -> ConfigDict:
     config.model.likelihood = "bernoulli"
     config.model.latent_dim = 50  # as in the IWAE paper's single-stochastic-layer models
     config.model.hidden = (500, 500)  # mlp: encoder widths, mirrored in the decoder
-    config.model.features = (32, 64)  # conv: channels of the two stride-2 stages
+    config.model.features = (16, 32)  # conv: channels of the two stride-2 stages
+    if "conv" in args:
+        config.model.hidden = (512,)  # one dense layer after the convs; (512, 512) was worse
 
     config.loss.name = "elbo"
     config.loss.num_samples = 1  # posterior samples per example in training
@@ -43,8 +48,12 @@ def get_config(arg: str = "mlp") -> ConfigDict:
     config.optim.warmup_steps = 500
     config.optim.min_lr_ratio = 0.05
     config.optim.ema_decay = 0.999  # evaluate and sample with the EMA of params
+    if "conv" in args:
+        config.optim.lr = 2e-3  # measured best for the conv VAE (3e-3 was worse)
 
     config.train.num_steps = 30_000  # about 64 epochs at batch 128
+    if "conv" in args:
+        config.train.num_steps = 10_000  # the conv step costs ~4x the MLP's on CPU
     config.train.batch_size = 128
     config.train.log_every = 500
     config.train.eval_every = 10_000
@@ -57,14 +66,23 @@ def get_config(arg: str = "mlp") -> ConfigDict:
             "elbo": {"type": "elbo", "batch_size": 500, "num_examples": 0},
             # Importance-sampled −log p(x); papers use 5000 samples on all 10k images:
             # --config.evals.nll.num_samples=5000 --config.evals.nll.num_examples=0.
-            "nll": {"type": "nll", "num_samples": 1000, "chunk": 100, "batch_size": 100,
-                    "num_examples": 1000},
+            "nll": {
+                "type": "nll",
+                "num_samples": 1000,
+                "chunk": 100,
+                "batch_size": 100,
+                "num_examples": 1000,
+            },
         }
     )
 
     config.sample.num_samples = 64
     config.sample.num_interpolations = 8  # rows of the latent interpolation grid
     config.sample.interpolation_steps = 10
+
+    if "gaussian" in args:
+        config.model.likelihood = "gaussian"
+        config.data.pixels = "symmetric"
 
     if "quick" in args:  # recognisable digits in a few minutes of a 2-core CPU
         config.train.num_steps = 4_000

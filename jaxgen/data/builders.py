@@ -100,7 +100,7 @@ class IdxImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             raise DataError(f"{self.name}: {len(images)} images but {len(labels)} labels")
         if labels.max(initial=0) >= len(self.LABEL_NAMES):
             raise DataError(f"{self.name}: label {labels.max()} >= {len(self.LABEL_NAMES)}")
-        for i, (image, label) in enumerate(zip(images, labels)):
+        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
             yield i, {"image": image[:, :, None], "label": int(label)}
 
 

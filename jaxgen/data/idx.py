@@ -85,7 +85,7 @@ def read_idx(
     array = parse(data, name=name)
     if shape is not None and (
         len(shape) != array.ndim
-        or any(s is not None and s != a for s, a in zip(shape, array.shape))
+        or any(s is not None and s != a for s, a in zip(shape, array.shape, strict=False))
     ):
         raise DataError(f"{name}: shape {array.shape}, expected {tuple(shape)}")
     if md5 is not None:

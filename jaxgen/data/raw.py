@@ -193,7 +193,7 @@ def load_raw(spec: RawSpec, *, source_dir: str, cache_dir: str | os.PathLike) ->
     # there); a corrupt cached download is dropped and fetched again.
     folders = _local_dirs(spec, source_dir) + [("download cache", cache)]
     for key, raw_file in spec.files.items():
-        for what, folder in folders:
+        for _, folder in folders:
             if (path := _find(folder, raw_file)) is None:
                 continue
             try:

@@ -34,13 +34,17 @@ def check_config(config: ConfigDict, family_types: set[str], num_devices: int) -
                 f"config.evals.{name}.batch_size: {entry.batch_size} is not divisible by the {num_devices} devices"
             )
         if entry.get("num_examples", 0) < 0:
-            raise ConfigError(f"config.evals.{name}.num_examples: must be >= 0 (0 means the whole split)")
+            raise ConfigError(
+                f"config.evals.{name}.num_examples: must be >= 0 (0 means the whole split)"
+            )
 
 
 class DatasetAverage:
     """Averages a family eval step over (the first `num_examples` of) the eval split."""
 
-    def __init__(self, config: ConfigDict, entry: ConfigDict, make_step: Callable, placement: Placement):
+    def __init__(
+        self, config: ConfigDict, entry: ConfigDict, make_step: Callable, placement: Placement
+    ):
         self.config, self.entry, self.placement = config, entry, placement
         self.step = placement.compile_eval(make_step(entry))
         self.rng = jax.random.PRNGKey(config.seed + 1)  # the same noise at every evaluation
@@ -64,7 +68,9 @@ class DatasetAverage:
                 break
         totals = jax.device_get(totals)
         count = float(totals.pop("count"))
-        return {key: float(np.asarray(value) / count) for key, value in totals.items()} | {"count": count}
+        return {key: float(np.asarray(value) / count) for key, value in totals.items()} | {
+            "count": count
+        }
 
 
 def build(config: ConfigDict, steps: Any, placement: Placement) -> dict[str, Callable[[Any], dict]]:
@@ -72,7 +78,9 @@ def build(config: ConfigDict, steps: Any, placement: Placement) -> dict[str, Cal
     evaluators = {}
     for name, entry in config.evals.items():
         if entry.type in steps.eval_steps:
-            evaluators[name] = DatasetAverage(config, entry, steps.eval_steps[entry.type], placement)
+            evaluators[name] = DatasetAverage(
+                config, entry, steps.eval_steps[entry.type], placement
+            )
         else:
             evaluators[name] = EVALUATORS.get(entry.type)(config, entry, steps, placement)
     return evaluators

@@ -6,11 +6,15 @@ collection of a model from jaxgen/models/vae.py. Writing image files is left to 
 sampling script.
 """
 
+from typing import Any
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from jaxgen.config import ConfigError
+
+PyTree = Any
 
 
 def to_pixels(out: jax.Array, likelihood: str) -> jax.Array:
@@ -27,29 +31,29 @@ def to_pixels(out: jax.Array, likelihood: str) -> jax.Array:
     raise ConfigError(f"config.model.likelihood: unknown likelihood {likelihood!r}")
 
 
-def _decode_pixels(model: nn.Module, params, z: jax.Array) -> jax.Array:
+def _decode_pixels(model: nn.Module, params: PyTree, z: jax.Array) -> jax.Array:
     out = model.apply({"params": params}, z, method=model.decode)  # [..., H, W, C']
     return to_pixels(out, model.likelihood)
 
 
-def _posterior_mean(model: nn.Module, params, image: jax.Array) -> jax.Array:
+def _posterior_mean(model: nn.Module, params: PyTree, image: jax.Array) -> jax.Array:
     mean, _ = model.apply({"params": params}, image, method=model.encode)  # [B, D]
     return mean
 
 
-def prior_samples(model: nn.Module, params, rng: jax.Array, num: int) -> jax.Array:
+def prior_samples(model: nn.Module, params: PyTree, rng: jax.Array, num: int) -> jax.Array:
     """Decodes `num` draws z ~ N(0, I) to images [num, H, W, C] in [-1, 1]."""
     z = jax.random.normal(rng, (num, model.latent_dim))
     return _decode_pixels(model, params, z)
 
 
-def reconstructions(model: nn.Module, params, image: jax.Array) -> jax.Array:
+def reconstructions(model: nn.Module, params: PyTree, image: jax.Array) -> jax.Array:
     """Decodes the posterior mean of each image [B, H, W, C] to [B, H, W, C] in [-1, 1]."""
     return _decode_pixels(model, params, _posterior_mean(model, params, image))
 
 
 def interpolations(
-    model: nn.Module, params, image_a: jax.Array, image_b: jax.Array, num_steps: int
+    model: nn.Module, params: PyTree, image_a: jax.Array, image_b: jax.Array, num_steps: int
 ) -> jax.Array:
     """Decodes straight lines between posterior means: [N, num_steps, H, W, C] in [-1, 1].
 

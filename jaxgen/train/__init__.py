@@ -38,5 +38,7 @@ class Steps(NamedTuple):
 def get_family(name: str):
     """The module jaxgen.train.<name>."""
     if name not in FAMILIES:
-        raise ConfigError(f"config.family: unknown family {name!r}; choose from {', '.join(FAMILIES)}")
+        raise ConfigError(
+            f"config.family: unknown family {name!r}; choose from {', '.join(FAMILIES)}"
+        )
     return importlib.import_module(f"jaxgen.train.{name}")

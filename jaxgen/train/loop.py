@@ -74,7 +74,9 @@ def _check_writable(workdir: str) -> None:
     while not os.path.exists(path):
         path = os.path.dirname(path)
     if not os.path.isdir(path) or not os.access(path, os.W_OK | os.X_OK):
-        raise ConfigError(f"--workdir: {workdir!r} is not writable ({path} is not a writable folder)")
+        raise ConfigError(
+            f"--workdir: {workdir!r} is not writable ({path} is not a writable folder)"
+        )
 
 
 class _Preemption:
@@ -155,7 +157,14 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
     every = {name: config.train[name] for name in INTERVALS}
     num_steps = config.train.num_steps
     window, window_start, window_time = [], start, time.perf_counter()
-    bar = tqdm(total=num_steps, initial=start, desc="train", unit="step", mininterval=2.0, dynamic_ncols=True)
+    bar = tqdm(
+        total=num_steps,
+        initial=start,
+        desc="train",
+        unit="step",
+        mininterval=2.0,
+        dynamic_ncols=True,
+    )
     with _Preemption() as preemption:
         for step in range(start, num_steps):
             batch = placement.put_batch(next(train_iter))
@@ -163,7 +172,9 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
             window.append(placement.first_metrics(step_metrics))
             done = step + 1
             bar.update(1)
-            due = {name: done % interval == 0 or done == num_steps for name, interval in every.items()}
+            due = {
+                name: done % interval == 0 or done == num_steps for name, interval in every.items()
+            }
             if preemption.requested:  # save now and exit quickly: no eval or samples
                 due.update(ckpt_every=True, eval_every=False, sample_every=False)
             if window and (due["log_every"] or due["ckpt_every"]):
@@ -177,7 +188,9 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
                 results = metrics.run(evaluators, placement.get_state(state))
                 writer.write(done, "eval", results)
             if due["sample_every"]:
-                write_samples(sample, placement.get_state(state), sample_batch, sample_rng, workdir, done)
+                write_samples(
+                    sample, placement.get_state(state), sample_batch, sample_rng, workdir, done
+                )
             if due["eval_every"] or due["sample_every"]:
                 window_time = time.perf_counter()  # steps/s counts training only
             # Saved last: a checkpoint at step s means everything logged for s is

@@ -24,7 +24,9 @@ class TrainState:
         return self.ema_params if self.ema_params else self.params
 
 
-def create(params: PyTree, optimizer: optax.GradientTransformation, rng: jax.Array, ema: bool) -> TrainState:
+def create(
+    params: PyTree, optimizer: optax.GradientTransformation, rng: jax.Array, ema: bool
+) -> TrainState:
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -47,4 +49,6 @@ def apply_gradients(
         step = state.step.astype(jnp.float32)
         decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
         ema_params = optax.incremental_update(params, ema_params, step_size=1.0 - decay)
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params)
+    return state.replace(
+        step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema_params
+    )

@@ -17,7 +17,8 @@ from jaxgen.losses import vae as losses
 from jaxgen.models import vae as models
 from jaxgen.parallel import example_rngs
 from jaxgen.sampling import vae as sampling
-from jaxgen.train import Steps, state as train_state
+from jaxgen.train import Steps
+from jaxgen.train import state as train_state
 from jaxgen.train.gradients import grads_and_metrics
 
 PyTree = Any
@@ -144,7 +145,11 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
             "prior": sampling.prior_samples(model, params, rng, num),
             "reconstruction": reconstruction,
             "interpolation": sampling.interpolations(
-                model, params, image[:rows], image[half : half + rows], config.sample.interpolation_steps
+                model,
+                params,
+                image[:rows],
+                image[half : half + rows],
+                config.sample.interpolation_steps,
             ),
         }
 

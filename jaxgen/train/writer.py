@@ -23,11 +23,15 @@ class MetricWriter:
             return
         if os.path.exists(self.path):
             with open(self.path) as f:
-                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= start_step]
+                kept = [
+                    line for line in f if line.strip() and json.loads(line)["step"] <= start_step
+                ]
             with open(self.path + ".tmp", "w") as f:
                 f.writelines(kept)
             os.replace(self.path + ".tmp", self.path)
-        self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step + 1)
+        self.tensorboard = SummaryWriter(
+            os.path.join(workdir, "tensorboard"), purge_step=start_step + 1
+        )
 
     def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
         if not self.enabled:
