@@ -28,12 +28,26 @@ def fail(message: object) -> None:
 
 def _parse(argv: list[str]) -> list[str]:
     try:
-        return flags.FLAGS(argv)
+        rest = flags.FLAGS(argv)
     except (flags.Error, ConfigError, FileNotFoundError) as error:
-        fail(error)
-    except (AttributeError, KeyError, TypeError, ValueError) as error:
-        # ml_collections reports unknown override keys and bad types this way.
-        fail(f"bad config override or config file: {error}")
+        text = str(error)
+        if "Traceback" in text:  # an exception inside the config file: keep its last line
+            flag = text.split(":", 1)[0]
+            text = f"{flag}: {text.strip().splitlines()[-1].strip()}"
+        fail(text)
+    except (AttributeError, KeyError) as error:
+        # ml_collections: an override of a key the config does not have.
+        cause = error.args[0] if error.args else error
+        text = (cause.args[0] if isinstance(cause, KeyError) and cause.args else str(cause)).strip()
+        fail(f"--config: unknown key {text}")
+    except (TypeError, ValueError) as error:
+        fail(f"--config: bad override: {error}")
+    if "config" in flags.FLAGS and flags.FLAGS["config"].value is not None:
+        try:
+            flags.FLAGS.config.keys()  # config_flags defers a failed load to first use
+        except OSError as error:
+            fail(f"--config: {str(error).strip().splitlines()[-1].strip()}")
+    return rest
 
 
 def define_config_file() -> None:

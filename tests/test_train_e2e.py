@@ -81,6 +81,14 @@ BAD_CONFIGS = [
     ("--config.train.eval_every=0", "config.train.eval_every"),
     ("--config.mesh.backend=tpu_magic", "config.mesh.backend"),
     ("--config.data.pixels=symmetric", "config.data.pixels"),
+    ("--config.model.dtype=bf16", "config.model.dtype"),
+    ("--config.model.latent_dim=8.5", "latent_dim"),
+    ("--config.sample.num_samples=6", "config.sample.num_samples"),  # 4 devices
+    ("--config.init_from=/no/such/run", "config.init_from"),
+    ("--config=configs/vae/no_such_file.py", "no_such_file.py"),
+    ("--config=configs/vae/mnist.py:cnn", "unknown argument"),
+    ("--config.model.hidden=(5,x)", "config.model.hidden"),
+    ("--config.model.latent_dim=0", "config.model.latent_dim"),
 ]
 
 

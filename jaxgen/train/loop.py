@@ -23,6 +23,7 @@ from jaxgen.train.writer import MetricWriter
 
 PyTree = Any
 log = logging.getLogger("jaxgen")
+DTYPES = ("float32", "bfloat16", "float16")
 INTERVALS = ("log_every", "eval_every", "ckpt_every", "sample_every")
 
 
@@ -43,6 +44,11 @@ def check(config: ConfigDict, workdir: str | None = None) -> Any:
         raise ConfigError(f"config.seed: must be >= 0, got {config.seed}")
     if config.ckpt.max_to_keep < 1:
         raise ConfigError(f"config.ckpt.max_to_keep: must be >= 1, got {config.ckpt.max_to_keep}")
+    for field in ("dtype", "param_dtype"):
+        if config.model[field] not in DTYPES:
+            raise ConfigError(
+                f"config.model.{field}: {config.model[field]!r} is not one of {', '.join(DTYPES)}"
+            )
     optim.check_config(config.optim)
     parallel.check_config(config)
     num_devices = parallel.num_data_devices(config.mesh)
