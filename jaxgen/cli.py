@@ -86,9 +86,13 @@ def run(main: Callable[[list[str]], None]) -> None:
             fail(error)
         except Exception as error:
             from jaxgen.data import DataError
+            from jaxgen.train.loop import NonFiniteLossError
 
             if isinstance(error, DataError):
                 fail(error)
+            if isinstance(error, NonFiniteLossError):
+                print(f"error: {error}", file=sys.stderr)
+                sys.exit(1)
             raise
 
     app.run(guarded, flags_parser=_parse)

@@ -37,7 +37,9 @@ def validate(config: ConfigDict, info: Any) -> None:
     for field in ("hidden", "features"):
         sizes = config.model.get(field, ())
         if not all(isinstance(size, int) and size > 0 for size in sizes):
-            raise ConfigError(f"config.model.{field}: layer sizes must be positive integers, got {sizes}")
+            raise ConfigError(
+                f"config.model.{field}: layer sizes must be positive integers, got {sizes}"
+            )
     if config.model.latent_dim < 1:
         raise ConfigError(f"config.model.latent_dim: must be >= 1, got {config.model.latent_dim}")
     if config.loss.num_samples < 1:
