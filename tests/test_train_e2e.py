@@ -177,3 +177,22 @@ def test_resume_on_another_device_count_and_backend(tmp_path):
     expected, actual = final_params(reference, 20), final_params(switched, 20)
     for key in expected:
         np.testing.assert_allclose(actual[key], expected[key], rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+def test_init_from_starts_from_another_runs_params(smoke_run, tmp_path):
+    source, _, _ = smoke_run
+    run_script(
+        "train",
+        f"--config={SMOKE}",
+        f"--config.init_from={source}",
+        "--config.train.num_steps=1",
+        "--config.optim.lr=1e-12",  # one Adam step then moves each param by about 1e-12
+        "--config.optim.warmup_steps=0",
+        f"--workdir={tmp_path}",
+    )
+    expected, actual = final_params(source, 20), final_params(tmp_path, 1)
+    params = [key for key in expected if key.startswith("['params']")]
+    assert params
+    for key in params:
+        np.testing.assert_allclose(actual[key], expected[key], atol=1e-9, err_msg=key)
+    assert actual["['step']"] == 1

@@ -13,6 +13,7 @@ import time
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
@@ -149,7 +150,10 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
         state, start = init(rng, sample_batch), 0
         if config.init_from:
             params = checkpoint.restore_params(config.init_from, abstract.params)
-            state = state.replace(params=params, ema_params=params if state.ema_params else {})
+            # The EMA gets its own buffers: the step donates both, and a buffer
+            # cannot be donated twice.
+            ema = jax.tree.map(jnp.copy, params) if state.ema_params else {}
+            state = state.replace(params=params, ema_params=ema)
             log.info("params from %s", config.init_from)
 
     evaluators = metrics.build(config, jit_steps, placement)
