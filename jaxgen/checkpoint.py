@@ -79,11 +79,8 @@ class Checkpointer:
             f"no restorable checkpoint in {self.directory}: {'; '.join(errors) or 'none saved'}"
         )
 
-    def wait(self) -> None:
-        """Block until background saves are committed."""
-        self.manager.wait_until_finished()
-
     def close(self) -> None:
+        """Block until background saves are committed, then release the manager."""
         self.manager.wait_until_finished()
         self.manager.close()
 

@@ -38,17 +38,16 @@ def check_config(config: ConfigDict) -> None:
             f"config.mesh.backend: unknown backend {config.mesh.backend!r}; choose from jit, pmap"
         )
     num = num_data_devices(config.mesh)
-    for field, size in (("train.batch_size", config.train.batch_size),):
-        if size % num:
-            raise ConfigError(
-                f"config.{field}: global batch {size} is not divisible by the {num} devices"
-            )
-        per_device = size // num
-        if per_device % config.train.microbatches:
-            raise ConfigError(
-                f"config.train.microbatches: {config.train.microbatches} does not divide the "
-                f"per-device batch {per_device}"
-            )
+    size = config.train.batch_size
+    if size % num:
+        raise ConfigError(
+            f"config.train.batch_size: global batch {size} is not divisible by the {num} devices"
+        )
+    if (size // num) % config.train.microbatches:
+        raise ConfigError(
+            f"config.train.microbatches: {config.train.microbatches} does not divide the "
+            f"per-device batch {size // num}"
+        )
 
 
 def num_data_devices(mesh_config: ConfigDict) -> int:
