@@ -9,6 +9,7 @@ good checkpoint as the latest one. Saves are asynchronous by default.
 
 import logging
 import os
+import time
 from typing import Any
 
 import jax
@@ -58,7 +59,7 @@ class Checkpointer:
         skipped in favour of the next older one; nothing is deleted.
         """
         steps = [step] if step is not None else self.all_steps()[::-1]
-        errors = []
+        errors, unreadable = [], []
         for candidate in steps:
             try:
                 restored = self.manager.restore(
@@ -73,11 +74,28 @@ class Checkpointer:
                     "checkpoint %d in %s is unreadable (%s)", candidate, self.directory, message
                 )
                 errors.append(f"step {candidate}: {message}")
+                unreadable.append(candidate)
                 continue
+            self._set_aside(unreadable)
             return restored.state, restored.data, candidate
         raise FileNotFoundError(
             f"no restorable checkpoint in {self.directory}: {'; '.join(errors) or 'none saved'}"
         )
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Move unreadable steps to checkpoints_unreadable/ so the run can save those steps again.
+
+        They are kept, not deleted, for inspection.
+        """
+        if not steps or jax.process_index() != 0:
+            return
+        aside = self.directory + "_unreadable"
+        os.makedirs(aside, exist_ok=True)
+        for step in steps:
+            target = os.path.join(aside, f"{step}_{int(time.time())}")
+            os.replace(os.path.join(self.directory, str(step)), target)
+            logging.warning("moved unreadable checkpoint %d to %s", step, target)
+        self.manager.reload()
 
     def close(self) -> None:
         """Block until background saves are committed, then release the manager."""

@@ -79,6 +79,11 @@ def base_config() -> ConfigDict:
             eval_every=1000,
             ckpt_every=1000,
             sample_every=1000,
+            # Skip an update whose gradients are NaN/Inf (counted in metrics as
+            # nonfinite_steps) instead of stopping the run with an error.
+            skip_nonfinite=False,
+            # Fault injection for tests: fill the batch of this step with NaN (-1: never).
+            fault_nan_step=-1,
         )
     )
 

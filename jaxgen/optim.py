@@ -48,7 +48,19 @@ def learning_rate(optim: ConfigDict, num_steps: int) -> optax.Schedule:
     return optax.join_schedules([warmup, decay], [optim.warmup_steps])
 
 
-def make_optimizer(optim: ConfigDict, num_steps: int) -> optax.GradientTransformation:
+def make_optimizer(
+    optim: ConfigDict, num_steps: int, skip_nonfinite: bool = False
+) -> optax.GradientTransformation:
+    """The configured optimizer; with `skip_nonfinite` a NaN/Inf gradient leaves params as they are."""
+    update = _make_update(optim, num_steps)
+    if skip_nonfinite:
+        # apply_if_finite lets updates through after max_consecutive_errors skips;
+        # we never want that, so the bound is effectively infinite.
+        return optax.apply_if_finite(update, max_consecutive_errors=2**31 - 1)
+    return update
+
+
+def _make_update(optim: ConfigDict, num_steps: int) -> optax.GradientTransformation:
     schedule = learning_rate(optim, num_steps)
     if optim.name == "sgd":
         update = optax.sgd(schedule, momentum=optim.b1 or None)

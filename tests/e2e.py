@@ -13,8 +13,8 @@ from tests.helpers import ROOT
 SMOKE = "configs/vae/mnist.py:smoke"
 
 
-def script_env(devices: int = 1) -> dict:
-    env = dict(os.environ)
+def script_env(devices: int = 1, **overrides: str) -> dict:
+    env = dict(os.environ) | overrides
     flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
     if devices > 1:
         flags.append(f"--xla_force_host_platform_device_count={devices}")
@@ -27,11 +27,13 @@ def command(script: str, *args: str) -> list[str]:
     return [sys.executable, "-m", f"experiments.{script}", *args]
 
 
-def run_script(script: str, *args: str, devices: int = 1, check: bool = True, timeout: int = 600):
+def run_script(
+    script: str, *args: str, devices: int = 1, check: bool = True, timeout: int = 600, env=None
+):
     result = subprocess.run(
         command(script, *args),
         cwd=ROOT,
-        env=script_env(devices),
+        env=script_env(devices, **(env or {})),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -79,7 +79,11 @@ def test_corrupt_latest_falls_back_to_the_previous_step(tmp_path):
     )
     assert step == 1 and data_state == {"train": 1}
     assert_equal_trees(restored, make_state(1))
-    assert (tmp_path / "checkpoints" / "2").exists(), "a bad checkpoint is reported, never deleted"
+    # The bad step is moved aside, not deleted, so that the run can save step 2 again.
+    assert not (tmp_path / "checkpoints" / "2").exists()
+    aside = os.listdir(tmp_path / "checkpoints_unreadable")
+    assert len(aside) == 1 and aside[0].startswith("2_")
+    assert (tmp_path / "checkpoints" / "1").exists()
 
 
 def test_restore_params_for_init_from(tmp_path):

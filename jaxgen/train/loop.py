@@ -109,16 +109,34 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def _mean_metrics(window: list[dict], first_step: int) -> dict[str, float]:
-    """Average a window of per-step metrics, failing on the first non-finite loss."""
+def _mean_metrics(window: list[dict], first_step: int, skip_nonfinite: bool) -> dict[str, float]:
+    """Average a window of per-step metrics.
+
+    A non-finite loss stops the run with an error naming the step, unless the
+    run skips such updates: then the finite steps are averaged and the others
+    counted in `nonfinite_steps`.
+    """
     host = jax.device_get(window)
-    for offset, row in enumerate(host):
-        if not np.isfinite(row["loss"]):
-            raise NonFiniteLossError(
-                f"loss is {float(row['loss'])} at step {first_step + offset + 1}; "
-                "the last checkpoint is from before it"
-            )
-    return {key: float(np.mean([row[key] for row in host])) for key in host[0]}
+    finite = [bool(np.isfinite(row["loss"])) for row in host]
+    if not skip_nonfinite and not all(finite):
+        offset = finite.index(False)
+        raise NonFiniteLossError(
+            f"loss is {float(host[offset]['loss'])} at step {first_step + offset + 1}; "
+            "the last checkpoint is from before it (config.train.skip_nonfinite=True skips such steps)"
+        )
+    kept = [row for row, ok in zip(host, finite, strict=True) if ok] or host
+    means = {key: float(np.mean([row[key] for row in kept])) for key in host[0]}
+    if skip_nonfinite:
+        means["nonfinite_steps"] = float(len(host) - sum(finite))
+    return means
+
+
+def _poison(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The batch with every float array filled with NaN (config.train.fault_nan_step)."""
+    return {
+        key: np.full_like(value, np.nan) if np.issubdtype(value.dtype, np.floating) else value
+        for key, value in batch.items()
+    }
 
 
 def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
@@ -175,43 +193,51 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
         mininterval=2.0,
         dynamic_ncols=True,
     )
-    with _Preemption() as preemption:
-        for step in range(start, num_steps):
-            batch = placement.put_batch(next(train_iter))
-            state, step_metrics = train_step(state, batch)
-            window.append(placement.first_metrics(step_metrics))
-            done = step + 1
-            bar.update(1)
-            due = {
-                name: done % interval == 0 or done == num_steps for name, interval in every.items()
-            }
-            if preemption.requested:  # save now and exit quickly: no eval or samples
-                due.update(ckpt_every=True, eval_every=False, sample_every=False)
-            if window and (due["log_every"] or due["ckpt_every"]):
-                means = _mean_metrics(window, window_start)
-                elapsed = time.perf_counter() - window_time
-                means["perf/steps_per_sec"] = len(window) / elapsed
-                writer.write(done, "train", means)
-                bar.set_postfix(loss=f"{means['loss']:.4g}")
-                window, window_start, window_time = [], done, time.perf_counter()
-            if evaluators and due["eval_every"]:
-                results = metrics.run(evaluators, placement.get_state(state))
-                writer.write(done, "eval", results)
-            if due["sample_every"]:
-                write_samples(
-                    sample, placement.get_state(state), sample_batch, sample_rng, workdir, done
-                )
-            if due["eval_every"] or due["sample_every"]:
-                window_time = time.perf_counter()  # steps/s counts training only
-            # Saved last: a checkpoint at step s means everything logged for s is
-            # written, so a resumed run never skips an eval or a sample grid.
-            if due["ckpt_every"]:
-                ckpt.save(done, placement.get_state(state), {"train": train_iter.get_state()})
-            if preemption.requested:
-                break
-    bar.close()
-    ckpt.close()
-    writer.close()
+    try:
+        with _Preemption() as preemption:
+            for step in range(start, num_steps):
+                host_batch = next(train_iter)
+                if step + 1 == config.train.fault_nan_step:
+                    host_batch = _poison(host_batch)
+                batch = placement.put_batch(host_batch)
+                state, step_metrics = train_step(state, batch)
+                window.append(placement.first_metrics(step_metrics))
+                done = step + 1
+                bar.update(1)
+                due = {
+                    name: done % interval == 0 or done == num_steps
+                    for name, interval in every.items()
+                }
+                if preemption.requested:  # save now and exit quickly: no eval or samples
+                    due.update(ckpt_every=True, eval_every=False, sample_every=False)
+                if window and (due["log_every"] or due["ckpt_every"]):
+                    means = _mean_metrics(window, window_start, config.train.skip_nonfinite)
+                    elapsed = time.perf_counter() - window_time
+                    means["perf/steps_per_sec"] = len(window) / elapsed
+                    writer.write(done, "train", means)
+                    bar.set_postfix(loss=f"{means['loss']:.4g}")
+                    window, window_start, window_time = [], done, time.perf_counter()
+                if evaluators and due["eval_every"]:
+                    results = metrics.run(evaluators, placement.get_state(state))
+                    writer.write(done, "eval", results)
+                if due["sample_every"]:
+                    write_samples(
+                        sample, placement.get_state(state), sample_batch, sample_rng, workdir, done
+                    )
+                if due["eval_every"] or due["sample_every"]:
+                    window_time = time.perf_counter()  # steps/s counts training only
+                # Saved last: a checkpoint at step s means everything logged for s is
+                # written, so a resumed run never skips an eval or a sample grid.
+                if due["ckpt_every"]:
+                    ckpt.save(done, placement.get_state(state), {"train": train_iter.get_state()})
+                if preemption.requested:
+                    break
+    finally:
+        # Also on errors: let an in-flight async save commit before the process
+        # exits, so the last good checkpoint is always complete.
+        bar.close()
+        ckpt.close()
+        writer.close()
     return placement.get_state(state)
 
 

@@ -58,7 +58,9 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
     likelihood = config.model.likelihood
     num_samples = config.loss.num_samples
     latent_dim = config.model.latent_dim
-    optimizer = optim.make_optimizer(config.optim, config.train.num_steps)
+    optimizer = optim.make_optimizer(
+        config.optim, config.train.num_steps, config.train.skip_nonfinite
+    )
     schedule = optim.learning_rate(config.optim, config.train.num_steps)
     ema_decay = config.optim.ema_decay
     microbatches = config.train.microbatches

@@ -1,0 +1,218 @@
+"""Faults, injected into the real experiments/train.py: each costs at most the steps since the
+last checkpoint and never the last good checkpoint.
+
+Kill points and signals are driven from outside the process, as a scheduler or a crash would.
+"""
+
+import gzip
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from tests.e2e import SMOKE, command, final_params, run_script, script_env
+from tests.helpers import ROOT, SHARED_DATA
+
+pytestmark = pytest.mark.slow
+
+# Slow enough steps that signals land mid-run; checkpoints every 10 of 60 steps.
+LONG = [
+    f"--config={SMOKE}",
+    "--config.train.num_steps=60",
+    "--config.train.ckpt_every=10",
+    "--config.train.log_every=5",
+    "--config.train.eval_every=20",
+    "--config.train.sample_every=30",
+    "--config.model.hidden=(256,256)",
+    "--config.train.batch_size=128",
+]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted 60-step run."""
+    workdir = tmp_path_factory.mktemp("reference")
+    run_script("train", *LONG, f"--workdir={workdir}")
+    return workdir
+
+
+def start(workdir, *extra):
+    return subprocess.Popen(
+        command("train", *LONG, *extra, f"--workdir={workdir}"),
+        cwd=ROOT,
+        env=script_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(condition, process, timeout=120.0):
+    """Poll until `condition()` holds or the process ends; True if it held."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        if condition():
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def metric_rows(workdir):
+    path = workdir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+def assert_same_final_params(workdir, reference_dir, step=60):
+    expected, actual = final_params(reference_dir, step), final_params(workdir, step)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        np.testing.assert_array_equal(actual[key], expected[key], err_msg=key)
+
+
+def test_sigkill_at_seeded_kill_points(reference, tmp_path):
+    """Seven kills: during a step, right after a log row (eval, sampling and saving follow it),
+    and while an async checkpoint is being written; the rerun matches the reference exactly."""
+    rng = random.Random(7)
+    triggers = [
+        ("row", 15),  # after the train row at 15: mid-step
+        ("row", 20),  # the eval, samples and checkpoint of step 20 follow this row
+        ("saving", None),  # a temporary (uncommitted) checkpoint directory exists
+        ("row", 30),  # samples at 30
+        ("random", rng.uniform(0.0, 1.0)),
+        ("saving", None),
+        ("random", rng.uniform(0.0, 1.0)),
+    ]
+    workdir = tmp_path / "run"
+    landed = []
+    for kind, value in triggers:
+        before = len(metric_rows(workdir))
+        process = start(workdir)
+        checkpoints = workdir / "checkpoints"
+        if kind == "row":
+            ok = wait_for(
+                lambda v=value: any(r["step"] == v for r in metric_rows(workdir)), process
+            )
+        elif kind == "saving":
+            ok = wait_for(
+                lambda c=checkpoints: c.exists() and any("tmp" in n for n in os.listdir(c)),
+                process,
+            )
+        else:
+            ok = wait_for(lambda b=before: len(metric_rows(workdir)) > b, process)
+            time.sleep(value)
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            landed.append((kind, value, ok))
+        process.wait()
+    assert len(landed) >= 5, f"too few kills landed mid-run: {landed}"
+    run_script("train", *LONG, f"--workdir={workdir}")
+    rows = [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in metric_rows(workdir)]
+    reference_rows = [
+        {k: v for k, v in r.items() if not k.startswith("perf/")} for r in metric_rows(reference)
+    ]
+    assert rows == reference_rows
+    assert_same_final_params(workdir, reference)
+
+
+def test_sigterm_saves_the_current_step_and_exits_zero(reference, tmp_path):
+    process = start(tmp_path)
+    assert wait_for(lambda: any(r["step"] >= 5 for r in metric_rows(tmp_path)), process)
+    time.sleep(0.3)
+    sent = time.time()
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+    assert process.returncode == 0, process.stderr.read()[-2000:]
+    assert time.time() - sent < 30
+    saved = sorted(int(n) for n in os.listdir(tmp_path / "checkpoints") if n.isdigit())
+    last_row = max(r["step"] for r in metric_rows(tmp_path))
+    assert saved and saved[-1] == last_row, "the preemption step itself is checkpointed"
+    assert saved[-1] < 60
+    run_script("train", *LONG, f"--workdir={tmp_path}")
+    assert_same_final_params(tmp_path, reference)
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path):
+    result = run_script(
+        "train",
+        f"--config={SMOKE}",
+        "--config.train.fault_nan_step=13",
+        f"--workdir={tmp_path}",
+        check=False,
+    )
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "at step 13" in lines[0], result.stderr[-2000:]
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10"]
+    params = final_params(tmp_path, 10)
+    assert all(np.all(np.isfinite(v)) for v in params.values())
+
+
+def test_skip_nonfinite_skips_the_poisoned_update(tmp_path):
+    run_script(
+        "train",
+        f"--config={SMOKE}",
+        "--config.train.fault_nan_step=13",
+        "--config.train.skip_nonfinite=True",
+        f"--workdir={tmp_path}",
+    )
+    rows = {r["step"]: r for r in metric_rows(tmp_path) if r["split"] == "train"}
+    assert rows[15]["nonfinite_steps"] == 1 and rows[10]["nonfinite_steps"] == 0
+    assert np.isfinite(rows[15]["loss"]) and np.isfinite(rows[20]["loss"])
+    params = final_params(tmp_path, 20)
+    assert all(np.all(np.isfinite(v)) for k, v in params.items() if "params" in k)
+
+
+def test_corrupt_latest_checkpoint_falls_back_and_continues(tmp_path):
+    args = [f"--config={SMOKE}", "--config.train.sample_every=1000"]
+    reference_dir, workdir = tmp_path / "reference", tmp_path / "run"
+    run_script("train", *args, f"--workdir={reference_dir}")
+    run_script("train", *args, "--config.train.num_steps=20", f"--workdir={workdir}")
+    for folder, _, files in os.walk(workdir / "checkpoints" / "20"):
+        for name in files:
+            with open(os.path.join(folder, name), "r+b") as f:
+                f.truncate(max(0, os.path.getsize(f.name) // 3))
+    # The same command again: step 20 is unreadable, so it resumes from 10 and redoes 11-20.
+    result = run_script("train", *args, f"--workdir={workdir}")
+    assert "unreadable" in result.stderr
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "20"]
+    assert len(os.listdir(workdir / "checkpoints_unreadable")) == 1
+    assert_same_final_params(workdir, reference_dir, step=20)
+
+
+def copy_mnist(target):
+    source = SHARED_DATA / "mnist"
+    if not source.is_dir():
+        pytest.skip("needs the MNIST IDX files in ../shared/data/mnist")
+    shutil.copytree(source, target / "mnist")
+    return target / "mnist"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "bad_md5"])
+def test_bad_data_file_is_one_line_naming_the_file(tmp_path, damage):
+    mnist = copy_mnist(tmp_path / "raw")
+    path = mnist / "t10k-images-idx3-ubyte.gz"
+    raw = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(raw[: len(raw) // 2])
+    else:  # a valid gzip whose content differs in one pixel
+        content = bytearray(gzip.decompress(raw))
+        content[-1] ^= 0xFF
+        path.write_bytes(gzip.compress(bytes(content)))
+    result = run_script(
+        "train",
+        f"--config={SMOKE}",
+        f"--workdir={tmp_path / 'run'}",
+        check=False,
+        env={"JAXGEN_DATA_DIR": str(tmp_path / "raw"), "JAXGEN_TFDS_DIR": str(tmp_path / "tfds")},
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "t10k-images-idx3-ubyte.gz" in lines[0], result.stderr[-2000:]
