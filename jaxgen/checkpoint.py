@@ -21,6 +21,19 @@ PyTree = Any
 CHECKPOINT_DIR = "checkpoints"
 
 
+class CheckpointWriteError(OSError):
+    """A save failed (e.g. no space left); earlier checkpoints are untouched."""
+
+
+def _write_error(step: int | None, directory: str, error: Exception) -> CheckpointWriteError:
+    text = str(error)
+    reason = "no space left on device" if "No space left" in text else text.splitlines()[0][:300]
+    where = f"checkpoint {step}" if step is not None else "a checkpoint"
+    return CheckpointWriteError(
+        f"could not write {where} to {directory}: {reason}; the earlier checkpoints are intact"
+    )
+
+
 class Checkpointer:
     """Saves and restores (state, data_state) pairs under `workdir/checkpoints`."""
 
@@ -44,13 +57,16 @@ class Checkpointer:
 
     def save(self, step: int, state: PyTree, data_state: dict) -> None:
         """Start writing step `step`; returns once the arrays are copied off the device."""
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
-            ),
-            force=True,
-        )
+        try:  # also reports a failure of the previous background save
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
+                ),
+                force=True,
+            )
+        except Exception as error:
+            raise _write_error(step, self.directory, error) from error
 
     def restore(self, abstract_state: PyTree, step: int | None = None) -> tuple[PyTree, dict, int]:
         """Restore onto `abstract_state`'s shardings, trying the newest step first.
@@ -99,8 +115,11 @@ class Checkpointer:
 
     def close(self) -> None:
         """Block until background saves are committed, then release the manager."""
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self.manager.wait_until_finished()
+            self.manager.close()
+        except Exception as error:
+            raise _write_error(None, self.directory, error) from error
 
 
 def restore_params(path: str, abstract_params: PyTree) -> PyTree:

@@ -85,12 +85,13 @@ def run(main: Callable[[list[str]], None]) -> None:
         except ConfigError as error:
             fail(error)
         except Exception as error:
+            from jaxgen.checkpoint import CheckpointWriteError
             from jaxgen.data import DataError
             from jaxgen.train.loop import NonFiniteLossError
 
             if isinstance(error, DataError):
                 fail(error)
-            if isinstance(error, NonFiniteLossError):
+            if isinstance(error, NonFiniteLossError | CheckpointWriteError):
                 print(f"error: {error}", file=sys.stderr)
                 sys.exit(1)
             raise

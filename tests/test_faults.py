@@ -216,3 +216,43 @@ def test_bad_data_file_is_one_line_naming_the_file(tmp_path, damage):
     assert result.returncode == 2, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "t10k-images-idx3-ubyte.gz" in lines[0], result.stderr[-2000:]
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 6 MB tmpfs (needs root, as on CI and the dev machines)."""
+    mount_point = tmp_path / "fs"
+    mount_point.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount_point)], capture_output=True
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {result.stderr.decode().strip()}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_no_space_left_while_saving_is_a_clear_error(small_filesystem):
+    workdir = small_filesystem / "run"
+    args = [f"--config={SMOKE}", "--config.train.sample_every=1000", f"--workdir={workdir}"]
+    run_script("train", *args, "--config.train.num_steps=10")
+    stat = os.statvfs(small_filesystem)
+    with open(small_filesystem / "filler", "wb") as f:  # leave about 150 kB
+        f.write(b"\0" * max(0, stat.f_bavail * stat.f_frsize - 150_000))
+    result = run_script("train", *args, check=False)
+    assert result.returncode == 1, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "no space left" in lines[0], result.stderr[-3000:]
+    assert "checkpoint" in lines[0]
+    assert [n for n in os.listdir(workdir / "checkpoints") if n.isdigit()] == ["10"]
+    params = final_params(workdir, 10)
+    assert all(np.all(np.isfinite(v)) for v in params.values())
+
+
+def test_unusable_workdir_is_one_line_naming_the_flag(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    result = run_script("train", f"--config={SMOKE}", f"--workdir={blocker / 'run'}", check=False)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: --workdir"), result.stderr[-2000:]
