@@ -31,8 +31,8 @@ def main(argv):
     if jax.process_index() == 0:
         with open(path, "w") as f:
             json.dump({"step": run.step, **results}, f, indent=2)
-    print(json.dumps({"step": run.step, **results}, indent=2))
-    print(f"written: {path}")
+        print(json.dumps({"step": run.step, **results}, indent=2))
+        print(f"written: {path}")
 
 
 if __name__ == "__main__":

@@ -142,14 +142,20 @@ def restore_params(path: str, abstract_params: PyTree) -> PyTree:
         directory,
         options=ocp.CheckpointManagerOptions(read_only=True),
         item_names=("state", "data"),
+        item_handlers={"state": ocp.StandardCheckpointHandler()},
     )
     step = manager.latest_step() if step is None else step
-    # Restore the saved tree as it is (no target), then keep only the params.
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    # Restore onto this job's devices whatever topology wrote it: every saved leaf gets the
+    # sharding of the params it will become (replicated).
+    sharding = jax.tree.leaves(abstract_params)[0].sharding
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+        manager.item_metadata(step)["state"],
+    )
+    restored = manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+    )
     manager.close()
-    params = restored.state["params"]
     return jax.tree.map(
-        lambda target, value: jax.device_put(value.astype(target.dtype), target.sharding),
-        abstract_params,
-        params,
+        lambda want, value: value.astype(want.dtype), abstract_params, restored.state["params"]
     )

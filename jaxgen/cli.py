@@ -15,6 +15,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from jaxgen import distributed
 from jaxgen.config import ConfigError, load_workdir_config
 
 EXIT_BAD_INPUT = 2
@@ -81,6 +82,7 @@ def run(main: Callable[[list[str]], None]) -> None:
         absl_logging.set_verbosity(absl_logging.WARNING)
         logging.getLogger("jaxgen").setLevel(logging.INFO)
         try:
+            distributed.initialize()  # join a multi-process job named by JAXGEN_*; else no-op
             main(argv)
         except ConfigError as error:
             fail(error)

@@ -19,11 +19,13 @@ and each process reads its own shard of the data (see jaxgen.data.pipeline).
 
 `initialize()` must run before anything starts a JAX backend (jax.devices(), the first
 array). With none of the variables set it does nothing, so single-process runs are unchanged.
-Cross-process collectives on CPU use gloo, jax's default since 0.4.x
-(`jax_cpu_collectives_implementation`); GPUs and TPUs use their own.
+Cross-process collectives on CPU use gloo, the default of `jax_cpu_collectives_implementation`
+(checked in jax 0.10.2), so nothing needs setting; GPUs and TPUs use their own.
 
-Deliberately not here: launching the processes, and the cluster auto-detection of
-jax.distributed (Slurm, Open MPI, TPU pods), which a launcher can call directly instead.
+On a cluster that JAX recognises (Slurm, Open MPI, TPU pods) set JAXGEN_DISTRIBUTED=1
+instead, and jax.distributed.initialize() reads the cluster's own description.
+
+Deliberately not here: launching the processes.
 """
 
 import os
@@ -36,6 +38,9 @@ COORDINATOR = "JAXGEN_COORDINATOR"
 NUM_PROCESSES = "JAXGEN_NUM_PROCESSES"
 PROCESS_ID = "JAXGEN_PROCESS_ID"
 VARIABLES = (COORDINATOR, NUM_PROCESSES, PROCESS_ID)
+# JAXGEN_DISTRIBUTED=1: call jax.distributed.initialize() with no arguments, so that JAX
+# detects the cluster itself (one process per task under srun, every host of a TPU pod).
+AUTO = "JAXGEN_DISTRIBUTED"
 # A process whose peers never show up (a typo in the port, a crashed launch) gives up after
 # this many seconds instead of jax's default of five minutes.
 INITIALIZATION_TIMEOUT = 120
@@ -80,6 +85,11 @@ def initialize() -> bool:
 
     Does nothing when the variables are unset or this process has already joined.
     """
+    if os.environ.get(AUTO, "").strip() == "1":
+        # Let JAX read the cluster's own description (Slurm, Open MPI, TPU pod metadata).
+        if not jax.distributed.is_initialized():
+            jax.distributed.initialize(initialization_timeout=INITIALIZATION_TIMEOUT)
+        return True
     found = settings()
     if found is None:
         return False

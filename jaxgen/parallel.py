@@ -116,7 +116,20 @@ class Placement:
         """The train step's form -> global replicated state (for saving and eval)."""
         if self.backend == "jit":
             return state
-        return jax.device_put(jax.tree.map(lambda x: x[0], state), self.replicated)
+        # A pmap output holds this process's devices only, one equal slice each. Each slice
+        # becomes that device's copy of the replicated array; device_put of x[0] would need a
+        # cross-host transfer, which CPU backends do not support.
+        devices = set(self.mesh.devices.flat)
+
+        def unreplicate(x):
+            slices = [
+                shard.data.reshape(x.shape[1:])
+                for shard in x.addressable_shards
+                if shard.device in devices
+            ]
+            return jax.make_array_from_single_device_arrays(x.shape[1:], self.replicated, slices)
+
+        return jax.tree.map(unreplicate, state)
 
     # -- batches -------------------------------------------------------------
     def put_batch(self, host_batch: dict[str, np.ndarray], backend: str | None = None) -> PyTree:
