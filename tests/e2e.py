@@ -11,6 +11,17 @@ from jaxgen.train.writer import read_metrics
 from tests.helpers import ROOT
 
 SMOKE = "configs/vae/mnist.py:smoke"
+# A 60-step smoke run with steps slow enough that signals land mid-run; checkpoints every 10.
+LONG = [
+    f"--config={SMOKE}",
+    "--config.train.num_steps=60",
+    "--config.train.ckpt_every=10",
+    "--config.train.log_every=5",
+    "--config.train.eval_every=20",
+    "--config.train.sample_every=30",
+    "--config.model.hidden=(256,256)",
+    "--config.train.batch_size=128",
+]
 
 
 def script_env(devices: int = 1, **overrides: str) -> dict:

@@ -16,22 +16,10 @@ import time
 import numpy as np
 import pytest
 
-from tests.e2e import SMOKE, command, final_params, run_script, script_env
+from tests.e2e import LONG, SMOKE, command, final_params, run_script, script_env
 from tests.helpers import ROOT, SHARED_DATA
 
 pytestmark = pytest.mark.slow
-
-# Slow enough steps that signals land mid-run; checkpoints every 10 of 60 steps.
-LONG = [
-    f"--config={SMOKE}",
-    "--config.train.num_steps=60",
-    "--config.train.ckpt_every=10",
-    "--config.train.log_every=5",
-    "--config.train.eval_every=20",
-    "--config.train.sample_every=30",
-    "--config.model.hidden=(256,256)",
-    "--config.train.batch_size=128",
-]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.e2e import SMOKE, command, comparable_metrics, final_params, run_script, script_env
+from tests.e2e import LONG, SMOKE, command, comparable_metrics, final_params, run_script, script_env
 from tests.helpers import ROOT
 
 pytestmark = pytest.mark.slow
@@ -107,16 +107,7 @@ def test_bad_config_is_one_line_naming_the_field_exit_2(tmp_path, override, fiel
 
 def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path):
     """Kill -9 at seeded random moments; re-running finishes with identical params and metrics."""
-    args = [
-        f"--config={SMOKE}",
-        "--config.train.num_steps=60",
-        "--config.train.ckpt_every=10",
-        "--config.train.log_every=5",
-        "--config.train.eval_every=20",
-        "--config.train.sample_every=30",
-        "--config.model.hidden=(256,256)",  # slower steps, so kills land mid-run
-        "--config.train.batch_size=128",
-    ]
+    args = LONG
     reference = tmp_path / "reference"
     run_script("train", *args, f"--workdir={reference}")
 
