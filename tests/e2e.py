@@ -63,16 +63,27 @@ def comparable_metrics(workdir) -> list[dict]:
     ]
 
 
-def final_params(workdir, step: int):
-    """The params saved at `step`, as numpy, read straight from the checkpoint."""
+def final_params(workdir, step: int) -> dict:
+    """The state saved at `step`, as numpy (keyed by path), whatever job wrote it.
+
+    Restores onto one local device: a checkpoint keeps the device ids of the job that
+    saved it, and a multi-process job's ids need not exist in this process.
+    """
     import orbax.checkpoint as ocp
 
     manager = ocp.CheckpointManager(
         os.path.join(workdir, "checkpoints"),
         options=ocp.CheckpointManagerOptions(read_only=True),
-        item_names=("state", "data"),
+        item_handlers={"state": ocp.StandardCheckpointHandler()},
     )
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+        manager.item_metadata(step)["state"],
+    )
+    restored = manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+    )
     manager.close()
     leaves = jax.tree_util.tree_flatten_with_path(restored.state)[0]
     return {jax.tree_util.keystr(path): np.asarray(x) for path, x in leaves}

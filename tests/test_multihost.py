@@ -20,7 +20,7 @@ import pytest
 
 from jaxgen import distributed
 from jaxgen.config import ConfigError
-from tests.e2e import SMOKE, comparable_metrics, script_env
+from tests.e2e import SMOKE, comparable_metrics, final_params, script_env
 from tests.helpers import ROOT
 
 NUM_PROCESSES = 2
@@ -114,33 +114,6 @@ def run_job(workdir, logs, *args: str) -> float:
     start = time.perf_counter()
     wait(start_job(workdir, logs, *args), workdir, logs)
     return time.perf_counter() - start
-
-
-def final_params(workdir, step: int) -> dict:
-    """The state saved at `step`, as numpy (keyed by path), whatever job wrote it.
-
-    Unlike tests.e2e.final_params this restores onto a target: a checkpoint keeps the device
-    ids of the job that saved it, and those of process 1 do not exist in this process.
-    """
-    import jax
-    import orbax.checkpoint as ocp
-
-    manager = ocp.CheckpointManager(
-        os.path.join(workdir, "checkpoints"),
-        options=ocp.CheckpointManagerOptions(read_only=True),
-        item_handlers={"state": ocp.StandardCheckpointHandler()},
-    )
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-        manager.item_metadata(step)["state"],
-    )
-    restored = manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
-    )
-    manager.close()
-    leaves = jax.tree_util.tree_flatten_with_path(restored.state)[0]
-    return {jax.tree_util.keystr(path): np.asarray(x) for path, x in leaves}
 
 
 def assert_same_run(workdir, reference) -> None:
