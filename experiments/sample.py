@@ -1,7 +1,9 @@
-"""Write sample grids from a trained run.
+"""Write samples (image grids, or text for GPT runs) from a trained run.
 
     python -m experiments.sample --workdir=/tmp/vae --config.sample.num_samples=100 \
         --config.sample.seed=3
+    python -m experiments.sample --workdir=/tmp/shakespeare --config.sample.prompt="ROMEO:" \
+        --config.sample.top_p=0.9 --config.sample.max_new_tokens=300
 
 Reads W/config.json and the latest checkpoint (EMA params when the run keeps
 them); `--config.sample.*` overrides apply. Prints the paths of the PNGs.
@@ -26,7 +28,13 @@ def main(argv):
     sample = run.placement.compile_eval(run.steps.sample)
     rng = jax.random.PRNGKey(config.sample.seed)
     tag = f"_seed{config.sample.seed}"
-    for path in loop.write_samples(sample, run.state, batch, rng, workdir, run.step, tag):
+    paths = loop.write_samples(
+        sample, run.state, batch, rng, workdir, run.step, tag, tokenizer=run.tokenizer
+    )
+    for path in paths:
+        if path.endswith(".txt"):  # text samples are printed too
+            with open(path, encoding="utf-8") as f:
+                print(f.read())
         print(path)
 
 

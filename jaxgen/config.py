@@ -39,6 +39,12 @@ def base_config() -> ConfigDict:
             # "symmetric": floats in [-1, 1]; "binary": dynamically binarised {0, 1}
             # (a fresh Bernoulli draw of each pixel every epoch, as in the IWAE paper).
             pixels="symmetric",
+            # Text datasets ("tiny_shakespeare", "text_file") only:
+            seq_len=0,  # context length T; a text batch holds windows of T + 1 tokens
+            tokenizer="char",  # "char", "bpe" (trained on the train split) or a tokenizer.json path
+            vocab_size=0,  # BPE vocabulary size (ignored by "char" and by a tokenizer.json path)
+            text_file="",  # the UTF-8 file of data.name="text_file"
+            val_fraction=0.1,  # text_file: the last fraction of the characters is "validation"
             num_threads=2,  # Grain read threads; the host must stay ahead of the device
             prefetch=2,  # batches buffered ahead of the step
         )
@@ -103,7 +109,10 @@ def base_config() -> ConfigDict:
     config.mesh = ConfigDict(
         dict(
             backend="jit",  # "jit" over a device mesh, or "pmap"
-            data=-1,  # devices on the data axis; -1 means every device
+            data=-1,  # devices on the data axis; -1 means every device (divided by fsdp)
+            # Devices that split each large param and its optimizer state (jit only); the
+            # batch is split over data x fsdp devices. 1: params replicated.
+            fsdp=1,
         )
     )
     return config

@@ -4,8 +4,11 @@ The only module that builds meshes or calls jax.jit / jax.pmap on a step.
 Families write their steps as if one device held the whole batch; this file
 makes them data-parallel:
 
-- backend "jit" (default): a Mesh with a "data" axis. Batches are sharded on
-  it, state is replicated, and XLA inserts the gradient all-reduce.
+- backend "jit" (default): a Mesh with axes ("data", "fsdp"). Batches are
+  sharded over both, and XLA inserts the gradient all-reduce. With fsdp = 1
+  (the default) state is replicated; with fsdp = k every large param and its
+  optimizer moments are split k ways along one dimension (ZeRO-3 / FSDP), and
+  XLA gathers each param where it is used and reduce-scatters its gradient.
 - backend "pmap": the same family step under jax.pmap. The family is built with
   axis_name="data" and averages its gradients with lax.pmean; state carries a
   leading device axis while training and is un-replicated for saving and eval.
@@ -15,6 +18,7 @@ how the batch is split over devices and microbatches, so 1 device, 4 devices
 under jit and 4 under pmap give the same update.
 """
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +32,9 @@ from jaxgen.config import ConfigDict, ConfigError
 
 PyTree = Any
 DATA_AXIS = "data"
+FSDP_AXIS = "fsdp"
 BACKENDS = ("jit", "pmap")
+_FSDP_MIN_SIZE = 1 << 14  # smaller arrays (biases, norms) stay replicated: not worth a gather
 
 
 def check_config(config: ConfigDict) -> None:
@@ -37,6 +43,12 @@ def check_config(config: ConfigDict) -> None:
         raise ConfigError(
             f"config.mesh.backend: unknown backend {config.mesh.backend!r}; choose from jit, pmap"
         )
+    if config.mesh.fsdp < 1 or jax.device_count() % config.mesh.fsdp:
+        raise ConfigError(
+            f"config.mesh.fsdp: {config.mesh.fsdp} does not divide the {jax.device_count()} devices"
+        )
+    if config.mesh.fsdp > 1 and config.mesh.backend != "jit":
+        raise ConfigError("config.mesh.fsdp: sharding params needs config.mesh.backend='jit'")
     num = num_data_devices(config.mesh)
     size = config.train.batch_size
     if size % num:
@@ -50,22 +62,39 @@ def check_config(config: ConfigDict) -> None:
         )
 
 
+def _fsdp(mesh_config: ConfigDict) -> int:
+    return mesh_config.get("fsdp", 1)
+
+
 def num_data_devices(mesh_config: ConfigDict) -> int:
-    count = jax.device_count()
+    """The devices a global batch is split over: data x fsdp."""
+    fsdp = _fsdp(mesh_config)
+    count = jax.device_count() // fsdp
     if mesh_config.data == -1:
-        return count
+        return count * fsdp
     if mesh_config.data < 1 or mesh_config.data > count or count % mesh_config.data:
         raise ConfigError(
             f"config.mesh.data: {mesh_config.data} devices requested, {count} available "
             "(use -1 for all, or a divisor of the count)"
         )
-    return mesh_config.data
+    return mesh_config.data * fsdp
 
 
 def make_mesh(mesh_config: ConfigDict) -> Mesh:
-    """A 1-D mesh over the first `mesh.data` devices (all by default)."""
+    """A (data, fsdp) mesh over the first data x fsdp devices (all by default)."""
+    fsdp = _fsdp(mesh_config)
     devices = jax.devices()[: num_data_devices(mesh_config)]
-    return Mesh(np.asarray(devices), (DATA_AXIS,))
+    return Mesh(np.asarray(devices).reshape(-1, fsdp), (DATA_AXIS, FSDP_AXIS))
+
+
+def fsdp_spec(shape: tuple[int, ...], fsdp: int) -> P:
+    """Split the largest dimension that `fsdp` divides; small arrays stay replicated."""
+    if fsdp == 1 or math.prod(shape) < _FSDP_MIN_SIZE:
+        return P()
+    for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+        if shape[dim] % fsdp == 0:
+            return P(*([None] * dim + [FSDP_AXIS]))
+    return P()
 
 
 def example_rngs(rng: jax.Array, batch_size: int, axis_name: str | None = None) -> jax.Array:
@@ -86,8 +115,9 @@ class Placement:
         self.backend = mesh_config.backend
         self.mesh = make_mesh(mesh_config)
         self.replicated = NamedSharding(self.mesh, P())
-        self.batch_sharding = NamedSharding(self.mesh, P(DATA_AXIS))
+        self.batch_sharding = NamedSharding(self.mesh, P((DATA_AXIS, FSDP_AXIS)))
         self.num_devices = self.mesh.size
+        self.fsdp = _fsdp(mesh_config)
 
     @property
     def axis_name(self) -> str | None:
@@ -95,15 +125,23 @@ class Placement:
         return DATA_AXIS if self.backend == "pmap" else None
 
     # -- state ---------------------------------------------------------------
-    def abstract_state(self, abstract: PyTree) -> PyTree:
-        """Shape/dtype structs with the replicated sharding (a restore target)."""
+    def state_shardings(self, state: PyTree) -> PyTree:
+        """Replicated, or under fsdp each large array split along one dimension."""
         return jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.replicated), abstract
+            lambda x: NamedSharding(self.mesh, fsdp_spec(x.shape, self.fsdp)), state
+        )
+
+    def abstract_state(self, abstract: PyTree) -> PyTree:
+        """Shape/dtype structs with the state's shardings (a restore target)."""
+        return jax.tree.map(
+            lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+            abstract,
+            self.state_shardings(abstract),
         )
 
     def put_state(self, state: PyTree) -> PyTree:
-        """Global, replicated state -> the form the compiled train step takes."""
-        state = jax.device_put(state, self.replicated)
+        """Global state -> the form the compiled train step takes."""
+        state = jax.device_put(state, self.state_shardings(state))
         if self.backend == "jit":
             return state
         # A leading device axis, one slice per device (what pmap takes).
@@ -113,7 +151,7 @@ class Placement:
         )
 
     def get_state(self, state: PyTree) -> PyTree:
-        """The train step's form -> global replicated state (for saving and eval)."""
+        """The train step's form -> global state (for saving and eval)."""
         if self.backend == "jit":
             return state
         # A pmap output holds this process's devices only, one equal slice each. Each slice
@@ -146,7 +184,7 @@ class Placement:
         """Compile `train_step(state, batch) -> (state, metrics)` once, donating state."""
         if self.backend == "pmap":
             return jax.pmap(train_step, axis_name=DATA_AXIS, donate_argnums=0)
-        state_sharding = jax.tree.map(lambda _: self.replicated, state)
+        state_sharding = self.state_shardings(state)
         return jax.jit(
             train_step,
             in_shardings=(state_sharding, self.batch_sharding),

@@ -23,9 +23,11 @@ def binary_batches(num, batch_size, seed=0):
     ]
 
 
-def train_params(backend: str, devices: int, microbatches: int = 1, num_steps: int = 4):
+def train_params(
+    backend: str, devices: int, microbatches: int = 1, num_steps: int = 4, fsdp: int = 1
+):
     config = vae_smoke_config()
-    config.mesh.backend, config.mesh.data = backend, devices
+    config.mesh.backend, config.mesh.data, config.mesh.fsdp = backend, devices // fsdp, fsdp
     config.train.microbatches = microbatches
     config.train.batch_size = 32
     parallel.check_config(config)
@@ -37,6 +39,9 @@ def train_params(backend: str, devices: int, microbatches: int = 1, num_steps: i
     state = placement.compile_init(init_steps.init)(jax.random.PRNGKey(0), batches[0])
     step = placement.compile_train_step(steps.train_step, state)
     state = placement.put_state(state)
+    if fsdp > 1:  # the biggest param is really split: each device holds 1/fsdp of it
+        kernel = max(jax.tree.leaves(state.params), key=lambda x: x.size)
+        assert {shard.data.size for shard in kernel.addressable_shards} == {kernel.size // fsdp}
     losses = []
     for batch in batches:
         state, metrics = step(state, placement.put_batch(batch))
@@ -88,4 +93,22 @@ def test_batch_not_divisible_by_devices_names_the_field():
     config = vae_smoke_config()
     config.train.batch_size = 30
     with pytest.raises(parallel.ConfigError, match=r"^config\.train\.batch_size"):
+        parallel.check_config(config)
+
+
+@pytest.mark.parametrize("fsdp", [2, 4])
+def test_fsdp_sharding_does_not_change_training(fsdp):
+    reference, reference_losses = train_params("jit", 1)
+    params, losses = train_params("jit", 4, fsdp=fsdp)
+    np.testing.assert_allclose(losses, reference_losses, rtol=1e-5)
+    assert_trees_close(params, reference, atol=2e-6)
+
+
+def test_fsdp_needs_jit_and_a_divisor():
+    config = vae_smoke_config()
+    config.mesh.fsdp = 3
+    with pytest.raises(parallel.ConfigError, match=r"^config\.mesh\.fsdp"):
+        parallel.check_config(config)
+    config.mesh.fsdp, config.mesh.backend = 2, "pmap"
+    with pytest.raises(parallel.ConfigError, match=r"^config\.mesh\.fsdp"):
         parallel.check_config(config)

@@ -8,12 +8,25 @@
 
 Datasets are our TFDS builders (DATASETS: "mnist", "fashion_mnist"; builders.py, raw.py,
 idx.py) or any other name in the TFDS catalog (sources.py); the Grain pipelines are in
-pipeline.py. No TensorFlow is needed to prepare our datasets or to read any prepared one.
+pipeline.py. Text datasets (TEXT_DATASETS: "tiny_shakespeare", "text_file"; text.py) give
+{"tokens": int32 [b, seq_len + 1]} batches, and their tokenizer (jaxgen.tokenizers) comes from
+load_tokenizer(config.data). No TensorFlow is needed to prepare our datasets or to read any
+prepared one.
 """
 
 from jaxgen.data.builders import DATASETS
 from jaxgen.data.errors import DataError
 from jaxgen.data.pipeline import make_iterator
-from jaxgen.data.sources import DatasetInfo, check_config, get_info
+from jaxgen.data.sources import DatasetInfo, check_config, get_info, load_tokenizer
+from jaxgen.data.text import TEXT_DATASETS
 
-__all__ = ["DATASETS", "DataError", "DatasetInfo", "check_config", "get_info", "make_iterator"]
+__all__ = [
+    "DATASETS",
+    "TEXT_DATASETS",
+    "DataError",
+    "DatasetInfo",
+    "check_config",
+    "get_info",
+    "load_tokenizer",
+    "make_iterator",
+]

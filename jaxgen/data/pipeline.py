@@ -15,6 +15,16 @@ pass in the split's order, the last batch padded and a "mask" marking real examp
 eval pixels are drawn per example from (a fixed seed, the example's index in the split), so they
 do not depend on the batch size, the number of hosts or config.seed.
 
+Text datasets (text.py) give {"tokens": int32 [b, T + 1]} windows of the split's token ids, with
+T = config.data.seq_len, read from the memory-mapped cache. Training: nanoGPT's get_batch, start
+offsets uniform in [0, N - T - 1], drawn from default_rng([derived seed, k]), so again batch k is
+a pure function of (seed, host, k), and hosts draw from unrelated streams over the whole split.
+Evaluation: the split's non-overlapping windows of T + 1 tokens with stride T (every token but
+the first, and the last (N - 1) % T, is predicted exactly once), visited in one fixed
+pseudo-random order that depends on neither config.seed, the batch size nor the number of hosts,
+split across hosts and padded like the image eval pass. An evaluator that stops after n windows
+thus sees the same spread-out sample of the split at every evaluation.
+
 Deliberately not here: augmentation, multiprocessing workers (decoded shards are in memory, so
 threads keep up) and sharding over the devices of a host (the trainer does that with jax).
 """
@@ -28,10 +38,12 @@ import jax
 import numpy as np
 
 from jaxgen.config import ConfigDict, ConfigError
-from jaxgen.data import sources
+from jaxgen.data import sources, text
 
 _EVAL_PIXELS_SEED = 0x5EED  # fixed: eval metrics of different runs see the same binarisation
-_SHUFFLE, _BINARY = 0, 1  # tags that keep the derived seeds of different purposes apart
+_EVAL_WINDOWS_SEED = 0x7E47  # fixed: every evaluation of every run visits windows in one order
+# Tags that keep the derived seeds of different purposes apart.
+_SHUFFLE, _BINARY, _WINDOWS = 0, 1, 2
 
 
 def _derived_seed(seed: int, process_index: int, purpose: int) -> int:
@@ -111,6 +123,66 @@ class _LoadEvalBatch:
         return {"image": pixels, "label": labels, "mask": real.astype(np.float32)}
 
 
+class _TextTrainBatch:
+    """Batch k -> [b, T + 1] windows at offsets drawn from default_rng([seed, k])."""
+
+    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, seed: int):
+        self._tokens, self._batch_size, self._seed = tokens, batch_size, seed
+        self._offsets = np.arange(seq_len + 1)
+        self._num_starts = len(tokens) - seq_len  # starts 0 .. N - T - 1, as nanoGPT's get_batch
+
+    def __call__(self, index: int, _: Any) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([self._seed, index])
+        starts = rng.integers(0, self._num_starts, self._batch_size)
+        return {"tokens": np.array(self._tokens[starts[:, None] + self._offsets], np.int32)}
+
+
+class _TextEvalBatch:
+    """Step j -> windows j*b .. (j+1)*b - 1 of this host's list, the last batch padded."""
+
+    def __init__(self, tokens: np.ndarray, windows: np.ndarray, batch_size: int, seq_len: int):
+        self._tokens, self._windows, self._batch_size = tokens, windows, batch_size
+        self._seq_len, self._offsets = seq_len, np.arange(seq_len + 1)
+
+    def __call__(self, step: int) -> dict[str, np.ndarray]:
+        positions = np.arange(step * self._batch_size, (step + 1) * self._batch_size)
+        real = positions < len(self._windows)
+        starts = np.zeros(self._batch_size, np.int64)
+        starts[real] = self._windows[positions[real]] * self._seq_len
+        tokens = np.array(self._tokens[starts[:, None] + self._offsets], np.int32)
+        tokens[~real] = 0
+        return {"tokens": tokens, "mask": real.astype(np.float32)}
+
+
+def _text_dataset(
+    dataset: text.TextDataset,
+    split: str,
+    local_batch: int,
+    seq_len: int,
+    seed: int,
+    train: bool,
+    process_index: int,
+    process_count: int,
+) -> grain.MapDataset:
+    tokens = dataset.tokens(split)
+    if len(tokens) < seq_len + 1:
+        raise ConfigError(
+            f"config.data.seq_len: {seq_len} + 1 tokens are more than the {len(tokens)} of "
+            f"{dataset.name} split {split!r}"
+        )
+    if train:
+        load = _TextTrainBatch(
+            tokens, local_batch, seq_len, _derived_seed(seed, process_index, _WINDOWS)
+        )
+        return grain.MapDataset.range(1).repeat().map_with_index(load)
+    num_windows = (len(tokens) - 1) // seq_len
+    order = np.random.default_rng(_EVAL_WINDOWS_SEED).permutation(num_windows)
+    windows = order[process_index::process_count]  # host p: positions p, p + P, ... of the order
+    num_batches = math.ceil(math.ceil(num_windows / process_count) / local_batch)
+    load = _TextEvalBatch(tokens, windows, local_batch, seq_len)
+    return grain.MapDataset.range(num_batches).map(load)
+
+
 def make_iterator(
     data_config: ConfigDict, split: str, batch_size: int, seed: int, *, train: bool
 ) -> grain.DatasetIterator:
@@ -120,12 +192,13 @@ def make_iterator(
       data_config: config.data.
       split: a TFDS split string, usually config.data.train_split or eval_split.
       batch_size: the GLOBAL batch size; each host gets batch_size // jax.process_count().
-      seed: shuffling and binarisation seed (ignored for eval).
+      seed: shuffling, binarisation and text window seed (ignored for eval).
       train: True for an endless shuffled stream, False for one padded pass in order.
 
     Returns:
-      An iterator of {"image": float32 [b, H, W, C], "label": int32 [b]} (plus "mask": float32
-      [b] when train=False), with get_state()/set_state() whose state is JSON-serialisable.
+      An iterator of {"image": float32 [b, H, W, C], "label": int32 [b]}, or for a text
+      dataset {"tokens": int32 [b, config.data.seq_len + 1]}, plus "mask": float32 [b] when
+      train=False, with get_state()/set_state() whose state is JSON-serialisable.
     """
     process_count, process_index = jax.process_count(), jax.process_index()
     if not isinstance(batch_size, int) or batch_size < 1 or batch_size % process_count:
@@ -138,6 +211,21 @@ def make_iterator(
     local_batch = batch_size // process_count
     binary = data_config.pixels == "binary"
     dataset = sources.open_dataset(data_config)
+    read_options = grain.ReadOptions(
+        num_threads=data_config.num_threads, prefetch_buffer_size=data_config.prefetch
+    )
+    if isinstance(dataset, text.TextDataset):
+        ds = _text_dataset(
+            dataset,
+            split,
+            local_batch,
+            data_config.seq_len,
+            seed,
+            train,
+            process_index,
+            process_count,
+        )
+        return iter(ds.to_iter_dataset(read_options))
     reader = dataset.reader(split, process_index, process_count)
 
     if train:
@@ -162,8 +250,4 @@ def make_iterator(
         num_batches = math.ceil(largest_shard / local_batch)
         ds = grain.MapDataset.range(num_batches)
         ds = ds.map(_LoadEvalBatch(reader, local_batch, binary))
-
-    read_options = grain.ReadOptions(
-        num_threads=data_config.num_threads, prefetch_buffer_size=data_config.prefetch
-    )
     return iter(ds.to_iter_dataset(read_options))

@@ -11,6 +11,9 @@ which alone would cap the host at a few thousand images/s, far below what the de
 MNIST or CIFAR. Bigger shards are read batch by batch with the source's batched __getitems__.
 What is read, and in which order, does not depend on this choice.
 
+Text datasets (text.TEXT_DATASETS) are checked and opened here too, as a text.TextDataset; their
+DatasetInfo counts tokens and gives the tokenizer's vocab_size.
+
 Catalog datasets are prepared by TFDS's own generator code, which may need TensorFlow in TFDS
 4.9.x (e.g. cifar10 reads its files with tf.io.gfile and encodes PNGs with tf.image); reading
 prepared array_record files never does. Such datasets can be built once elsewhere with
@@ -28,8 +31,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxgen import tokenizers
 from jaxgen.config import ConfigDict, ConfigError
-from jaxgen.data import builders
+from jaxgen.data import builders, text
 from jaxgen.data.errors import DataError
 
 PIXELS = ("symmetric", "binary")
@@ -39,9 +43,10 @@ _READ_CHUNK = 1024  # records per batched read while loading a shard into memory
 
 
 class DatasetInfo(NamedTuple):
-    image_shape: tuple[int, int, int]  # (H, W, C)
-    num_classes: int
-    num_examples: dict[str, int]  # split name -> count
+    image_shape: tuple[int, ...]  # (H, W, C); () for text
+    num_classes: int  # 0 for text
+    num_examples: dict[str, int]  # split name -> count (of tokens, for text)
+    vocab_size: int = 0  # the tokenizer's, for text; 0 for images
 
 
 def _catalog_base_name(name: str) -> str:
@@ -52,6 +57,7 @@ def _catalog_base_name(name: str) -> str:
 def _in_catalog(name: str) -> bool:
     base = _catalog_base_name(name)
     ours = {cls.name for cls in map(builders.DATASETS.get, builders.DATASETS.names())}
+    ours |= {cls.name for cls in map(text.TEXT_DATASETS.get, text.TEXT_DATASETS.names())}
     # Without with_community_datasets=False TFDS tries to reach GCS (and to import TensorFlow).
     return base not in ours and base in tfds.list_builders(with_community_datasets=False)
 
@@ -61,10 +67,12 @@ def check_config(data_config: ConfigDict) -> None:
     name = data_config.name
     if not isinstance(name, str) or not name:
         raise ConfigError("config.data.name: empty; choose a dataset, e.g. 'mnist'")
-    if name not in builders.DATASETS and not _in_catalog(name):
+    is_text = name in text.TEXT_DATASETS  # first: TFDS has its own "tiny_shakespeare"
+    if not is_text and name not in builders.DATASETS and not _in_catalog(name):
+        ours = builders.DATASETS.names() + text.TEXT_DATASETS.names()
         raise ConfigError(
             f"config.data.name: unknown dataset {name!r}: not one of ours "
-            f"({', '.join(builders.DATASETS.names())}) and not in the TFDS catalog"
+            f"({', '.join(sorted(ours))}) and not in the TFDS catalog"
         )
     for field in ("train_split", "eval_split"):
         split = data_config[field]
@@ -91,6 +99,8 @@ def check_config(data_config: ConfigDict) -> None:
         raise ConfigError(f"config.data.num_threads: {data_config.num_threads!r}, must be >= 1")
     if not isinstance(data_config.prefetch, int) or data_config.prefetch < 0:
         raise ConfigError(f"config.data.prefetch: {data_config.prefetch!r}, must be >= 0")
+    if is_text:
+        text.check_config(data_config)  # splits, seq_len, tokenizer, ...
 
 
 class Dataset:
@@ -272,15 +282,38 @@ class SplitReader:
         return self._decode(positions)
 
 
-def open_dataset(data_config: ConfigDict) -> Dataset:
-    """Checks the config, prepares the dataset if needed and opens it."""
+def open_dataset(data_config: ConfigDict) -> Dataset | text.TextDataset:
+    """Checks the config, prepares the dataset (and a text dataset's tokens) if needed, opens it."""
     check_config(data_config)
+    if data_config.name in text.TEXT_DATASETS:
+        return text.TextDataset(data_config)
     return Dataset(data_config)
 
 
 def get_info(data_config: ConfigDict) -> DatasetInfo:
     """Prepares the dataset if needed and returns its image shape, classes and split sizes.
 
-    num_examples has an entry for config.data.train_split and config.data.eval_split.
+    num_examples has an entry for config.data.train_split and config.data.eval_split. For a text
+    dataset it counts tokens, image_shape is () and num_classes 0, and vocab_size is the
+    tokenizer's.
     """
-    return open_dataset(data_config).info()
+    dataset = open_dataset(data_config)
+    if isinstance(dataset, text.TextDataset):
+        splits = (data_config.train_split, data_config.eval_split)
+        counts = {split: len(dataset.tokens(split)) for split in splits}
+        return DatasetInfo((), 0, counts, dataset.vocab_size)
+    return dataset.info()
+
+
+def load_tokenizer(data_config: ConfigDict) -> tokenizers.Tokenizer:
+    """The tokenizer of a text dataset (trained on its train split, or read from a file).
+
+    Prepares the dataset and trains the tokenizer if needed; every process gets the same one.
+    """
+    check_config(data_config)
+    if data_config.name not in text.TEXT_DATASETS:
+        raise ConfigError(
+            f"config.data.name: {data_config.name!r} is not a text dataset "
+            f"({', '.join(text.TEXT_DATASETS.names())}), so it has no tokenizer"
+        )
+    return text.TextDataset(data_config).tokenizer

@@ -46,7 +46,10 @@ class DatasetAverage:
         self, config: ConfigDict, entry: ConfigDict, make_step: Callable, placement: Placement
     ):
         self.config, self.entry, self.placement = config, entry, placement
-        self.step = placement.compile_eval(make_step(entry))
+        step = make_step(entry)
+        # Optional host-side function of the averages, for non-linear metrics (perplexity).
+        self.finalize = getattr(step, "finalize", None)
+        self.step = placement.compile_eval(step)
         self.rng = jax.random.PRNGKey(config.seed + 1)  # the same noise at every evaluation
 
     def __call__(self, state: Any) -> dict[str, float]:
@@ -68,9 +71,10 @@ class DatasetAverage:
                 break
         totals = jax.device_get(totals)
         count = float(totals.pop("count"))
-        return {key: float(np.asarray(value) / count) for key, value in totals.items()} | {
-            "count": count
-        }
+        means = {key: float(np.asarray(value) / count) for key, value in totals.items()}
+        if self.finalize is not None:
+            means = self.finalize(means)
+        return means | {"count": count}
 
 
 def build(config: ConfigDict, steps: Any, placement: Placement) -> dict[str, Callable[[Any], dict]]:

@@ -147,9 +147,12 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
     steps = family.make_steps(config, info, placement.axis_name)
     jit_steps = steps if placement.axis_name is None else family.make_steps(config, info, None)
     os.makedirs(workdir, exist_ok=True)
+    tokenizer = data.load_tokenizer(config.data) if info.vocab_size else None
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
+        if tokenizer is not None:  # the workdir alone decodes the run's tokens
+            tokenizer.save(os.path.join(workdir, "tokenizer.json"))
 
     train_iter = data.make_iterator(
         config.data, config.data.train_split, config.train.batch_size, config.seed, train=True
@@ -222,7 +225,13 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
                     writer.write(done, "eval", results)
                 if due["sample_every"]:
                     write_samples(
-                        sample, placement.get_state(state), sample_batch, sample_rng, workdir, done
+                        sample,
+                        placement.get_state(state),
+                        sample_batch,
+                        sample_rng,
+                        workdir,
+                        done,
+                        tokenizer=tokenizer,
                     )
                 if due["eval_every"] or due["sample_every"]:
                     window_time = time.perf_counter()  # steps/s counts training only
@@ -241,15 +250,35 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
     return placement.get_state(state)
 
 
-def write_samples(sample, state, batch, rng, workdir: str, step: int, tag: str = "") -> list[str]:
-    """Run the compiled sampler and write one PNG grid per output name."""
-    grids = jax.device_get(sample(state, batch, rng))
+def write_samples(
+    sample, state, batch, rng, workdir: str, step: int, tag: str = "", tokenizer: Any = None
+) -> list[str]:
+    """Run the compiled sampler; write a PNG grid per image output and, for token outputs
+    (int arrays [N, L], -1 where there is no token), a text file of the decoded rows."""
+    outputs = jax.device_get(sample(state, batch, rng))
     if jax.process_index() != 0:
         return []
-    return [
-        images.save_grid(grid, os.path.join(workdir, "samples", f"{name}_{step:07d}{tag}.png"))
-        for name, grid in grids.items()
-    ]
+    paths = []
+    for name, array in outputs.items():
+        stem = os.path.join(workdir, "samples", f"{name}_{step:07d}{tag}")
+        if np.issubdtype(array.dtype, np.integer):
+            paths.append(write_text(decode_rows(tokenizer, array), stem + ".txt"))
+        else:
+            paths.append(images.save_grid(array, stem + ".png"))
+    return paths
+
+
+def decode_rows(tokenizer: Any, tokens: np.ndarray) -> list[str]:
+    """Decode each row of an int array, skipping the -1 entries (padding)."""
+    return [tokenizer.decode(row[row >= 0]) for row in np.asarray(tokens)]
+
+
+def write_text(texts: list[str], path: str) -> str:
+    """Write samples separated by a rule line; returns the path."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n---------------\n".join(texts) + "\n")
+    return path
 
 
 class Run(NamedTuple):
@@ -260,12 +289,16 @@ class Run(NamedTuple):
     steps: Any  # the family's Steps
     placement: parallel.Placement
     info: Any
+    tokenizer: Any  # text runs: the run's tokenizer (workdir/tokenizer.json); else None
 
 
 def load_run(config: ConfigDict, workdir: str) -> Run:
     """Restore the latest checkpoint of `workdir` with `config` (the run's, plus overrides)."""
     config = config.copy_and_resolve_references()
     config.mesh.backend = "jit"
+    saved_tokenizer = os.path.join(workdir, "tokenizer.json")
+    if os.path.exists(saved_tokenizer):  # decode with exactly the run's tokenizer
+        config.data.tokenizer = saved_tokenizer
     info = check(config)
     family = get_family(config.family)
     placement = parallel.Placement(config.mesh)
@@ -275,7 +308,8 @@ def load_run(config: ConfigDict, workdir: str) -> Run:
     ckpt = checkpoint.Checkpointer(workdir, config.ckpt)
     state, _, step = ckpt.restore(placement.abstract_state(abstract))
     ckpt.close()
-    return Run(state, step, steps, placement, info)
+    tokenizer = data.load_tokenizer(config.data) if info.vocab_size else None
+    return Run(state, step, steps, placement, info, tokenizer)
 
 
 def first_eval_batch(config: ConfigDict, batch_size: int) -> dict:

@@ -1,0 +1,144 @@
+"""GPT family: pure init / train / eval / sample steps for the generic loop.
+
+A batch is {"tokens": int32 [B, T + 1]} (random windows of the training text, data/); the model
+reads tokens[:, :-1] and predicts tokens[:, 1:]. Dropout masks are drawn per example from the
+example's index in the global batch (parallel.example_rngs), so an update does not depend on the
+device count, the backend or the number of microbatches. Evaluation sums the token NLL over
+non-overlapping windows of the eval split and reports nats, bits and perplexity per token.
+Sampling (sampling/gpt.py) runs the whole decode loop inside the one compiled sample function.
+"""
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxgen import data, optim
+from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.losses import gpt as losses
+from jaxgen.models import gpt as models
+from jaxgen.parallel import example_rngs
+from jaxgen.sampling import gpt as sampling
+from jaxgen.train import Steps
+from jaxgen.train import state as train_state
+from jaxgen.train.gradients import grads_and_metrics
+
+PyTree = Any
+
+
+def validate(config: ConfigDict, info: Any) -> None:
+    if not info.vocab_size:
+        raise ConfigError(
+            f"config.data.name: {config.data.name!r} is not a text dataset "
+            "(the gpt family needs tokens: tiny_shakespeare or text_file)"
+        )
+    models.check_config(config.model, info.vocab_size, config.data.seq_len)
+    losses.LOSSES.get(config.loss.name)
+    settings = sampling.read_settings(config.sample)
+    (prompt, _), _ = prompt_tokens(config)
+    sampling.check_length(config.model, prompt.shape[1], settings.max_new_tokens)
+
+
+def prompt_tokens(config: ConfigDict):
+    """(prompt [P, L] int32 left-padded, lengths [P]) for config.sample.prompt, split on
+    config.sample.prompt_separator into several prompts (each sampled num_samples times)."""
+    tokenizer = data.load_tokenizer(config.data)
+    sample = config.sample
+    prompts = sample.prompt.split(sample.prompt_separator) if sample.prompt_separator else None
+    prompts = prompts or [sample.prompt]
+    try:
+        return sampling.encode_prompts(tokenizer, prompts), tokenizer
+    except ValueError as error:
+        raise ConfigError(f"config.sample.prompt: {error}") from None
+
+
+def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> Steps:
+    model = models.make_model(config.model, info.vocab_size)
+    loss_fn = losses.LOSSES.get(config.loss.name)
+    loss_kw = config.loss.kw.to_dict()
+    optimizer = optim.make_optimizer(
+        config.optim, config.train.num_steps, config.train.skip_nonfinite
+    )
+    schedule = optim.learning_rate(config.optim, config.train.num_steps)
+    ema_decay = config.optim.ema_decay
+    microbatches = config.train.microbatches
+    dropout = config.model.dropout > 0
+
+    def logits_of(params, inputs, dropout_rngs=None):
+        """Training-mode logits [B, T, V]; with dropout, each example uses its own key."""
+        if dropout_rngs is None:
+            return model.apply({"params": params}, inputs, train=True)
+
+        def one(tokens, rng):
+            return model.apply({"params": params}, tokens[None], train=True, rngs={"dropout": rng})
+
+        return jax.vmap(one)(inputs, dropout_rngs)[:, 0]
+
+    def init(rng, batch):
+        params_rng, state_rng = jax.random.split(rng)
+        params = model.init(params_rng, batch["tokens"][:1, :-1])["params"]
+        return train_state.create(params, optimizer, state_rng, ema=ema_decay > 0)
+
+    def train_step(state, batch):
+        tokens = batch["tokens"]
+        step_batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
+        if dropout:
+            dropout_rng = jax.random.fold_in(state.rng, state.step)
+            step_batch["dropout_rngs"] = example_rngs(dropout_rng, tokens.shape[0], axis_name)
+
+        def loss_of(params, mb):
+            logits = logits_of(params, mb["inputs"], mb.get("dropout_rngs"))
+            return loss_fn(logits, mb["targets"], **loss_kw)
+
+        grads, metrics = grads_and_metrics(
+            loss_of, state.params, step_batch, microbatches, axis_name
+        )
+        metrics["lr"] = schedule(state.step)
+        return train_state.apply_gradients(state, grads, optimizer, ema_decay), metrics
+
+    def make_loss_eval(entry):
+        """Sums of the token NLL (nats) over the real windows of an eval batch."""
+
+        def loss_step(state, batch, rng):
+            del rng  # evaluation is deterministic
+            tokens, mask = batch["tokens"], batch["mask"]
+            logits = model.apply({"params": state.eval_params}, tokens[:, :-1])
+            nll = jnp.sum(losses.token_nll(logits, tokens[:, 1:]), axis=1)  # [B]
+            total = jnp.sum(nll * mask)
+            return {
+                "loss": total,
+                "bits_per_token": total / math.log(2.0),
+                "count": jnp.sum(mask) * (tokens.shape[1] - 1),
+            }
+
+        loss_step.finalize = lambda means: means | {"perplexity": math.exp(means["loss"])}
+        return loss_step
+
+    copies = config.sample.num_samples
+
+    def sample(state, batch, rng):
+        """{"text": int32 [prompts x num_samples, L]}: each prompt then its continuation,
+        -1 where there is no token (left padding, after EOS)."""
+        del batch  # prompts come from config.sample.prompt
+        # Read at trace time, so building the train step alone needs no tokenizer.
+        (prompt, prompt_lengths), tokenizer = prompt_tokens(config)
+        generate = sampling.make_generate(model, config.model, config.sample, tokenizer.eos_id)
+        rows = jnp.repeat(jnp.asarray(prompt), copies, axis=0)
+        lengths = jnp.repeat(jnp.asarray(prompt_lengths), copies, axis=0)
+        out = generate(state.eval_params, rows, lengths, rng)
+        width = rows.shape[1]
+        left_pad = jnp.arange(width)[None] < (width - lengths)[:, None]
+        new = jnp.arange(out.tokens.shape[1])[None] < out.lengths[:, None]
+        return {
+            "text": jnp.concatenate(
+                [jnp.where(left_pad, -1, rows), jnp.where(new, out.tokens, -1)], axis=1
+            )
+        }
+
+    return Steps(
+        init=init,
+        train_step=train_step,
+        eval_steps={"loss": make_loss_eval},
+        sample=sample,
+    )
