@@ -40,6 +40,11 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--dtype", default="", help="override config.model.dtype")
+    parser.add_argument(
+        "--compile_only",
+        action="store_true",
+        help="print XLA's cost and memory analysis of the compiled step without running it",
+    )
     args = parser.parse_args()
 
     path, _, arg = args.config.partition(":")
@@ -69,6 +74,33 @@ def main():
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     tokens_per_step = args.batch_size * seq_len
+    model = config.model
+    wpe = model.block_size * model.width if model.position == "learned" else 0
+    flops_per_token = 6 * (num_params - wpe) + 12 * model.num_layers * model.width * seq_len
+    if args.compile_only:
+        memory = compiled.memory_analysis()
+        print(
+            json.dumps(
+                {
+                    "benchmark": "gpt_train_compile",
+                    "config": args.config,
+                    "device": jax.devices()[0].device_kind,
+                    "batch_size": args.batch_size,
+                    "dtype": model.dtype,
+                    "params": num_params,
+                    "flops_per_token": flops_per_token,
+                    "xla_flops_per_token": round(cost.get("flops", math.nan) / tokens_per_step),
+                    "xla_bytes_accessed_per_token": round(
+                        cost.get("bytes accessed", math.nan) / tokens_per_step
+                    ),
+                    "argument_mb": round(memory.argument_size_in_bytes / 2**20, 1),
+                    "output_mb": round(memory.output_size_in_bytes / 2**20, 1),
+                    "alias_mb": round(memory.alias_size_in_bytes / 2**20, 1),
+                    "temp_mb": round(memory.temp_size_in_bytes / 2**20, 1),
+                }
+            )
+        )
+        return
 
     start = time.perf_counter()
     for i in range(args.warmup):
@@ -82,9 +114,6 @@ def main():
     elapsed = time.perf_counter() - start
 
     tokens_per_s = tokens_per_step * args.steps / elapsed
-    model = config.model
-    wpe = model.block_size * model.width if model.position == "learned" else 0
-    flops_per_token = 6 * (num_params - wpe) + 12 * model.num_layers * model.width * seq_len
     peak = peak_flops(jax.devices()[0])
     peak_total = peak * jax.device_count() if peak else None
     print(

@@ -108,7 +108,10 @@ def test_resume_across_devices_and_fsdp_equals_an_uninterrupted_run(tmp_path, co
         devices=4,
     )
     run_script("train", *args, f"--workdir={resumed}")
-    expected, actual = comparable_metrics(reference), comparable_metrics(resumed)
+    # Train rows only: the first half also evaluates at its last step (10).
+    expected, actual = (
+        [r for r in comparable_metrics(w) if r["split"] == "train"] for w in (reference, resumed)
+    )
     assert [r["step"] for r in actual] == [r["step"] for r in expected]
     for want, got in zip(expected, actual, strict=True):
         np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-4)
@@ -143,7 +146,7 @@ def test_finetune_config_starts_from_the_source_run(smoke_run, tmp_path, corpus_
 BAD_INPUTS = [
     ("--config.data.seq_len=64", "config.data.seq_len"),
     ("--config.model.position=alibi", "config.model.position"),
-    ("--config.model.width=30", "config.model.width"),
+    ("--config.model.width=33", "config.model.width"),
     ("--config.data.tokenizer=nonsense", "config.data.tokenizer"),
     ("--config.sample.top_p=0", "config.sample.top_p"),
     ("--config.data.eval_split=test", "config.data"),

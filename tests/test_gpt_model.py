@@ -154,3 +154,12 @@ def test_check_config_names_the_field():
         gpt.check_config(model_config(vocab_size=30), 37, 16)
     with pytest.raises(ConfigError, match="config.model.position"):
         gpt.check_config(model_config(position="alibi"), 37, 16)
+
+
+def test_last_only_gives_the_last_positions_logits():
+    config = model_config()
+    model, params, tokens = init(config)
+    full = model.apply({"params": params}, tokens)
+    last = model.apply({"params": params}, tokens, last_only=True)
+    assert last.shape == (3, 1, 37)
+    np.testing.assert_allclose(np.asarray(last[:, 0]), np.asarray(full[:, -1]), atol=1e-6)

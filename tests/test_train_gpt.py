@@ -9,7 +9,7 @@ import pytest
 from jaxgen import parallel
 from jaxgen.data import DatasetInfo
 from jaxgen.train import gpt
-from tests.helpers import load_config
+from tests.helpers import SHARED_DATA, load_config
 
 VOCAB = 29
 INFO = DatasetInfo(image_shape=(), num_classes=0, num_examples={}, vocab_size=VOCAB)
@@ -116,3 +116,15 @@ def test_loss_eval_sums_match_a_direct_computation():
     np.testing.assert_allclose(float(sums["bits_per_token"]), nll / math.log(2), rtol=1e-5)
     means = eval_step.finalize({"loss": nll / 48, "bits_per_token": 0.0})
     np.testing.assert_allclose(means["perplexity"], math.exp(nll / 48))
+
+
+@pytest.mark.skipif(
+    not (SHARED_DATA / "tinyshakespeare.txt").exists(), reason="needs ../shared/data (offline)"
+)
+@pytest.mark.parametrize("arg", ["", "cpu", "bpe", "rope"])
+def test_full_shakespeare_configs_pass_every_check(arg):
+    """Not only the smoke variants: what users launch must validate too (data is local here)."""
+    from jaxgen.train import loop
+
+    info = loop.check(load_config("configs/gpt/shakespeare_char.py", arg))
+    assert info.vocab_size == (512 if arg == "bpe" else 65)

@@ -3,7 +3,7 @@
     python -m experiments.train --config=configs/gpt/shakespeare_char.py --workdir=/tmp/shakespeare
     python -m experiments.train --config=configs/gpt/shakespeare_char.py:cpu --workdir=/tmp/sc_cpu
     python -m experiments.sample --workdir=/tmp/shakespeare --config.sample.prompt="ROMEO:" \
-        --config.sample.max_new_tokens=500 --config.sample.top_k=200
+        --config.sample.max_new_tokens=250 --config.sample.top_k=200
 
 Expected: best val loss about 1.47 (nanoGPT on one H100: 1.4665 at iteration 1750; it overfits
 after that, with dropout 0.2 holding it near 1.5). "cpu" is nanoGPT's README laptop run (4 layers,
@@ -72,7 +72,7 @@ def get_config(arg: str = "") -> ConfigDict:
     config.sample.num_samples = 4  # continuations per prompt
     config.sample.prompt = "\n"  # several prompts: joined with prompt_separator
     config.sample.prompt_separator = "|"
-    config.sample.max_new_tokens = 256
+    config.sample.max_new_tokens = 255  # prompt + new tokens fit the context (no sliding window)
     config.sample.temperature = 0.8  # nanoGPT's sample.py
     config.sample.top_k = 200
     config.sample.top_p = 1.0  # 1 disables nucleus sampling

@@ -21,6 +21,7 @@ prepared array_record files never does. Such datasets can be built once elsewher
 """
 
 import collections
+import logging
 import math
 import os
 import re
@@ -35,6 +36,17 @@ from jaxgen import tokenizers
 from jaxgen.config import ConfigDict, ConfigError
 from jaxgen.data import builders, text
 from jaxgen.data.errors import DataError
+
+
+class _QuietUnprepared(logging.Filter):
+    """Drops TFDS's warning that a folder not prepared yet "has no dataset_info.json": it is
+    logged on every first preparation and would precede the one-line errors of bad input."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "has no dataset_info.json" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_QuietUnprepared())
 
 PIXELS = ("symmetric", "binary")
 _IN_MEMORY_MAX_BYTES = 1 << 30  # per shard; MNIST train is 47 MB, CIFAR-10 train 154 MB

@@ -137,7 +137,11 @@ class CausalSelfAttention(nn.Module):
                 value,
                 mask=mask,
                 is_causal=mask is None,
-                implementation=_attention_impl(self.attention, self.dtype),
+                # Decoding (an explicit mask over the cache) stays on XLA: one query row per
+                # step is memory-bound, and cuDNN's flash kernels want plain causal masks.
+                implementation=_attention_impl(self.attention, self.dtype)
+                if mask is None
+                else "xla",
             )  # [B, T, heads, head_dim]
         residual_std = 0.02 / math.sqrt(2 * self.num_layers)
         y = nn.DenseGeneral(
@@ -217,8 +221,16 @@ class GPT(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, tokens, *, train: bool = False, cache: KVCache | None = None):
-        """Logits of the next token at every position.
+    def __call__(
+        self,
+        tokens,
+        *,
+        train: bool = False,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ):
+        """Logits of the next token at every position (only the last one with last_only, which
+        spares a prompt prefill the [B, T, vocab] logits).
 
         Without a cache: tokens [B, T] start at position 0 (training, scoring).
         With one: tokens [B, T] are appended at slot cache.length; returns (logits, new cache).
@@ -242,6 +254,8 @@ class GPT(nn.Module):
             mask = (keys[None, None] <= slots[..., None]) & (
                 keys[None, None] >= cache.start[:, None, None]
             )  # [B, T, S]
+            # A padding slot's query sees at least itself: no fully masked softmax rows.
+            mask = mask | (keys[None, None] == slots[..., None])
             mask = mask[:, None]  # [B, 1, T, S]
         x = embed(tokens)  # [B, T, C]
         if self.position == "learned":
@@ -275,6 +289,8 @@ class GPT(nn.Module):
             if kv is not None:
                 new_keys.append(kv[0])
                 new_values.append(kv[1])
+        if last_only:
+            x = x[:, -1:]
         x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, use_bias=self.bias)(x)
         logits = embed.attend(x).astype(jnp.float32)  # tied head; [B, T, vocab]
         if cache is None:

@@ -36,14 +36,18 @@ the host inside the loop (streaming). Tokenizers live in jaxgen/tokenizers.py.
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxgen.config import ConfigDict, ConfigError
 from jaxgen.models import gpt
+
+if TYPE_CHECKING:
+    from jaxgen.tokenizers import Tokenizer
 
 PyTree = Any
 
@@ -64,7 +68,7 @@ class GenerateOutput(NamedTuple):
     tokens: jax.Array  # [B, max_new_tokens] int32; padding (eos_id, or 0) after EOS
     lengths: jax.Array  # [B] int32: new tokens up to and including EOS
     # [B] float32: beams, the length-penalised score of the hypothesis; otherwise the sum of
-    # the model's log-probs (before temperature and filtering) of the new tokens, EOS included
+    # the model's log-probs (before temperature and filters) of the new tokens, EOS included
     scores: jax.Array
     steps: jax.Array  # int32 scalar: decode steps run (< max_new_tokens if every row ended)
 
@@ -181,17 +185,19 @@ def top_p_filter(logits: jax.Array, p: float) -> jax.Array:
 class Decoder(NamedTuple):
     # (params, buffer [N, S], start [N]) -> (logits [N, V] of the first new token, carry)
     prefill: Callable
-    # (params, buffer, carry, step) -> (logits [N, V] of the slot after P + step, carry), once
-    # the token of step `step` is in buffer[:, P + step]
+    # (params, buffer, carry, step) -> (logits [N, V] for slot P + step + 1, carry), once the
+    # token of step `step` is in buffer[:, P + step]
     extend: Callable
 
 
-def cached_decoder(model, model_config: ConfigDict, prompt_width: int) -> Decoder:
+def cached_decoder(model: nn.Module, model_config: ConfigDict, prompt_width: int) -> Decoder:
     """One model call on the prompts fills the cache; then one call per new token."""
 
     def prefill(params, buffer, start):
         cache = gpt.init_cache(model_config, buffer.shape[0], buffer.shape[1], start)
-        logits, cache = model.apply({"params": params}, buffer[:, :prompt_width], cache=cache)
+        logits, cache = model.apply(
+            {"params": params}, buffer[:, :prompt_width], cache=cache, last_only=True
+        )
         return logits[:, -1], cache
 
     def extend(params, buffer, cache, step):
@@ -202,7 +208,7 @@ def cached_decoder(model, model_config: ConfigDict, prompt_width: int) -> Decode
     return Decoder(prefill, extend)
 
 
-def uncached_decoder(model, prompt_width: int) -> Decoder:
+def uncached_decoder(model: nn.Module, prompt_width: int) -> Decoder:
     """The model's plain causal call (the training path) on the whole buffer at every step.
 
     Each row is rotated left by its padding, so its real tokens start at position 0 exactly as
@@ -239,7 +245,7 @@ def restrict_vocabulary(decoder: Decoder, vocab_size: int) -> Decoder:
     )
 
 
-def take_rows(carry, rows: jax.Array):
+def take_rows(carry: PyTree, rows: jax.Array) -> PyTree:
     """The decoder carry of rows [N'] (beam reordering); the cache has its batch on axis 1."""
     if isinstance(carry, gpt.KVCache):
         return carry.replace(
@@ -478,7 +484,7 @@ def beam_search(
 
 
 def make_generate(
-    model,
+    model: nn.Module,
     model_config: ConfigDict,
     sample_config: ConfigDict,
     eos_id: int | None,
@@ -524,7 +530,7 @@ def make_generate(
 
 
 def encode_prompts(
-    tokenizer, prompts: Sequence[str], width: int | None = None
+    tokenizer: "Tokenizer", prompts: Sequence[str], width: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Left-padded prompt ids [B, P] int32 and their lengths [B] int32.
 
@@ -546,7 +552,7 @@ def encode_prompts(
     return prompt, lengths
 
 
-def decode_outputs(tokenizer, output: GenerateOutput) -> list[str]:
+def decode_outputs(tokenizer: "Tokenizer", output: GenerateOutput) -> list[str]:
     """The text of each row's new tokens, up to and without EOS (the prompt is not included)."""
     tokens, lengths = np.asarray(output.tokens), np.asarray(output.lengths)
     texts = []

@@ -123,7 +123,9 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
         del batch  # prompts come from config.sample.prompt
         # Read at trace time, so building the train step alone needs no tokenizer.
         (prompt, prompt_lengths), tokenizer = prompt_tokens(config)
-        generate = sampling.make_generate(model, config.model, config.sample, tokenizer.eos_id)
+        generate = sampling.make_generate(
+            model, config.model, config.sample, tokenizer.eos_id, vocab_size=tokenizer.vocab_size
+        )
         rows = jnp.repeat(jnp.asarray(prompt), copies, axis=0)
         lengths = jnp.repeat(jnp.asarray(prompt_lengths), copies, axis=0)
         out = generate(state.eval_params, rows, lengths, rng)
