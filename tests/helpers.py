@@ -17,3 +17,51 @@ def load_config(path: str, arg: str = ""):
 
 def vae_smoke_config():
     return load_config("configs/vae/mnist.py", "smoke")
+
+
+def gpt_model_config(**overrides):
+    """config.model of a tiny GPT (2 layers, width 32) for model and sampling tests."""
+    from ml_collections import ConfigDict
+
+    config = ConfigDict(
+        dict(
+            name="gpt",
+            vocab_size=0,
+            block_size=32,
+            num_layers=2,
+            num_heads=4,
+            width=32,
+            dropout=0.0,
+            bias=True,
+            position="learned",
+            attention="auto",
+            dtype="float32",
+            param_dtype="float32",
+        )
+    )
+    config.update(overrides)
+    return config
+
+
+def run_concurrently(fn, num_threads: int = 2) -> list:
+    """fn() in threads released together; their results (re-raises the first error)."""
+    import threading
+
+    barrier = threading.Barrier(num_threads)
+    results, errors = [], []
+
+    def worker():
+        barrier.wait()
+        try:
+            results.append(fn())
+        except Exception as error:  # noqa: BLE001 (re-raised below)
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker) for _ in range(num_threads)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results

@@ -15,7 +15,6 @@ import json
 import os
 import pathlib
 import sys
-import threading
 import zipfile
 from collections import Counter
 
@@ -37,6 +36,7 @@ from jaxgen.data import (
     raw,
     sources,
 )
+from tests.helpers import run_concurrently
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(os.environ.get("JAXGEN_DATA_DIR") or REPO.parent / "shared" / "data")
@@ -339,22 +339,7 @@ def test_concurrent_preparation_prepares_once(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(raw, "load_raw", _synthetic_raw(calls))
     config = _data_config(name="fashion_mnist", tfds_dir=str(tmp_path))
-    barrier = threading.Barrier(2)
-    results, errors = [], []
-
-    def worker():
-        barrier.wait()
-        try:
-            results.append(get_info(config))
-        except Exception as e:  # noqa: BLE001 (reported below)
-            errors.append(e)
-
-    threads = [threading.Thread(target=worker) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    results = run_concurrently(lambda: get_info(config))
     assert calls == ["fashion_mnist"]
     assert results[0] == results[1] == DatasetInfo((28, 28, 1), 10, {"train": 300, "test": 70})
     assert (tmp_path / ".jaxgen_fashion_mnist.lock").exists()

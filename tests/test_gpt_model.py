@@ -6,32 +6,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from ml_collections import ConfigDict
 
 from jaxgen.config import ConfigError
 from jaxgen.losses import gpt as losses
 from jaxgen.models import gpt
+from tests.helpers import gpt_model_config
 
 
 def model_config(**overrides):
-    config = ConfigDict(
-        dict(
-            name="gpt",
-            vocab_size=0,
-            block_size=32,
-            num_layers=2,
-            num_heads=4,
-            width=32,
-            dropout=0.0,
-            bias=True,
-            position="learned",
-            attention="auto",
-            dtype="float32",
-            param_dtype="float32",
-        )
-    )
-    config.update(overrides)
-    return config
+    return gpt_model_config(**overrides)
 
 
 def init(config, vocab=37, batch=3, steps=12, seed=0):

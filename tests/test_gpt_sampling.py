@@ -17,6 +17,7 @@ from ml_collections import ConfigDict
 from jaxgen.config import ConfigError
 from jaxgen.models import gpt
 from jaxgen.sampling import gpt as sampling
+from tests.helpers import gpt_model_config
 
 VOCAB = 37
 NEW = 8
@@ -26,24 +27,7 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 def model_config(**overrides):
-    config = ConfigDict(
-        dict(
-            name="gpt",
-            vocab_size=0,
-            block_size=16,
-            num_layers=2,
-            num_heads=2,
-            width=32,
-            dropout=0.0,
-            bias=True,
-            position="learned",
-            attention="xla",
-            dtype="float32",
-            param_dtype="float32",
-        )
-    )
-    config.update(overrides)
-    return config
+    return gpt_model_config(**{"block_size": 16, "num_heads": 2, "attention": "xla", **overrides})
 
 
 def sample_config(**overrides):

@@ -12,7 +12,6 @@ import os
 import pathlib
 import shutil
 import sys
-import threading
 
 import jax
 import numpy as np
@@ -31,6 +30,7 @@ from jaxgen.data import (
     raw,
     text,
 )
+from tests.helpers import run_concurrently
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(os.environ.get("JAXGEN_DATA_DIR") or REPO.parent / "shared" / "data")
@@ -357,22 +357,7 @@ def test_concurrent_preparation_trains_once(tmp_path, monkeypatch):
     calls = []
     original = tokenizers.train_char
     monkeypatch.setattr(tokenizers, "train_char", lambda *a: calls.append(1) or original(*a))
-    barrier = threading.Barrier(2)
-    results, errors = [], []
-
-    def worker():
-        barrier.wait()
-        try:
-            results.append(get_info(config))
-        except Exception as e:  # noqa: BLE001 (reported below)
-            errors.append(e)
-
-    threads = [threading.Thread(target=worker) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    results = run_concurrently(lambda: get_info(config))
     assert calls == [1] and results[0] == results[1]
 
 
