@@ -102,9 +102,7 @@ def q_sample(schedule: Schedule, x0: jax.Array, t: jax.Array, noise: jax.Array) 
     return jnp.sqrt(alpha_bar) * x0 + jnp.sqrt(1.0 - alpha_bar) * noise
 
 
-def q_mean_variance(
-    schedule: Schedule, x0: jax.Array, t: jax.Array
-) -> tuple[jax.Array, jax.Array]:
+def q_mean_variance(schedule: Schedule, x0: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Mean √ᾱ_t x_0 and variance 1 - ᾱ_t (broadcast [B, 1, 1, 1]) of q(x_t | x_0)."""
     alpha_bar = at(schedule.alphas_cumprod, t, x0.ndim)
     return jnp.sqrt(alpha_bar) * x0, 1.0 - alpha_bar

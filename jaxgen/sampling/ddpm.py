@@ -33,7 +33,9 @@ def guided(apply: Callable, label: jax.Array, null_label: int, scale: float) -> 
     null = jnp.full_like(label, null_label)
 
     def denoise(x, t):
-        out = apply(jnp.concatenate([x, x]), jnp.concatenate([t, t]), jnp.concatenate([label, null]))
+        out = apply(
+            jnp.concatenate([x, x]), jnp.concatenate([t, t]), jnp.concatenate([label, null])
+        )
         cond, uncond = jnp.split(out, 2)
         return uncond + scale * (cond - uncond)
 

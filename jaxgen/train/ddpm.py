@@ -45,7 +45,10 @@ def validate(config: ConfigDict, info: Any) -> None:
     losses.LOSSES.get(config.loss.name)
     losses.WEIGHTINGS.get(config.loss.kw.weighting)
     if config.data.pixels != "symmetric":
-        _fail("data.pixels", f"diffusion models take pixels in [-1, 1] ('symmetric'), got {config.data.pixels!r}")
+        _fail(
+            "data.pixels",
+            f"diffusion models take pixels in [-1, 1] ('symmetric'), got {config.data.pixels!r}",
+        )
     conditional = config.model.class_conditional
     if conditional and info.num_classes < 1:
         _fail("model.class_conditional", f"{config.data.name} has no class labels")
@@ -56,17 +59,32 @@ def validate(config: ConfigDict, info: Any) -> None:
 
     sample = config.sample
     if sample.sampler not in sampling.SAMPLERS:
-        _fail("sample.sampler", f"unknown sampler {sample.sampler!r}; choose from {', '.join(sampling.SAMPLERS)}")
+        _fail(
+            "sample.sampler",
+            f"unknown sampler {sample.sampler!r}; choose from {', '.join(sampling.SAMPLERS)}",
+        )
     if not 1 <= sample.num_inference_steps <= num_steps:
-        _fail("sample.num_inference_steps", f"must be in [1, T = {num_steps}], got {sample.num_inference_steps}")
+        _fail(
+            "sample.num_inference_steps",
+            f"must be in [1, T = {num_steps}], got {sample.num_inference_steps}",
+        )
     if sample.eta < 0:
         _fail("sample.eta", f"must be >= 0, got {sample.eta}")
     if sample.variance not in diffusion.VARIANCES:
-        _fail("sample.variance", f"unknown variance {sample.variance!r}; choose from {', '.join(diffusion.VARIANCES)}")
+        _fail(
+            "sample.variance",
+            f"unknown variance {sample.variance!r}; choose from {', '.join(diffusion.VARIANCES)}",
+        )
     if sample.guidance_scale != 1.0 and not conditional:
-        _fail("sample.guidance_scale", "guidance needs a class-conditional model (config.model.class_conditional)")
+        _fail(
+            "sample.guidance_scale",
+            "guidance needs a class-conditional model (config.model.class_conditional)",
+        )
     if sample.guidance_scale != 1.0 and not config.loss.label_dropout:
-        _fail("sample.guidance_scale", "guidance needs an unconditional model: train with config.loss.label_dropout > 0")
+        _fail(
+            "sample.guidance_scale",
+            "guidance needs an unconditional model: train with config.loss.label_dropout > 0",
+        )
     if sample.labels and not conditional:
         _fail("sample.labels", "labels need a class-conditional model")
     bad = [label for label in sample.labels if not 0 <= label < info.num_classes]
@@ -78,9 +96,14 @@ def validate(config: ConfigDict, info: Any) -> None:
         if entry.type != "bpd":
             continue
         if not 0 <= entry.num_timesteps <= num_steps:
-            _fail(f"evals.{name}.num_timesteps", f"must be in [0, T = {num_steps}] (0: all T terms)")
+            _fail(
+                f"evals.{name}.num_timesteps", f"must be in [0, T = {num_steps}] (0: all T terms)"
+            )
         if entry.variance not in diffusion.VARIANCES:
-            _fail(f"evals.{name}.variance", f"unknown variance {entry.variance!r}; choose from {', '.join(diffusion.VARIANCES)}")
+            _fail(
+                f"evals.{name}.variance",
+                f"unknown variance {entry.variance!r}; choose from {', '.join(diffusion.VARIANCES)}",
+            )
 
 
 def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> Steps:
@@ -107,9 +130,14 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
 
     def init(rng, batch):
         params_rng, state_rng = jax.random.split(rng)
+        # Params are drawn with the "rbg" PRNG (XLA's RngBitGenerator): threefry keys for
+        # the U-Net's ~60 initialisers take ~40 s to compile on a CPU, rbg a few seconds.
+        params_key = jax.random.wrap_key_data(
+            jax.random.bits(params_rng, (4,), jnp.uint32), impl="rbg"
+        )
         image = batch["image"][:1]
         label = jnp.zeros((1,), jnp.int32) if num_classes else None
-        params = model.init(params_rng, image, jnp.zeros((1,), jnp.int32), label)["params"]
+        params = model.init(params_key, image, jnp.zeros((1,), jnp.int32), label)["params"]
         return train_state.create(params, optimizer, state_rng, ema=ema_decay > 0)
 
     def draw(key, image):
@@ -252,9 +280,7 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
             images = images.reshape((len(rows), cols) + images.shape[1:])
         return {settings.sampler: images}
 
-    return Steps(
-        init=init, train_step=train_step, eval_steps={"bpd": make_bpd_eval}, sample=sample
-    )
+    return Steps(init=init, train_step=train_step, eval_steps={"bpd": make_bpd_eval}, sample=sample)
 
 
 def _report(settings: ConfigDict):
@@ -263,6 +289,8 @@ def _report(settings: ConfigDict):
     )  # ddpm: all T steps
 
     def report(done):
-        log.info("sampling (%s): step %d%s", settings.sampler, int(done), f"/{total}" if total else "")
+        log.info(
+            "sampling (%s): step %d%s", settings.sampler, int(done), f"/{total}" if total else ""
+        )
 
     return report
