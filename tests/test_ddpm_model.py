@@ -19,6 +19,14 @@ TINY = dict(
 )
 
 
+def init(model, x, t, label=None):
+    """{"params": ...} for a tiny model, compiled (eager init compiles every op on its own)."""
+    params = jax.jit(models.init_params, static_argnums=0)(
+        model, jax.random.PRNGKey(0), x, t, label
+    )
+    return {"params": params}
+
+
 def count(model, shape, label=False):
     x, t = jnp.zeros(shape), jnp.zeros(shape[:1], jnp.int32)
     args = (x, t, jnp.zeros(shape[:1], jnp.int32)) if label else (x, t)
@@ -39,8 +47,8 @@ def test_cifar10_unet_has_the_papers_35_7m_params():
 def test_output_shape_and_dtype_under_bfloat16():
     model = models.UNet(**TINY, dtype=jnp.bfloat16)
     x, t = jnp.ones((2, 8, 8, 1)), jnp.array([0, 99])
-    variables = model.init(jax.random.PRNGKey(0), x, t)
-    out = model.apply(variables, x, t)
+    variables = init(model, x, t)
+    out = jax.jit(model.apply)(variables, x, t)
     assert out.shape == (2, 8, 8, 1) and out.dtype == jnp.float32
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
 
@@ -48,12 +56,13 @@ def test_output_shape_and_dtype_under_bfloat16():
 def test_class_conditioning_adds_a_null_label_and_changes_the_output():
     model = models.UNet(**TINY, num_classes=10)
     x, t = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 1)), jnp.array([3, 3])
-    variables = model.init(jax.random.PRNGKey(0), x, t, jnp.array([0, 0]))
+    variables = init(model, x, t, jnp.array([0, 0]))
     assert variables["params"]["Embed_0"]["embedding"].shape == (11, 32)  # 10 classes + null
     # The output layer starts at zero; perturb it to see the label's effect.
     variables = jax.tree.map(lambda p: p + 0.01, variables)
-    a = model.apply(variables, x, t, jnp.array([0, 10]))
-    b = model.apply(variables, x, t, jnp.array([1, 10]))
+    apply = jax.jit(model.apply)
+    a = apply(variables, x, t, jnp.array([0, 10]))
+    b = apply(variables, x, t, jnp.array([1, 10]))
     assert float(jnp.abs(a[0] - b[0]).max()) > 0
     np.testing.assert_array_equal(a[1], b[1])
 
@@ -61,12 +70,14 @@ def test_class_conditioning_adds_a_null_label_and_changes_the_output():
 def test_dropout_masks_are_per_example():
     model = models.UNet(**TINY, dropout=0.5)
     x, t = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 1)), jnp.array([1, 2, 3, 4])
-    variables = jax.tree.map(lambda p: p + 0.01, model.init(jax.random.PRNGKey(0), x, t))
+    variables = jax.tree.map(lambda p: p + 0.01, init(model, x, t))
     keys = jax.random.split(jax.random.PRNGKey(2), 4)
-    full = model.apply(variables, x, t, None, keys)
-    part = model.apply(variables, x[1:3], t[1:3], None, keys[1:3])
+    apply = jax.jit(model.apply)
+    full = apply(variables, x, t, None, keys)
+    part = apply(variables, x[1:3], t[1:3], None, keys[1:3])
     np.testing.assert_allclose(full[1:3], part, atol=1e-5)  # independent of the batch around it
-    assert float(jnp.abs(full - model.apply(variables, x, t)).max()) > 1e-4
+    other = apply(variables, x, t, None, jax.random.split(jax.random.PRNGKey(3), 4))
+    assert float(jnp.abs(full - other).max()) > 1e-4  # the masks do depend on the keys
 
 
 def test_attention_resolution_not_reached_is_a_config_error():

@@ -155,6 +155,16 @@ class UNet(nn.Module):
         return h.astype(jnp.float32)  # losses and samplers work in float32
 
 
+def init_params(model: UNet, rng: jax.Array, x: jax.Array, t: jax.Array, label=None) -> Any:
+    """model.init(...)["params"] with the params drawn by the "rbg" PRNG.
+
+    Threefry keys for the U-Net's ~60 initialisers take ~40 s to compile on a CPU; XLA's
+    RngBitGenerator a few. `rng` is an ordinary (threefry) key; call this under jit.
+    """
+    key = jax.random.wrap_key_data(jax.random.bits(rng, (4,), jnp.uint32), impl="rbg")
+    return model.init(key, x, t, label)["params"]
+
+
 def resolutions(model_config: ConfigDict, image_shape: tuple[int, int, int]) -> list[int]:
     """The feature-map heights the U-Net visits, from the input down."""
     height = image_shape[0]

@@ -130,14 +130,9 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
 
     def init(rng, batch):
         params_rng, state_rng = jax.random.split(rng)
-        # Params are drawn with the "rbg" PRNG (XLA's RngBitGenerator): threefry keys for
-        # the U-Net's ~60 initialisers take ~40 s to compile on a CPU, rbg a few seconds.
-        params_key = jax.random.wrap_key_data(
-            jax.random.bits(params_rng, (4,), jnp.uint32), impl="rbg"
-        )
         image = batch["image"][:1]
         label = jnp.zeros((1,), jnp.int32) if num_classes else None
-        params = model.init(params_key, image, jnp.zeros((1,), jnp.int32), label)["params"]
+        params = models.init_params(model, params_rng, image, jnp.zeros((1,), jnp.int32), label)
         return train_state.create(params, optimizer, state_rng, ema=ema_decay > 0)
 
     def draw(key, image):
