@@ -176,15 +176,16 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
         return train_state.apply_gradients(state, grads, optimizer, ema_decay), metrics
 
     def make_bpd_eval(entry):
-        """Sums of bits/dim of the variational bound: L_T + Σ_t L_{t-1} (+ L_0).
+        """Sums of bits/dim of the variational bound L_T + Σ_{t>0} L_{t-1} + L_0.
 
-        num_timesteps = 0 evaluates all T terms for every example; k > 0 draws k
-        timesteps per example uniformly (with replacement) and estimates the sum of the T
-        terms by T times their mean, which is unbiased. Class-conditional models are
-        scored on the example's own label (log p(x | y)).
+        num_timesteps = 0 evaluates all T terms for every example. k > 0 evaluates the
+        decoder term L_0 exactly (it is large and would make a sampled estimate noisy)
+        and estimates the sum of the other T - 1 terms by (T - 1) times the mean of k
+        terms drawn uniformly with replacement per example: unbiased, k + 1 model calls.
+        Class-conditional models are scored on the example's own label (log p(x | y)).
         """
-        count = entry.num_timesteps or num_steps
-        subsample = bool(entry.num_timesteps) and entry.num_timesteps < num_steps
+        subsample = 0 < entry.num_timesteps < num_steps
+        count = entry.num_timesteps  # draws per example when subsampling
         variance, clip = entry.variance, entry.clip_denoised
 
         def bpd_step(state, batch, rng):
@@ -194,14 +195,9 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
             keys = example_rngs(rng, batch_size)
             label = labels_of(batch)
 
-            def term(total, index):
+            def vb_at(t, index):
+                """L_{t-1} in nats [B] at timesteps t [B], with the noise of draw `index`."""
                 step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, index)
-                if subsample:
-                    t = jax.vmap(lambda key: jax.random.randint(key, (), 0, num_steps))(
-                        jax.vmap(jax.random.fold_in, in_axes=(0, None))(step_keys, 1)
-                    )
-                else:
-                    t = jnp.full((batch_size,), index)
                 noise = jax.vmap(lambda key: jax.random.normal(key, image.shape[1:]))(step_keys)
                 xt = diffusion.q_sample(schedule, image, t, noise)
                 output = model.apply({"params": state.eval_params}, xt, t, label)
@@ -211,23 +207,38 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
                 true_mean, _, true_logvar = diffusion.q_posterior(schedule, image, xt, t)
                 model_mean, _, _ = diffusion.q_posterior(schedule, x0, xt, t)
                 model_logvar = diffusion.model_log_variance(schedule, t, variance, image.ndim)
-                nats = losses.vb_term(image, t, true_mean, true_logvar, model_mean, model_logvar)
-                decoder = jnp.where(t == 0, nats, 0.0)
-                return (total[0] + nats, total[1] + decoder), None
+                return losses.vb_term(image, t, true_mean, true_logvar, model_mean, model_logvar)
+
+            def term(total, index):
+                if subsample:  # t in {1, ..., T - 1}
+                    draw_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(
+                        keys,
+                        count + 1 + index,  # apart from the noise draws 0..count
+                    )
+                    t = jax.vmap(lambda key: jax.random.randint(key, (), 1, num_steps))(draw_keys)
+                else:
+                    t = jnp.full((batch_size,), index)
+                return total + vb_at(t, index), None
 
             zeros = jnp.zeros((batch_size,))
-            (terms, decoder), _ = jax.lax.scan(term, (zeros, zeros), jnp.arange(count))
-            scale = num_steps / count  # 1 with all T terms
+            if subsample:
+                decoder = vb_at(jnp.zeros((batch_size,), jnp.int32), count)
+                kl_terms, _ = jax.lax.scan(term, zeros, jnp.arange(count))
+                terms = decoder + (num_steps - 1) / count * kl_terms
+            else:
+                # All T terms; t = 0 is the decoder term, kept apart for the metrics too.
+                terms, _ = jax.lax.scan(term, zeros, jnp.arange(num_steps))
+                decoder = vb_at(jnp.zeros((batch_size,), jnp.int32), 0)
             prior_mean, prior_variance = diffusion.q_mean_variance(
                 schedule, image, jnp.full((batch_size,), num_steps - 1)
             )
             prior = losses.prior_kl(prior_mean, prior_variance)
             to_bits = 1.0 / (dims * math.log(2.0))
-            bpd = (scale * terms + prior) * to_bits
+            bpd = (terms + prior) * to_bits
             return {
                 "bpd": jnp.sum(bpd * mask),
                 "prior_bpd": jnp.sum(prior * to_bits * mask),
-                "decoder_bpd": jnp.sum(scale * decoder * to_bits * mask),
+                "decoder_bpd": jnp.sum(decoder * to_bits * mask),
                 "count": jnp.sum(mask),
             }
 
