@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 from jaxgen.config import ConfigError
 
-FAMILIES = ("vae", "gpt")
+FAMILIES = ("vae", "gpt", "ddpm")
 
 
 class Steps(NamedTuple):
