@@ -6,6 +6,7 @@ knows about networks, devices or datasets. Features are accumulated in float64
 (`FeatureStatistics`) so that 50k x 2048 sums do not lose precision.
 """
 
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -64,7 +65,9 @@ def frechet_distance(a: Gaussian, b: Gaussian, eps: float = 1e-6) -> float:
     if mean_a.shape != mean_b.shape or cov_a.shape != cov_b.shape:
         raise ValueError(f"statistics differ in shape: {mean_a.shape} vs {mean_b.shape}")
     diff = mean_a - mean_b
-    covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    with warnings.catch_warnings():  # singular products are handled just below
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
     if not np.isfinite(covmean).all():
         offset = np.eye(cov_a.shape[0]) * eps
         covmean = linalg.sqrtm((cov_a + offset) @ (cov_b + offset))
