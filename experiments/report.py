@@ -64,6 +64,10 @@ def final_metrics(run: dict) -> dict[str, float]:
         latest = max(run["evals"])
         if step is None or latest >= step:
             result.update(run["evals"][latest])
+            step = latest
+    result.pop("step", None)
+    if step is not None:
+        result["eval/step"] = step
     train = [row for row in run["rows"] if row["split"] == "train"]
     if train:
         result["train/loss"] = train[-1].get("loss")
@@ -126,7 +130,7 @@ def embed(path: str, title: str = "") -> str:
 
 def format_value(value) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:.5g}"
     return html.escape(str(value))
 
 

@@ -20,6 +20,7 @@ SAMPLE_EVALS = {
     "fid": {"type": "fid", "network": "domain", "num_samples": 256, "num_examples": 512},
     "kid": {"type": "kid", "num_samples": 256, "num_examples": 512, "subset_size": 100},
     "is": {"type": "is", "num_samples": 256, "splits": 4},
+    "digits": {"type": "class_accuracy", "num_samples": 256},
 }
 
 
@@ -66,6 +67,7 @@ def test_vae_run_scores_fid_kid_is_during_training_and_in_evaluate(cache_dir, tm
     for row in evals:
         assert row["fid/fid"] > 0 and np.isfinite(row["fid/fid"])
         assert np.isfinite(row["kid/kid"]) and 1 <= row["is/is"] <= 10
+        assert 0 <= row["digits/accuracy"] <= 1  # an unconditional VAE ignores the labels
     run_script("evaluate", f"--workdir={tmp_path}", "--config.evals.nll.num_samples=8")
     result = json.loads((tmp_path / "eval_20.json").read_text())
     # The same EMA params and the same noise as the in-training evaluation at step 20.
