@@ -1,9 +1,17 @@
 """Evaluators: the entries of `config.evals`, run during training and by experiments/evaluate.
 
 An entry's `type` names either an eval step the family provides (the VAE's
-"elbo" and "nll") or an evaluator registered here. A family eval step returns
-per-batch sums with a "count"; `DatasetAverage` runs it over the eval split and
-divides. Results are keyed "<entry name>/<metric>".
+"elbo" and "nll", the classifier's "accuracy") or an evaluator registered here
+(metrics/generative.py: "fid", "kid", "is", "class_accuracy"). A family eval
+step returns per-batch sums with a "count"; `DatasetAverage` runs it over the
+eval split and divides. Results are keyed "<entry name>/<metric>".
+
+A registered evaluator is `cls(config, entry, steps, placement)` -> callable
+`evaluator(state) -> {metric: float}`; it may define a classmethod
+`check(config, name, entry, num_devices)` for checks before compiling, and
+`needs_generate = True` if it draws samples with `steps.generate`. Errors that
+only show when it is built (a missing domain network) name the field
+"config.evals.<name>.<field>"; `build` fills in the entry's name.
 """
 
 from collections.abc import Callable
@@ -20,7 +28,13 @@ from jaxgen.registry import Registry
 EVALUATORS = Registry("evaluator", "config.evals.<name>.type")
 
 
-def check_config(config: ConfigDict, family_types: set[str], num_devices: int) -> None:
+def check_config(
+    config: ConfigDict, family_types: set[str], num_devices: int, can_generate: bool = True
+) -> None:
+    """ConfigError naming config.evals.<name>.<field> for an entry that cannot run.
+
+    can_generate: whether the family provides Steps.generate (sample evaluators need it).
+    """
     for name, entry in config.evals.items():
         if "type" not in entry:
             raise ConfigError(f"config.evals.{name}.type: missing")
@@ -37,6 +51,20 @@ def check_config(config: ConfigDict, family_types: set[str], num_devices: int) -
             raise ConfigError(
                 f"config.evals.{name}.num_examples: must be >= 0 (0 means the whole split)"
             )
+        if entry.type in family_types:
+            continue
+        _check_generate(name, entry, can_generate)
+        evaluator = EVALUATORS.get(entry.type)
+        if hasattr(evaluator, "check"):
+            evaluator.check(config, name, entry, num_devices)
+
+
+def _check_generate(name: str, entry: ConfigDict, can_generate: bool) -> None:
+    if getattr(EVALUATORS.get(entry.type), "needs_generate", False) and not can_generate:
+        raise ConfigError(
+            f"config.evals.{name}.type: {entry.type!r} draws samples, but this family has no "
+            "Steps.generate (see jaxgen/train/__init__.py)"
+        )
 
 
 class DatasetAverage:
@@ -86,7 +114,13 @@ def build(config: ConfigDict, steps: Any, placement: Placement) -> dict[str, Cal
                 config, entry, steps.eval_steps[entry.type], placement
             )
         else:
-            evaluators[name] = EVALUATORS.get(entry.type)(config, entry, steps, placement)
+            _check_generate(name, entry, getattr(steps, "generate", None) is not None)
+            try:
+                evaluators[name] = EVALUATORS.get(entry.type)(config, entry, steps, placement)
+            except ConfigError as error:
+                # An evaluator does not know its entry's name; it writes config.evals.<name>.
+                message = str(error).replace("config.evals.<name>", f"config.evals.{name}")
+                raise ConfigError(message) from error
     return evaluators
 
 
@@ -96,3 +130,7 @@ def run(evaluators: dict[str, Callable], state: Any) -> dict[str, float]:
         for metric, value in evaluator(state).items():
             results[f"{name}/{metric}"] = value
     return results
+
+
+# Registers the sample evaluators (it imports EVALUATORS from here).
+from jaxgen.metrics import generative  # noqa: E402, F401

@@ -72,7 +72,9 @@ def check(config: ConfigDict, workdir: str | None = None) -> Any:
             )
     family.validate(config, info)
     steps = family.make_steps(config, info)
-    metrics.check_config(config, set(steps.eval_steps), num_devices)
+    metrics.check_config(
+        config, set(steps.eval_steps), num_devices, can_generate=steps.generate is not None
+    )
     return info
 
 

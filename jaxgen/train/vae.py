@@ -163,9 +163,14 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
             ),
         }
 
+    def generate(state, rng, num, labels=None):
+        del labels  # an unconditional model
+        return sampling.prior_samples(model, state.eval_params, rng, num)
+
     return Steps(
         init=init,
         train_step=train_step,
         eval_steps={"elbo": make_elbo_eval, "nll": make_nll_eval},
         sample=sample,
+        generate=generate,
     )

@@ -1,0 +1,56 @@
+"""experiments/report renders one self-contained page for one or several runs."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from jaxgen import images
+from tests.e2e import run_script
+
+pytestmark = pytest.mark.slow
+
+
+def fake_run(path, scale):
+    """A workdir as the trainer leaves it: config, metrics, eval json, sample grids."""
+    path.mkdir()
+    (path / "config.json").write_text(
+        json.dumps(
+            {
+                "family": "vae",
+                "data": {"name": "mnist", "pixels": "binary"},
+                "model": {"name": "mlp"},
+                "train": {"num_steps": 20, "batch_size": 32},
+            }
+        )
+    )
+    rows = [{"step": s, "split": "train", "loss": scale * 100 / s} for s in (5, 10, 15, 20)]
+    rows += [{"step": s, "split": "eval", "fid/fid": scale * 50 / s} for s in (10, 20)]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (path / "eval_20.json").write_text(json.dumps({"step": 20, "fid/fid": 1.25 * scale}))
+    grid = np.random.default_rng(0).uniform(-1, 1, (4, 8, 8, 1))
+    for step in (10, 20):
+        images.save_grid(grid, str(path / "samples" / f"prior_{step:07d}.png"))
+    images.save_grid(grid, str(path / "samples" / "prior_0000020_seed7.png"))  # not a timeline
+
+
+def test_report_of_two_runs_embeds_curves_grids_and_the_final_table(tmp_path):
+    fake_run(tmp_path / "run_a", 1.0)
+    fake_run(tmp_path / "run_b", 2.0)
+    out = tmp_path / "out"
+    result = run_script("report", str(tmp_path / "run_a"), str(tmp_path / "run_b"), f"--out={out}")
+    assert str(out / "report.html") in result.stdout
+    page = (out / "report.html").read_text()
+    assert (out / "curves_train.png").exists() and (out / "curves_eval.png").exists()
+    # 2 curve figures + 2 runs x 2 prior grids, all inline (the page needs no other file).
+    assert len(re.findall(r'<img src="data:image/png;base64,', page)) == 6
+    assert 'src="http' not in page and "step 20" in page
+    table = page.split("id='final-metrics'")[1].split("</table>")[0]
+    assert "<td>fid/fid</td><td>1.25</td><td>2.5</td>" in table
+    assert "<th>run_a</th><th>run_b</th>" in table
+
+
+def test_report_of_a_folder_without_metrics_is_one_line_error(tmp_path):
+    result = run_script("report", str(tmp_path), check=False)
+    assert result.returncode == 2 and "metrics.jsonl" in result.stderr
