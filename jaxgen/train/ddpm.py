@@ -244,21 +244,14 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
 
         return bpd_step
 
-    def sample(state, batch, rng):
-        params = state.eval_params
+    def denoise_images(params, rng, num, label):
+        """num images in [-1, 1] from config.sample's sampler; label [num] or None."""
         settings = config.sample
 
         def apply(x, t, label):
             return model.apply({"params": params}, x, t, label)
 
-        if num_classes:
-            rows = tuple(settings.labels) or tuple(range(num_classes))
-            cols = settings.samples_per_class
-            label = jnp.repeat(jnp.asarray(rows, jnp.int32), cols)
-            num = len(rows) * cols
-        else:
-            label, num = None, settings.num_samples
-        if num_classes and settings.guidance_scale != 1.0:
+        if label is not None and settings.guidance_scale != 1.0:
             denoise = sampling.guided(apply, label, num_classes, settings.guidance_scale)
         else:
             denoise = sampling.conditional(apply, label)
@@ -281,12 +274,35 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
                 settings.eta,
                 **common,
             )
-        images = jnp.clip(images, -1.0, 1.0)
-        if num_classes:  # one row per class
-            images = images.reshape((len(rows), cols) + images.shape[1:])
+        return jnp.clip(images, -1.0, 1.0)
+
+    def sample(state, batch, rng):
+        settings = config.sample
+        if num_classes:
+            rows = tuple(settings.labels) or tuple(range(num_classes))
+            cols = settings.samples_per_class
+            label = jnp.repeat(jnp.asarray(rows, jnp.int32), cols)
+            images = denoise_images(state.eval_params, rng, len(rows) * cols, label)
+            images = images.reshape((len(rows), cols) + images.shape[1:])  # one row per class
+        else:
+            images = denoise_images(state.eval_params, rng, settings.num_samples, None)
         return {settings.sampler: images}
 
-    return Steps(init=init, train_step=train_step, eval_steps={"bpd": make_bpd_eval}, sample=sample)
+    def generate(state, rng, num, labels=None):
+        """For the sample evaluators (FID, ...): a conditional model without given labels
+        draws them uniformly, so its samples follow the (balanced) class distribution."""
+        if num_classes and labels is None:
+            label_rng, rng = jax.random.split(rng)
+            labels = jax.random.randint(label_rng, (num,), 0, num_classes)
+        return denoise_images(state.eval_params, rng, num, labels if num_classes else None)
+
+    return Steps(
+        init=init,
+        train_step=train_step,
+        eval_steps={"bpd": make_bpd_eval},
+        sample=sample,
+        generate=generate,
+    )
 
 
 def _report(settings: ConfigDict):
