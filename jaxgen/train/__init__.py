@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 from jaxgen.config import ConfigError
 
-FAMILIES = ("vae",)
+FAMILIES = ("gan", "vae")
 
 
 class Steps(NamedTuple):
