@@ -21,9 +21,11 @@ so 1 device, 4 under jit and 4 under pmap give the same step. Metrics are scalar
 "loss" is the discriminator's loss (the one the loop checks for NaN).
 """
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -101,7 +103,24 @@ def validate(config: ConfigDict, info: Any) -> None:
         raise ConfigError(f"config.model.conditional: {config.data.name} has no class labels")
 
 
-def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> Steps:
+class Players(NamedTuple):
+    """The two halves of a train step, exposed so tests can run each alone."""
+
+    init: Callable[..., GANState]  # (rng, batch) -> state
+    # (state, batch) -> (state, metrics): the n_critic discriminator updates; only the
+    # discriminator's params, opt_state and model_state change.
+    discriminator_updates: Callable[..., tuple[GANState, dict]]
+    # (state, batch_size) -> (state, metrics): one generator update, its EMA and step + 1;
+    # nothing of the discriminator changes.
+    generator_update: Callable[..., tuple[GANState, dict]]
+    generator: nn.Module
+    discriminator: nn.Module
+    draw: Callable[
+        ..., tuple[jax.Array, jax.Array, jax.Array]
+    ]  # (rng, size, axis) -> z, label, mix
+
+
+def make_players(config: ConfigDict, info: Any, axis_name: str | None = None) -> Players:
     num_classes = info.num_classes if config.model.conditional else 0
     generator, discriminator = models.make_models(
         config.model, info.image_shape, num_classes, axis_name
@@ -136,6 +155,10 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
             return module.apply({"params": params}, *args, train=True), state
         return module.apply({"params": params, **state}, *args, train=True, mutable=list(state))
 
+    def step_rngs(state):
+        """(discriminator rng, generator rng) of this step; the step advances after G."""
+        return jax.random.split(jax.random.fold_in(state.rng, state.step))
+
     def init(rng, batch):
         g_rng, d_rng, state_rng = jax.random.split(rng, 3)
         image = jnp.asarray(batch["image"][:1])
@@ -163,13 +186,12 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
         updates, opt_state = optimizers[name].update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
-    def train_step(state, batch):
-        step_rng = jax.random.fold_in(state.rng, state.step)
-        d_rng, g_rng = jax.random.split(step_rng)
+    def discriminator_updates(state, batch):
+        d_rng, _ = step_rngs(state)
         g_params, g_state = state.params["generator"], state.model_state["generator"]
         real = split_microbatches({"image": batch["image"], "label": batch["label"]}, n_critic)
 
-        def d_update(carry, inputs):
+        def one_update(carry, inputs):
             d_params, d_opt_state, d_state = carry
             real_slice, rng = inputs
             image, real_label = real_slice["image"], real_slice["label"]
@@ -186,9 +208,8 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
                     return run(discriminator, params, d_state, x, real_label)[0]
 
                 if gan_loss.gradient_penalty:
-                    gp, extra = losses.gradient_penalty(
-                        critic, losses.interpolate(image, fake, mix)
-                    )
+                    interpolates = losses.interpolate(image, fake, mix)
+                    gp, extra = losses.gradient_penalty(critic, interpolates)
                     loss, metrics = loss + gp_weight * gp, metrics | extra | {"gp": gp}
                 if r1_gamma:
                     r1, extra = losses.r1_penalty(critic, image)
@@ -207,25 +228,36 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
             state.opt_state["discriminator"],
             state.model_state["discriminator"],
         )
-        (d_params, d_opt_state, d_state), d_metrics = jax.lax.scan(
-            d_update, carry, (real, jax.random.split(d_rng, n_critic))
+        (d_params, d_opt_state, d_state), metrics = jax.lax.scan(
+            one_update, carry, (real, jax.random.split(d_rng, n_critic))
         )
-        metrics = jax.tree.map(jnp.mean, d_metrics)  # means over the n_critic updates
+        metrics = jax.tree.map(jnp.mean, metrics)  # means over the n_critic updates
+        metrics["d_lr"] = d_schedule(state.step * n_critic)
+        state = state.replace(
+            params=state.params | {"discriminator": d_params},
+            opt_state=state.opt_state | {"discriminator": d_opt_state},
+            model_state=state.model_state | {"discriminator": d_state},
+        )
+        return state, metrics
 
-        z, fake_label, _ = draw(g_rng, batch["image"].shape[0] // n_critic)
+    def generator_update(state, batch_size):
+        _, g_rng = step_rngs(state)
+        d_params, d_state = state.params["discriminator"], state.model_state["discriminator"]
+        z, fake_label, _ = draw(g_rng, batch_size)
 
-        def g_loss_of(params):
-            fake, new_state = run(generator, params, g_state, z, fake_label)
+        def loss_of(params):
+            fake, new_state = run(generator, params, state.model_state["generator"], z, fake_label)
             fake_logits, _ = run(discriminator, d_params, d_state, fake, fake_label)
-            loss, g_metrics = gan_loss.generator(fake_logits)
-            return loss, (dict(g_metrics) | {"g_loss": loss}, new_state)
+            loss, metrics = gan_loss.generator(fake_logits)
+            return loss, (dict(metrics) | {"g_loss": loss}, new_state)
 
-        grads, (g_metrics, g_state) = jax.grad(g_loss_of, has_aux=True)(g_params)
+        g_params = state.params["generator"]
+        grads, (metrics, g_state) = jax.grad(loss_of, has_aux=True)(g_params)
         if axis_name is not None:
-            grads, g_metrics = jax.lax.pmean((grads, g_metrics), axis_name)
-        g_metrics["g_grad_norm"] = optax.global_norm(grads)
+            grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
+        metrics["g_grad_norm"] = optax.global_norm(grads)
+        metrics["g_lr"] = g_schedule(state.step)
         g_params, g_opt_state = update("generator", g_params, state.opt_state["generator"], grads)
-
         ema_params = state.ema_params
         if ema_params:
             # Warm-up as in train/state.py: early on the average follows the params.
@@ -236,20 +268,28 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
                     g_params, ema_params["generator"], step_size=1.0 - decay
                 )
             }
-        metrics |= g_metrics
-        metrics |= {
-            "loss": metrics["d_loss"],
-            "g_lr": g_schedule(state.step),
-            "d_lr": d_schedule(state.step * n_critic),
-        }
-        new_state = state.replace(
+        state = state.replace(
             step=state.step + 1,
-            params={"generator": g_params, "discriminator": d_params},
-            opt_state={"generator": g_opt_state, "discriminator": d_opt_state},
-            model_state={"generator": g_state, "discriminator": d_state},
+            params=state.params | {"generator": g_params},
+            opt_state=state.opt_state | {"generator": g_opt_state},
+            model_state=state.model_state | {"generator": g_state},
             ema_params=ema_params,
         )
-        return new_state, metrics
+        return state, metrics
+
+    return Players(init, discriminator_updates, generator_update, generator, discriminator, draw)
+
+
+def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> Steps:
+    players = make_players(config, info, axis_name)
+    generator, discriminator, draw = players.generator, players.discriminator, players.draw
+    n_critic, latent_dim = config.train.n_critic, config.model.latent_dim
+    num_classes = generator.num_classes
+
+    def train_step(state, batch):
+        state, metrics = players.discriminator_updates(state, batch)
+        state, g_metrics = players.generator_update(state, batch["image"].shape[0] // n_critic)
+        return state, metrics | g_metrics | {"loss": metrics["d_loss"]}
 
     def generator_variables(state):
         return {"params": state.generator_params, **state.model_state["generator"]}
@@ -258,8 +298,7 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
         """Sums of D's logits on real test images and on as many samples of the generator."""
 
         def discriminator_step(state, batch, rng):
-            image, mask = batch["image"], batch["mask"]
-            label = batch["label"]
+            image, mask, label = batch["image"], batch["mask"], batch["label"]
             z, fake_label, _ = draw(rng, image.shape[0], None)
             fake = sampling.generate(generator, generator_variables(state), z, fake_label)
             variables = {
@@ -289,7 +328,7 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
         return {"samples": grid}
 
     return Steps(
-        init=init,
+        init=players.init,
         train_step=train_step,
         eval_steps={"discriminator": make_discriminator_eval},
         sample=sample,
