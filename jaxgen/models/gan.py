@@ -143,12 +143,22 @@ class DCGANGenerator(_Conditional):
         size = self.image_shape[0] // 2**stages
         width = self.features * 2**stages
         h = self._with_label(z, label).astype(self.dtype)
-        h = nn.Dense(size * size * width, dtype=self.dtype, param_dtype=self.param_dtype)(h)
+        # No biases before BatchNorm: it subtracts them again, and Adam would turn their
+        # (zero up to rounding) gradients into steps of size lr.
+        dense = nn.Dense(
+            size * size * width, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype
+        )
+        h = dense(h)
         h = nn.relu(norm()(h.reshape(z.shape[0], size, size, width)))  # [B, s, s, f * 2^k]
         for _ in range(stages):
             width //= 2
             h = nn.ConvTranspose(
-                width, (4, 4), (2, 2), dtype=self.dtype, param_dtype=self.param_dtype
+                width,
+                (4, 4),
+                (2, 2),
+                use_bias=False,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
             )(h)  # doubles H and W
             h = nn.relu(norm()(h))
         out = nn.Conv(self.image_shape[-1], (3, 3), dtype=jnp.float32, param_dtype=self.param_dtype)
@@ -176,15 +186,17 @@ class DCGANDiscriminator(_Conditional):
     def __call__(self, x, label, train: bool):
         h = x.astype(self.dtype)
         for stage in range(num_stages(self.image_shape)):
+            batch_norm = stage > 0 and self.norm == "batch"
             conv = nn.Conv(
                 self.features * 2**stage,
                 (4, 4),
                 (2, 2),
+                use_bias=not batch_norm,  # BatchNorm subtracts a bias again
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
             )
             h = nn.SpectralNorm(conv)(h, update_stats=train) if self.spectral_norm else conv(h)
-            if stage > 0 and self.norm == "batch":
+            if batch_norm:
                 h = nn.BatchNorm(
                     use_running_average=not train,
                     momentum=BN_MOMENTUM,
