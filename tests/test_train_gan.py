@@ -8,8 +8,8 @@ import pytest
 from jaxgen import parallel
 from jaxgen.config import ConfigError
 from jaxgen.data import DatasetInfo
-from jaxgen.train import gan, loop
-from tests.helpers import load_config
+from jaxgen.train import gan, loop, vae
+from tests.helpers import load_config, vae_smoke_config
 
 INFO = DatasetInfo(image_shape=(28, 28, 1), num_classes=10, num_examples={"train": 64, "test": 64})
 
@@ -45,20 +45,33 @@ def leaves_equal(a, b):
     )
 
 
-def test_one_step_keeps_structure_and_reports_both_players():
-    config = tiny_config(**{"train.n_critic": 2})
+def test_steps_keep_structure_count_n_critic_updates_and_carry_model_state():
+    # DCGAN with BatchNorm in both networks and spectral norm in D: both kinds of state.
+    config = tiny_config(**{"train.n_critic": 3, "train.batch_size": 12})
+    config.model.spectral_norm = True
     steps = gan.make_steps(config, INFO)
-    state = jax.jit(steps.init)(jax.random.PRNGKey(0), fixed_batch())
-    new_state, metrics = jax.jit(steps.train_step)(state, fixed_batch())
+    state = jax.jit(steps.init)(jax.random.PRNGKey(0), fixed_batch(12))
+    step = jax.jit(steps.train_step)
+    new_state = state
+    for _ in range(2):
+        new_state, metrics = step(new_state, fixed_batch(12))
     assert jax.tree.structure(new_state) == jax.tree.structure(state)
     for old, new in zip(jax.tree.leaves(state), jax.tree.leaves(new_state), strict=True):
         assert old.shape == new.shape and old.dtype == new.dtype
-    assert int(new_state.step) == 1
     expected = {"loss", "d_loss", "g_loss", "d_real", "d_fake", "d_grad_norm", "g_grad_norm"}
     assert set(metrics) >= expected | {"d_lr", "g_lr"}
     assert all(np.isfinite(float(v)) and np.ndim(v) == 0 for v in metrics.values())
     assert float(metrics["loss"]) == float(metrics["d_loss"])
-    # BatchNorm running averages of both networks moved.
+    # Adam counts its own updates: after 2 steps D has made 2 * n_critic, G 2.
+    counts = {
+        name: [int(leaf) for leaf in jax.tree.leaves(new_state.opt_state[name]) if leaf.ndim == 0]
+        for name in gan.PLAYERS
+    }
+    assert set(counts["discriminator"]) == {2 * 3} and set(counts["generator"]) == {2}
+    assert int(new_state.step) == 2
+    # BatchNorm averages of both networks and D's power-iteration vectors moved.
+    d_stats = new_state.model_state["discriminator"]["batch_stats"]
+    assert any("SpectralNorm" in key for key in d_stats) and "BatchNorm_0" in d_stats
     for name in gan.PLAYERS:
         assert not leaves_equal(state.model_state[name], new_state.model_state[name]), name
 
@@ -81,28 +94,6 @@ def test_each_player_update_leaves_the_other_untouched():
         assert leaves_equal(old["discriminator"], new["discriminator"]), field
         assert not leaves_equal(old["generator"], new["generator"]), field
     assert not leaves_equal(state.ema_params, g_state.ema_params) and int(g_state.step) == 1
-
-
-def test_n_critic_counts_discriminator_updates(n_critic=3):
-    # Adam counts its own updates: after 2 steps D has made 2 * n_critic, G 2.
-    config = tiny_config(
-        "configs/gan/cifar10_sngan.py", **{"train.n_critic": n_critic, "train.batch_size": 12}
-    )
-    steps = gan.make_steps(config, INFO)
-    state = jax.jit(steps.init)(jax.random.PRNGKey(0), fixed_batch(12))
-    step = jax.jit(steps.train_step)
-    u_start = state.model_state["discriminator"]
-    for _ in range(2):
-        state, metrics = step(state, fixed_batch(12))
-    counts = {
-        name: [int(leaf) for leaf in jax.tree.leaves(state.opt_state[name]) if leaf.ndim == 0]
-        for name in gan.PLAYERS
-    }
-    assert set(counts["discriminator"]) == {2 * n_critic} and set(counts["generator"]) == {2}
-    assert int(state.step) == 2
-    # The spectral-norm vectors are carried and updated by the discriminator's updates.
-    assert not leaves_equal(u_start, state.model_state["discriminator"])
-    assert np.isfinite(float(metrics["loss"]))
 
 
 def test_discriminator_updates_on_a_fixed_batch_lower_its_loss():
@@ -193,3 +184,10 @@ def test_init_from_restarts_only_the_generator_ema():
     assert set(new.ema_params) == {"generator"}
     assert leaves_equal(new.ema_params["generator"], params["generator"])
     assert jax.tree.structure(new) == jax.tree.structure(state)
+    # A VAE's EMA covers all its params, as before loop.start_from_params existed.
+    vae_steps = vae.make_steps(vae_smoke_config(), INFO)
+    vae_state = jax.jit(vae_steps.init)(jax.random.PRNGKey(0), {"image": jnp.zeros((2, 28, 28, 1))})
+    vae_params = jax.tree.map(lambda x: x + 1.0, vae_state.params)
+    new = loop.start_from_params(vae_state, vae_params)
+    assert leaves_equal(new.ema_params, vae_params) and leaves_equal(new.params, vae_params)
+    assert jax.tree.structure(new) == jax.tree.structure(vae_state)

@@ -19,6 +19,10 @@ counts generator updates; the discriminator's optimizer counts its own.
 Randomness: per-example keys (parallel.example_rngs) from fold_in(state.rng, state.step),
 so 1 device, 4 under jit and 4 under pmap give the same step. Metrics are scalar means;
 "loss" is the discriminator's loss (the one the loop checks for NaN).
+
+make_players gives the two halves of the step separately (tests run each alone);
+make_steps composes them. Left out: FID/IS (the evaluation issue), gradient
+accumulation (config.train.microbatches must be 1: BatchNorm sees whole batches).
 """
 
 from collections.abc import Callable
