@@ -5,7 +5,7 @@
     python -m experiments.train --config=configs/gan/fashion_mnist_dcgan.py:smoke --workdir=/tmp/gan_fashion_smoke
 
 Arguments (comma-separated): "quick" is the short run measured in the README (half the
-widths, 1500 steps: about 20 minutes on a shared 2-core CPU); "smoke" shrinks everything to run on CPU in seconds (tests rely
+widths, 1500 steps: 15-30 minutes on a 2-core CPU, depending on what else runs); "smoke" shrinks everything to run on CPU in seconds (tests rely
 on it); "conditional" feeds the class to both networks and samples one row per class.
 Expected: garment silhouettes (shirts, trousers, shoes, bags) with little texture after
 "quick"; the run is not measured here (the README measures mnist_dcgan.py:quick). FID is
@@ -19,7 +19,9 @@ def get_config(arg: str = "") -> ConfigDict:
     args = set(filter(None, arg.split(",")))
     unknown = args - {"quick", "smoke", "conditional"}
     if unknown:
-        raise ValueError(f"configs/gan/fashion_mnist_dcgan.py: unknown argument(s) {sorted(unknown)}")
+        raise ValueError(
+            f"configs/gan/fashion_mnist_dcgan.py: unknown argument(s) {sorted(unknown)}"
+        )
     config = base_config()
     config.family = "gan"
     config.data.name = "fashion_mnist"  # pixels in [-1, 1], matching the generator's tanh
@@ -61,7 +63,7 @@ def get_config(arg: str = "") -> ConfigDict:
     )
     config.sample.num_samples = 100 if config.model.conditional else 64  # 10 per class
 
-    if "quick" in args:  # fits ~20 minutes of a shared 2-core CPU (0.7 s a step)
+    if "quick" in args:  # 0.6-1.2 s a step on a shared 2-core CPU
         config.model.features = 16  # 4x cheaper than 32: the conv FLOPs grow as features^2
         config.train.num_steps = 1_500  # 1.6 epochs
         config.train.log_every = 100
