@@ -4,9 +4,10 @@
     python -m experiments.train --config=configs/gan/fashion_mnist_dcgan.py:quick --workdir=/tmp/gan_fashion_quick
     python -m experiments.train --config=configs/gan/fashion_mnist_dcgan.py:smoke --workdir=/tmp/gan_fashion_smoke
 
-Arguments (comma-separated): "quick" is the short run measured in the README (half the
-widths, 1500 steps: 15-30 minutes on a 2-core CPU, depending on what else runs); "smoke" shrinks everything to run on CPU in seconds (tests rely
-on it); "conditional" feeds the class to both networks and samples one row per class.
+Arguments (comma-separated): "quick" is a short run (half the widths, 1500 steps: 15-30
+minutes on a 2-core CPU, depending on what else runs); "smoke" shrinks everything to run
+on CPU in seconds (tests rely on it); "conditional" feeds the class to both networks and
+samples one row per class.
 Expected: garment silhouettes (shirts, trousers, shoes, bags) with little texture after
 "quick"; the run is not measured here (the README measures mnist_dcgan.py:quick). FID is
 not reported until the evaluation issue lands.
