@@ -4,7 +4,7 @@
     python -m experiments.train --config=configs/gan/fashion_mnist_dcgan.py:quick --workdir=/tmp/gan_fashion_quick
     python -m experiments.train --config=configs/gan/fashion_mnist_dcgan.py:smoke --workdir=/tmp/gan_fashion_smoke
 
-Arguments (comma-separated): "quick" is a short run (half the widths, 1500 steps: 15-30
+Arguments (comma-separated): "quick" is a short run (half the widths, 1500 steps: 10-30
 minutes on a 2-core CPU, depending on what else runs); "smoke" shrinks everything to run
 on CPU in seconds (tests rely on it); "conditional" feeds the class to both networks and
 samples one row per class.
@@ -64,7 +64,7 @@ def get_config(arg: str = "") -> ConfigDict:
     )
     config.sample.num_samples = 100 if config.model.conditional else 64  # 10 per class
 
-    if "quick" in args:  # 0.6-1.2 s a step on a shared 2-core CPU
+    if "quick" in args:  # 0.2-1.5 s a step on a 2-core CPU, depending on its load
         config.model.features = 16  # 4x cheaper than 32: the conv FLOPs grow as features^2
         config.train.num_steps = 1_500  # 1.6 epochs
         config.train.log_every = 100

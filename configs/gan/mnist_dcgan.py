@@ -5,7 +5,7 @@
     python -m experiments.train --config=configs/gan/mnist_dcgan.py:smoke --workdir=/tmp/gan_smoke
 
 Arguments (comma-separated): "quick" is the short run measured in the README (half the
-widths, 1500 steps: 15-30 minutes on a 2-core CPU, depending on what else runs); "smoke" shrinks everything to run on CPU in seconds (tests rely
+widths, 1500 steps: 10-30 minutes on a 2-core CPU, depending on what else runs); "smoke" shrinks everything to run on CPU in seconds (tests rely
 on it); "conditional" feeds the class to both networks and samples one row per class.
 Expected ("quick"): see the README's GAN section for the measured run and its samples; FID
 is not reported until the evaluation issue lands.
@@ -60,7 +60,7 @@ def get_config(arg: str = "") -> ConfigDict:
     )
     config.sample.num_samples = 100 if config.model.conditional else 64  # 10 per class
 
-    if "quick" in args:  # 0.6-1.2 s a step on a shared 2-core CPU
+    if "quick" in args:  # 0.2-1.5 s a step on a 2-core CPU, depending on its load
         config.model.features = 16  # 4x cheaper than 32: the conv FLOPs grow as features^2
         config.train.num_steps = 1_500  # 1.6 epochs
         config.train.log_every = 100
