@@ -5,8 +5,9 @@
     python -m experiments.train --config=configs/gan/mnist_dcgan.py:smoke --workdir=/tmp/gan_smoke
 
 Arguments (comma-separated): "quick" is the short run measured in the README (half the
-widths, 1500 steps: 10-30 minutes on a 2-core CPU, depending on what else runs); "smoke" shrinks everything to run on CPU in seconds (tests rely
-on it); "conditional" feeds the class to both networks and samples one row per class.
+widths, 1500 steps: 10-30 minutes on a 2-core CPU, depending on what else runs); "smoke"
+shrinks everything to run on CPU in seconds (tests rely on it); "conditional" feeds the
+class to both networks and samples one row per class.
 Expected ("quick"): see the README's GAN section for the measured run and its samples; FID
 is not reported until the evaluation issue lands.
 """
