@@ -14,24 +14,25 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
 
 
-def check_config(optim: ConfigDict) -> None:
+def check_config(optim: ConfigDict, field: str = "config.optim") -> None:
+    """ConfigError naming `field` (the section's path, e.g. config.optim_d) for a bad value."""
     if optim.name not in OPTIMIZERS:
         raise ConfigError(
-            f"config.optim.name: unknown optimizer {optim.name!r}; choose from {', '.join(OPTIMIZERS)}"
+            f"{field}.name: unknown optimizer {optim.name!r}; choose from {', '.join(OPTIMIZERS)}"
         )
     if optim.schedule not in SCHEDULES:
         raise ConfigError(
-            f"config.optim.schedule: unknown schedule {optim.schedule!r}; choose from {', '.join(SCHEDULES)}"
+            f"{field}.schedule: unknown schedule {optim.schedule!r}; choose from {', '.join(SCHEDULES)}"
         )
     if not optim.lr > 0:
-        raise ConfigError(f"config.optim.lr: must be > 0, got {optim.lr}")
-    for field in ("weight_decay", "grad_clip_norm", "warmup_steps", "min_lr_ratio"):
-        if optim[field] < 0:
-            raise ConfigError(f"config.optim.{field}: must be >= 0, got {optim[field]}")
+        raise ConfigError(f"{field}.lr: must be > 0, got {optim.lr}")
+    for name in ("weight_decay", "grad_clip_norm", "warmup_steps", "min_lr_ratio"):
+        if optim[name] < 0:
+            raise ConfigError(f"{field}.{name}: must be >= 0, got {optim[name]}")
     if not 0 <= optim.ema_decay < 1:
-        raise ConfigError(f"config.optim.ema_decay: must be in [0, 1), got {optim.ema_decay}")
+        raise ConfigError(f"{field}.ema_decay: must be in [0, 1), got {optim.ema_decay}")
     if not (0 <= optim.b1 < 1 and 0 <= optim.b2 < 1):
-        raise ConfigError(f"config.optim.b1/b2: must be in [0, 1), got {optim.b1}, {optim.b2}")
+        raise ConfigError(f"{field}.b1/b2: must be in [0, 1), got {optim.b1}, {optim.b2}")
 
 
 def learning_rate(optim: ConfigDict, num_steps: int) -> optax.Schedule:

@@ -51,3 +51,11 @@ def test_bad_values_name_the_field(field, value):
     config[field] = value
     with pytest.raises(ConfigError, match=rf"^config\.optim\.{field}"):
         optim.check_config(config)
+
+
+def test_a_second_optimizer_section_is_named_in_errors():
+    # The GAN's discriminator optimizer lives in config.optim_d.
+    config = base_config().optim
+    config.warmup_steps = -1
+    with pytest.raises(ConfigError, match=r"^config\.optim_d\.warmup_steps"):
+        optim.check_config(config, "config.optim_d")

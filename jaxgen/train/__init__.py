@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 from jaxgen.config import ConfigError
 
-FAMILIES = ("vae", "gpt", "ddpm", "classifier")
+FAMILIES = ("vae", "gan", "gpt", "ddpm", "classifier")
 
 
 class Steps(NamedTuple):

@@ -173,10 +173,7 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
         state, start = init(rng, sample_batch), 0
         if config.init_from:
             params = checkpoint.restore_params(config.init_from, abstract.params)
-            # The EMA gets its own buffers: the step donates both, and a buffer
-            # cannot be donated twice.
-            ema = jax.tree.map(jnp.copy, params) if state.ema_params else {}
-            state = state.replace(params=params, ema_params=ema)
+            state = start_from_params(state, params)
             log.info("params from %s", config.init_from)
 
     evaluators = metrics.build(config, jit_steps, placement)
@@ -250,6 +247,17 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
         ckpt.close()
         writer.close()
     return placement.get_state(state)
+
+
+def start_from_params(state: PyTree, params: PyTree) -> PyTree:
+    """`state` with another run's params; its EMA restarts from them.
+
+    The EMA covers the top-level entries of params that the family's EMA covers (all of
+    them for a VAE, {"generator"} for a GAN, none when ema_params is {}). It gets its own
+    buffers: the step donates both, and a buffer cannot be donated twice.
+    """
+    ema = jax.tree.map(jnp.copy, {key: params[key] for key in state.ema_params})
+    return state.replace(params=params, ema_params=ema)
 
 
 def write_samples(

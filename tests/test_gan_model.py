@@ -1,0 +1,112 @@
+"""GAN models: shapes and dtypes, spectral normalisation against NumPy's SVD, config checks."""
+
+import re
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.models import gan as models
+
+
+def model_config(model_name, **overrides):
+    config = ConfigDict(
+        dict(
+            name=model_name,
+            latent_dim=8,
+            hidden=(16,),
+            features=4,
+            norm="batch",
+            spectral_norm=False,
+            dtype="float32",
+            param_dtype="float32",
+        )
+    )
+    config.update(overrides)
+    return config
+
+
+@pytest.mark.parametrize(
+    "name,shape,num_classes",
+    [
+        ("mlp", (28, 28, 1), 0),
+        ("dcgan", (28, 28, 1), 10),
+        ("dcgan", (32, 32, 3), 0),
+        ("sngan", (32, 32, 3), 10),
+    ],
+)
+def test_shapes_and_dtypes(name, shape, num_classes):
+    generator, discriminator = models.make_models(model_config(name), shape, num_classes)
+
+    # Traced, not compiled: shapes and dtypes without paying for XLA (tanh bounds values).
+    def run(z, label):
+        g_vars = generator.init(jax.random.PRNGKey(0), z, label, train=False)
+        images = generator.apply(g_vars, z, label, train=False)
+        d_vars = discriminator.init(jax.random.PRNGKey(1), images, label, train=False)
+        return images, discriminator.apply(d_vars, images, label, train=False), d_vars
+
+    images, logits, d_vars = jax.eval_shape(run, jnp.ones((2, 8)), jnp.array([0, 1]))
+    assert images.shape == (2, *shape) and images.dtype == jnp.float32
+    assert logits.shape == (2,) and logits.dtype == jnp.float32
+    if name == "sngan":  # every conv and the head keep a power-iteration vector and sigma
+        assert len(jax.tree.leaves(d_vars["batch_stats"])) == 2 * 8
+
+
+def test_projection_discriminator_depends_on_the_label():
+    _, discriminator = models.make_models(model_config("mlp"), (28, 28, 1), num_classes=10)
+    x = jnp.ones((2, 28, 28, 1))
+    variables = discriminator.init(jax.random.PRNGKey(0), x, jnp.array([0, 0]), train=False)
+    logits = discriminator.apply(variables, x, jnp.array([0, 1]), train=False)
+    assert float(jnp.abs(logits[0] - logits[1])) > 1e-4
+
+
+def test_spectral_norm_power_iteration_converges_to_the_largest_singular_value():
+    rng = np.random.default_rng(0)
+    kernel = rng.normal(size=(20, 12)).astype(np.float32)
+    layer = nn.SpectralNorm(nn.Dense(12))
+    x = jnp.asarray(rng.normal(size=(4, 20)).astype(np.float32))
+    variables = layer.init(jax.random.PRNGKey(0), x, update_stats=False)
+    params = jax.tree.map(lambda p: p, variables["params"])
+    params["layer_instance"]["kernel"] = jnp.asarray(kernel)
+    stats = variables["batch_stats"]
+    for _ in range(50):  # one power iteration per call, state carried as in a train step
+        out, updated = layer.apply(
+            {"params": params, "batch_stats": stats}, x, update_stats=True, mutable=["batch_stats"]
+        )
+        stats = updated["batch_stats"]
+    sigma = np.linalg.svd(kernel, compute_uv=False)[0]
+    (stored,) = [v for k, v in jax.tree_util.tree_leaves_with_path(stats) if "sigma" in str(k)]
+    np.testing.assert_allclose(stored, sigma, rtol=1e-4)
+    # The layer uses the normalised kernel W / sigma.
+    bias = np.asarray(params["layer_instance"]["bias"])
+    np.testing.assert_allclose(out, np.asarray(x) @ (kernel / sigma) + bias, rtol=1e-4, atol=1e-5)
+
+
+def test_conv_models_reject_other_image_sizes():
+    with pytest.raises(ConfigError, match=r"^config\.model\.name: 'dcgan' is built for 28x28"):
+        models.check_config(model_config("dcgan"), (64, 64, 3))
+    models.check_config(model_config("mlp"), (64, 64, 3))  # the MLP takes any size
+
+
+@pytest.mark.parametrize(
+    "overrides,field",
+    [
+        ({"name": "stylegan"}, "config.model.name"),
+        ({"norm": "group"}, "config.model.norm"),
+        ({"latent_dim": 0}, "config.model.latent_dim"),
+        ({"features": 0}, "config.model.features"),
+    ],
+)
+def test_bad_model_values_name_the_field(overrides, field):
+    with pytest.raises(ConfigError, match="^" + re.escape(field)):
+        models.check_config(model_config("dcgan", **overrides), (28, 28, 1))
+
+
+def test_missing_field_names_the_field():
+    config = model_config("dcgan")
+    del config["norm"]
+    with pytest.raises(ConfigError, match=r"^config\.model\.norm: missing"):
+        models.check_config(config, (28, 28, 1))
