@@ -191,3 +191,17 @@ def test_init_from_restarts_only_the_generator_ema():
     new = loop.start_from_params(vae_state, vae_params)
     assert leaves_equal(new.ema_params, vae_params) and leaves_equal(new.params, vae_params)
     assert jax.tree.structure(new) == jax.tree.structure(vae_state)
+
+
+def test_generate_draws_images_for_the_sample_evaluators():
+    """Steps.generate: [num, H, W, C] in [-1, 1]; given labels change a conditional G's output."""
+    config = tiny_config(path="configs/gan/mnist_mlp.py", arg="smoke,conditional")
+    steps = gan.make_steps(config, INFO)
+    state = jax.jit(steps.init)(jax.random.PRNGKey(0), fixed_batch())
+    generate = jax.jit(steps.generate, static_argnums=2)
+    rng = jax.random.PRNGKey(1)
+    drawn = generate(state, rng, 8)
+    assert drawn.shape == (8, 28, 28, 1) and float(jnp.abs(drawn).max()) <= 1.0
+    threes = generate(state, rng, 8, jnp.full((8,), 3, jnp.int32))
+    sevens = generate(state, rng, 8, jnp.full((8,), 7, jnp.int32))
+    assert float(jnp.abs(threes - sevens).max()) > 1e-4

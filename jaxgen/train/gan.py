@@ -331,9 +331,23 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
         )
         return {"samples": grid}
 
+    def generate(state, rng, num, labels=None):
+        """For the sample evaluators (FID, ...): G(z) with fresh noise; a conditional model
+        without given labels draws them uniformly."""
+        z_rng, label_rng = jax.random.split(rng)
+        z = jax.random.normal(z_rng, (num, latent_dim))
+        if labels is None:
+            labels = (
+                jax.random.randint(label_rng, (num,), 0, num_classes)
+                if num_classes
+                else jnp.zeros((num,), jnp.int32)
+            )
+        return sampling.generate(generator, generator_variables(state), z, labels)
+
     return Steps(
         init=players.init,
         train_step=train_step,
         eval_steps={"discriminator": make_discriminator_eval},
         sample=sample,
+        generate=generate,
     )
