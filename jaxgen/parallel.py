@@ -43,11 +43,12 @@ def check_config(config: ConfigDict) -> None:
         raise ConfigError(
             f"config.mesh.backend: unknown backend {config.mesh.backend!r}; choose from jit, pmap"
         )
-    if config.mesh.fsdp < 1 or jax.device_count() % config.mesh.fsdp:
+    fsdp = _fsdp(config.mesh)  # absent from runs saved before the fsdp axis existed
+    if fsdp < 1 or jax.device_count() % fsdp:
         raise ConfigError(
-            f"config.mesh.fsdp: {config.mesh.fsdp} does not divide the {jax.device_count()} devices"
+            f"config.mesh.fsdp: {fsdp} does not divide the {jax.device_count()} devices"
         )
-    if config.mesh.fsdp > 1 and config.mesh.backend != "jit":
+    if fsdp > 1 and config.mesh.backend != "jit":
         raise ConfigError("config.mesh.fsdp: sharding params needs config.mesh.backend='jit'")
     num = num_data_devices(config.mesh)
     size = config.train.batch_size

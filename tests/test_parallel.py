@@ -112,3 +112,12 @@ def test_fsdp_needs_jit_and_a_divisor():
     config.mesh.fsdp, config.mesh.backend = 2, "pmap"
     with pytest.raises(parallel.ConfigError, match=r"^config\.mesh\.fsdp"):
         parallel.check_config(config)
+
+
+def test_runs_saved_before_the_fsdp_axis_still_load():
+    config = vae_smoke_config()
+    mesh = config.mesh.to_dict()
+    del mesh["fsdp"]  # a config.json written before mesh.fsdp existed
+    config.mesh = parallel.ConfigDict(mesh)
+    parallel.check_config(config)
+    assert parallel.Placement(config.mesh).fsdp == 1
