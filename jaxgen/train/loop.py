@@ -210,7 +210,10 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
                     name: done % interval == 0 or done == num_steps
                     for name, interval in every.items()
                 }
-                if preemption.requested:  # save now and exit quickly: no eval or samples
+                # Read the flag once: a SIGTERM landing later in this iteration must not
+                # stop the loop after a step that was not saved.
+                stopping = preemption.requested
+                if stopping:  # save now and exit quickly: no eval or samples
                     due.update(ckpt_every=True, eval_every=False, sample_every=False)
                 if window and (due["log_every"] or due["ckpt_every"]):
                     means = _mean_metrics(window, window_start, config.train.skip_nonfinite)
@@ -238,7 +241,7 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
                 # written, so a resumed run never skips an eval or a sample grid.
                 if due["ckpt_every"]:
                     ckpt.save(done, placement.get_state(state), {"train": train_iter.get_state()})
-                if preemption.requested:
+                if stopping:
                     break
     finally:
         # Also on errors: let an in-flight async save commit before the process
