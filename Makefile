@@ -7,6 +7,9 @@ PY := $(VENV)/bin/python
 CONFIG ?= configs/vae/mnist.py:quick
 WORKDIR ?= runs/vae_mnist
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist; each test file stays in one process). Every process runs
+# JAX on 4 fake CPU devices, so more than the machine's cores only adds memory.
+PYTEST_WORKERS ?= 2
 
 # Raw data: a local folder of dataset files if you have one (this checkout's
 # ../shared/data when present), else each dataset's canonical download.
@@ -28,4 +31,4 @@ run: $(VENV)/.installed
 	$(PY) -m experiments.train --config=$(CONFIG) --workdir=$(WORKDIR)
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
