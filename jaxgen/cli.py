@@ -69,9 +69,12 @@ def define_workdir_config(argv: list[str]) -> None:
         config = load_workdir_config(workdir)
     except ConfigError as error:
         fail(error)
-    config_flags.DEFINE_config_dict(
-        "config", config, "The run's config with overrides.", lock_config=True
-    )
+    try:  # parses the --config.* overrides of argv at once
+        config_flags.DEFINE_config_dict(
+            "config", config, "The run's config with overrides.", lock_config=True
+        )
+    except (AttributeError, KeyError, TypeError, ValueError) as error:
+        fail(f"--config: bad override: {str(error).strip().splitlines()[-1]}")
 
 
 def run(main: Callable[[list[str]], None]) -> None:

@@ -187,3 +187,13 @@ def test_init_from_starts_from_another_runs_params(smoke_run, tmp_path):
     for key in params:
         np.testing.assert_allclose(actual[key], expected[key], atol=1e-9, err_msg=key)
     assert actual["['step']"] == 1
+
+
+def test_bad_override_of_a_runs_config_is_one_line(smoke_run):
+    """experiments.sample/evaluate parse overrides against W/config.json: same one-line errors."""
+    workdir, _, _ = smoke_run
+    for override in ("--config.evals.is.num_samples=3", "--config.sample.no_such_field=1"):
+        result = run_script("sample", f"--workdir={workdir}", override, check=False)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+        assert lines[0].startswith("error: --config")

@@ -87,7 +87,8 @@ def get_config(arg: str = "mlp") -> ConfigDict:
             {
                 "fid": {"type": "fid", **sample_eval},
                 "kid": {"type": "kid", **sample_eval, "num_subsets": 100, "subset_size": 1000},
-                "is": {"type": "is", **sample_eval, "splits": 10},
+                # not "is": a Python keyword cannot be overridden from the command line
+                "inception_score": {"type": "is", **sample_eval, "splits": 10},
             }
         )
 
@@ -116,7 +117,7 @@ def get_config(arg: str = "mlp") -> ConfigDict:
         config.train.eval_every = config.train.ckpt_every = config.train.sample_every = 10
         config.evals.elbo.update(batch_size=64, num_examples=256)
         config.evals.nll.update(num_samples=16, chunk=8, batch_size=64, num_examples=128)
-        for name in ("fid", "kid", "is") if "fid" in args else ():
+        for name in ("fid", "kid", "inception_score") if "fid" in args else ():
             config.evals[name].update(num_samples=256, batch_size=128, num_examples=512)
         config.sample.num_samples = 16
         config.sample.num_interpolations = 4
