@@ -118,6 +118,19 @@ def base_config() -> ConfigDict:
     return config
 
 
+def sibling_config(config_file: str, name: str, arg: str = "") -> ConfigDict:
+    """get_config(arg) of the config file `name` next to `config_file` (a config's __file__):
+    how one recipe is reused on another dataset or for fine-tuning."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(config_file).with_name(name)
+    spec = importlib.util.spec_from_file_location(f"config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
 def _tuples(value):
     """JSON has no tuples: turn lists back into the tuples configs use."""
     if isinstance(value, dict):

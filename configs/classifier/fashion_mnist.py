@@ -10,55 +10,10 @@ Arguments (comma-separated): "smoke" shrinks everything to run on CPU in
 seconds (tests rely on it). MNIST: configs/classifier/mnist.py.
 """
 
-from jaxgen.config import ConfigDict, base_config
+from jaxgen.config import ConfigDict, sibling_config
 
 
 def get_config(arg: str = "") -> ConfigDict:
-    args = set(filter(None, arg.split(",")))
-    unknown = args - {"smoke"}
-    if unknown:
-        raise ValueError(
-            f"configs/classifier/fashion_mnist.py: unknown argument(s) {sorted(unknown)}"
-        )
-    config = base_config()
-    config.family = "classifier"
-
+    config = sibling_config(__file__, "mnist.py", arg)  # the same CNN and schedule
     config.data.name = "fashion_mnist"
-    config.data.pixels = "symmetric"  # generated images are compared in [-1, 1]
-
-    config.model.name = "cnn"
-    config.model.features = (16, 32)  # conv widths of the two 2x-pooled stages; cheap on CPU
-    config.model.hidden = 128  # the feature dimension of domain-FID
-
-    config.loss.name = "xent"
-    config.loss.kw = ConfigDict({"label_smoothing": 0.0})
-
-    config.optim.name = "adam"
-    config.optim.lr = 2e-3
-    config.optim.schedule = "cosine"
-    config.optim.warmup_steps = 100
-    config.optim.min_lr_ratio = 0.0
-    config.optim.ema_decay = 0.0  # features come from the final params
-
-    config.train.num_steps = 1_880  # 4 epochs at batch 128
-    config.train.batch_size = 128
-    config.train.log_every = 100
-    config.train.eval_every = 940
-    config.train.ckpt_every = 940
-    config.train.sample_every = 1_880
-
-    config.evals = ConfigDict(
-        {"accuracy": {"type": "accuracy", "batch_size": 500, "num_examples": 0}}
-    )
-    config.sample.num_samples = 8  # the classifier writes no images
-
-    if "smoke" in args:
-        config.model.features = (4, 8)
-        config.model.hidden = 16
-        config.optim.warmup_steps = 2
-        config.train.num_steps = 20
-        config.train.batch_size = 32
-        config.train.log_every = 5
-        config.train.eval_every = config.train.ckpt_every = config.train.sample_every = 10
-        config.evals.accuracy.update(batch_size=64, num_examples=256)
     return config

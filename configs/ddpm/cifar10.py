@@ -10,7 +10,8 @@ Expected on real hardware (the paper, 800k steps, EMA params, ancestral sampling
 σ² = β): FID 3.17, Inception score 9.46, test NLL <= 3.75 bits/dim (all 1000 terms of
 the bound on the whole test split, the "bpd" eval below). Not run here: the data comes
 from the TFDS catalog ("cifar10"), which these machines cannot download; tests run the
-config on mock data. FID/IS come from the evaluation issue's entries in config.evals.
+config on mock data. FID/IS: add "fid"/"is" entries with network "inception"
+to config.evals (see the README's Evaluation section).
 
 Arguments (comma-separated): "smoke" shrinks everything to run on CPU in seconds.
 """

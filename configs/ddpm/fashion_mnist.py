@@ -8,21 +8,10 @@ Arguments (comma-separated) are those of configs/ddpm/mnist.py: "quick", "smoke"
 (more texture, fewer constant pixels). Not measured on this CPU.
 """
 
-import importlib.util
-import pathlib
-
-from jaxgen.config import ConfigDict
-
-
-def _mnist_config(arg: str) -> ConfigDict:
-    path = pathlib.Path(__file__).with_name("mnist.py")
-    spec = importlib.util.spec_from_file_location("configs_ddpm_mnist", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+from jaxgen.config import ConfigDict, sibling_config
 
 
 def get_config(arg: str = "") -> ConfigDict:
-    config = _mnist_config(arg)
+    config = sibling_config(__file__, "mnist.py", arg)
     config.data.name = "fashion_mnist"
     return config

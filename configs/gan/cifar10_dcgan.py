@@ -8,7 +8,7 @@ variant trains the same code on MNIST so that it runs offline.
 Arguments (comma-separated): "smoke" shrinks everything to run on CPU in seconds (tests
 rely on it); "conditional" feeds the class to both networks and samples one row per class.
 Expected: Inception score about 6.2 (6.16 for DCGAN in Gulrajani et al. 2017, table 3);
-not measured here (needs a GPU and the evaluation issue).
+not measured here (needs a GPU and the Inception weights; see the README's Evaluation section).
 """
 
 from jaxgen.config import ConfigDict, base_config

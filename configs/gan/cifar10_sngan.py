@@ -9,8 +9,8 @@ Arguments (comma-separated): "smoke" shrinks everything to run on CPU in seconds
 rely on it); "conditional" adds the projection discriminator (Miyato & Koyama 2018) and a
 class input to G, and samples one row per class.
 Expected: the paper's IS 8.22 / FID 21.7 are for its ResNet; its "standard CNN", which
-this is, scores lower (IS about 7.4-7.6 in table 2). Not measured here (needs a GPU and
-the evaluation issue).
+this is, scores lower (IS about 7.4-7.6 in table 2). Not measured here (needs a GPU
+and the Inception weights; see the README's Evaluation section).
 """
 
 from jaxgen.config import ConfigDict, base_config

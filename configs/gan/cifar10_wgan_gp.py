@@ -10,7 +10,7 @@ rely on it); "conditional" feeds the class to both networks and samples one row 
 Expected: the paper's Inception score 7.86 is for its ResNet; this config keeps the
 paper's loss and optimiser (Adam 1e-4, β = (0, 0.9), n_critic 5, λ 10, batch 64) on the
 DCGAN architecture with a LayerNorm critic, which scores lower. Not measured here (needs
-a GPU and the evaluation issue).
+a GPU and the Inception weights; see the README's Evaluation section).
 """
 
 from jaxgen.config import ConfigDict, base_config

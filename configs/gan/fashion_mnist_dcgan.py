@@ -9,74 +9,13 @@ minutes on a 2-core CPU, depending on what else runs); "smoke" shrinks everythin
 on CPU in seconds (tests rely on it); "conditional" feeds the class to both networks and
 samples one row per class.
 Expected: garment silhouettes (shirts, trousers, shoes, bags) with little texture after
-"quick"; the run is not measured here (the README measures mnist_dcgan.py:quick). FID is
-not reported until the evaluation issue lands.
+"quick"; the run is not measured here (the README measures mnist_dcgan.py:quick).
 """
 
-from jaxgen.config import ConfigDict, base_config
+from jaxgen.config import ConfigDict, sibling_config
 
 
 def get_config(arg: str = "") -> ConfigDict:
-    args = set(filter(None, arg.split(",")))
-    unknown = args - {"quick", "smoke", "conditional"}
-    if unknown:
-        raise ValueError(
-            f"configs/gan/fashion_mnist_dcgan.py: unknown argument(s) {sorted(unknown)}"
-        )
-    config = base_config()
-    config.family = "gan"
+    config = sibling_config(__file__, "mnist_dcgan.py", arg)  # the same networks and training
     config.data.name = "fashion_mnist"  # pixels in [-1, 1], matching the generator's tanh
-
-    config.model.name = "dcgan"
-    config.model.latent_dim = 100
-    # G: 7x7x128 -> 14x14x64 -> 28x28x32 -> 28x28x1; D: 32 -> 64 channels. The paper's
-    # widths are 2x these (features=64); half of them trains 3-4x faster on a CPU and
-    # Fashion-MNIST at 28x28 does not need more.
-    config.model.features = 32
-    config.model.norm = "batch"  # BatchNorm in D after the first conv, as in the paper
-    config.model.spectral_norm = False
-    config.model.conditional = "conditional" in args
-
-    config.loss.name = "non_saturating"
-    # gp_weight: λ of the WGAN-GP penalty (used by loss "wgan_gp"); r1_gamma: γ of R1, 0 = off.
-    config.loss.kw = ConfigDict({"gp_weight": 0.0, "r1_gamma": 0.0})
-
-    # Radford et al.: Adam 2e-4 with β1 = 0.5 (0.9 oscillated in their runs), both players.
-    config.optim.name = "adam"
-    config.optim.lr = 2e-4
-    config.optim.b1 = 0.5
-    config.optim.ema_decay = 0.999  # sample and evaluate with the EMA of the generator
-    config.optim_d = config.optim.copy_and_resolve_references()
-    config.optim_d.ema_decay = 0.0  # only the generator keeps an EMA
-
-    config.train.n_critic = 1
-    config.train.batch_size = 64
-    config.train.num_steps = 10_000  # about 11 epochs
-    config.train.log_every = 250
-    config.train.eval_every = 2_500
-    config.train.ckpt_every = 2_500
-    config.train.sample_every = 1_000
-
-    # Mean D logits on test images and on as many generated ones (a cheap health check;
-    # FID comes with the evaluation issue).
-    config.evals = ConfigDict(
-        {"discriminator": {"type": "discriminator", "batch_size": 500, "num_examples": 2000}}
-    )
-    config.sample.num_samples = 100 if config.model.conditional else 64  # 10 per class
-
-    if "quick" in args:  # 0.2-1.5 s a step on a 2-core CPU, depending on its load
-        config.model.features = 16  # 4x cheaper than 32: the conv FLOPs grow as features^2
-        config.train.num_steps = 1_500  # 1.6 epochs
-        config.train.log_every = 100
-        config.train.eval_every = config.train.ckpt_every = config.train.sample_every = 500
-
-    if "smoke" in args:
-        config.model.latent_dim = 16
-        config.model.features = 8
-        config.train.num_steps = 20
-        config.train.batch_size = 32
-        config.train.log_every = 5
-        config.train.eval_every = config.train.ckpt_every = config.train.sample_every = 10
-        config.evals.discriminator.update(batch_size=64, num_examples=128)
-        config.sample.num_samples = 20 if config.model.conditional else 16
     return config

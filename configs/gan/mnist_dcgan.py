@@ -8,8 +8,7 @@ Arguments (comma-separated): "quick" is the short run measured in the README (ha
 widths, 1500 steps: 10-30 minutes on a 2-core CPU, depending on what else runs); "smoke"
 shrinks everything to run on CPU in seconds (tests rely on it); "conditional" feeds the
 class to both networks and samples one row per class.
-Expected ("quick"): see the README's GAN section for the measured run and its samples; FID
-is not reported until the evaluation issue lands.
+Expected ("quick"): see the README's GAN section for the measured run and its samples.
 """
 
 from jaxgen.config import ConfigDict, base_config
@@ -55,7 +54,7 @@ def get_config(arg: str = "") -> ConfigDict:
     config.train.sample_every = 1_000
 
     # Mean D logits on test images and on as many generated ones (a cheap health check;
-    # FID comes with the evaluation issue).
+    # domain-FID: add a "fid" entry, see the README's Evaluation section).
     config.evals = ConfigDict(
         {"discriminator": {"type": "discriminator", "batch_size": 500, "num_examples": 2000}}
     )

@@ -50,7 +50,7 @@ def get_config(arg: str = "") -> ConfigDict:
     config.train.sample_every = 2_000
 
     # Mean D logits on test images and on as many generated ones (a cheap health check;
-    # FID/IS come with the evaluation issue).
+    # domain-FID/IS: add "fid"/"is" entries, see the README's Evaluation section).
     config.evals = ConfigDict(
         {"discriminator": {"type": "discriminator", "batch_size": 500, "num_examples": 2000}}
     )

@@ -13,22 +13,13 @@ refused with the offending character named). Expected: the validation loss on th
 within a few hundred steps, starting far below a fresh model's log(65) = 4.17.
 """
 
-import importlib.util
-import pathlib
-
-from jaxgen.config import ConfigDict
-
-
-def _source_config(arg: str) -> ConfigDict:
-    path = pathlib.Path(__file__).with_name("shakespeare_char.py")
-    spec = importlib.util.spec_from_file_location("shakespeare_char", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+from jaxgen.config import ConfigDict, sibling_config
 
 
 def get_config(arg: str = "") -> ConfigDict:
-    config = _source_config(arg)  # the same model; "smoke" also shrinks training below
+    config = sibling_config(
+        __file__, "shakespeare_char.py", arg
+    )  # the same model; "smoke" also shrinks training below
     config.init_from = ""  # required: the source run's workdir (or one checkpoint step in it)
 
     config.data.name = "text_file"

@@ -21,7 +21,7 @@ so 1 device, 4 under jit and 4 under pmap give the same step. Metrics are scalar
 "loss" is the discriminator's loss (the one the loop checks for NaN).
 
 make_players gives the two halves of the step separately (tests run each alone);
-make_steps composes them. Left out: FID/IS (the evaluation issue), gradient
+make_steps composes them; generate feeds the FID/IS evaluators. Left out: gradient
 accumulation (config.train.microbatches must be 1: BatchNorm sees whole batches).
 """
 
