@@ -56,6 +56,11 @@ def run_script(
     return result
 
 
+def stderr_lines(result) -> list[str]:
+    """The non-blank lines a script printed to stderr (a bad input must give exactly one)."""
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
 def comparable_metrics(workdir) -> list[dict]:
     """metrics.jsonl without timings, which differ between any two runs."""
     return [

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.e2e import LONG, SMOKE, command, final_params, run_script, script_env
+from tests.e2e import LONG, SMOKE, command, final_params, run_script, script_env, stderr_lines
 from tests.helpers import ROOT, SHARED_DATA
 
 pytestmark = pytest.mark.slow
@@ -255,7 +255,7 @@ def test_unusable_workdir_is_one_line_naming_the_flag(tmp_path):
     blocker.write_text("not a folder")
     result = run_script("train", f"--config={SMOKE}", f"--workdir={blocker / 'run'}", check=False)
     assert result.returncode == 2
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    lines = stderr_lines(result)
     assert len(lines) == 1 and lines[0].startswith("error: --workdir"), result.stderr[-2000:]
 
 

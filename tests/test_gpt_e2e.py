@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.e2e import comparable_metrics, final_params, run_script
+from tests.e2e import comparable_metrics, final_params, run_script, stderr_lines
 from tests.helpers import SHARED_DATA
 
 pytestmark = pytest.mark.slow
@@ -158,7 +158,7 @@ def test_bad_config_is_one_line_naming_the_field(tmp_path, override, field):
     result = run_script(
         "train", f"--config={SMOKE}", f"--workdir={tmp_path}", override, check=False
     )
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    lines = stderr_lines(result)
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
     assert lines[0].startswith("error: ") and field in lines[0]
 
@@ -174,6 +174,6 @@ def test_text_that_is_not_utf8_is_one_line_naming_the_file(tmp_path):
         f"--config.data.text_file={bad}",
         check=False,
     )
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    lines = stderr_lines(result)
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
     assert str(bad) in lines[0] and "UTF-8" in lines[0]

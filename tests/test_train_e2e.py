@@ -13,7 +13,16 @@ import time
 import numpy as np
 import pytest
 
-from tests.e2e import LONG, SMOKE, command, comparable_metrics, final_params, run_script, script_env
+from tests.e2e import (
+    LONG,
+    SMOKE,
+    command,
+    comparable_metrics,
+    final_params,
+    run_script,
+    script_env,
+    stderr_lines,
+)
 from tests.helpers import ROOT
 
 pytestmark = pytest.mark.slow
@@ -99,7 +108,7 @@ def test_bad_config_is_one_line_naming_the_field_exit_2(tmp_path, override, fiel
         "train", f"--config={SMOKE}", f"--workdir={tmp_path}", override, devices=4, check=False
     )
     assert result.returncode == 2, result.stderr[-2000:]
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    lines = stderr_lines(result)
     assert len(lines) == 1 and field in lines[0] and lines[0].startswith("error: "), result.stderr
     assert not (tmp_path / "checkpoints").exists()
     assert time.perf_counter() - start < 60
@@ -194,6 +203,6 @@ def test_bad_override_of_a_runs_config_is_one_line(smoke_run):
     workdir, _, _ = smoke_run
     for override in ("--config.evals.is.num_samples=3", "--config.sample.no_such_field=1"):
         result = run_script("sample", f"--workdir={workdir}", override, check=False)
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        lines = stderr_lines(result)
         assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
         assert lines[0].startswith("error: --config")
