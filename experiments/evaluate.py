@@ -1,8 +1,14 @@
-"""Run a trained run's `config.evals` on its latest checkpoint.
+"""Run a trained run's `config.evals` on its latest checkpoint, plus standard evaluators.
 
     python -m experiments.evaluate --workdir=/tmp/vae --config.evals.nll.num_samples=5000
+    python -m experiments.evaluate --workdir=/tmp/gan --evals=fid,kid,is \
+        --config.evals.fid.network=inception
 
-Uses EMA params when the run keeps them. Writes W/eval_<step>.json and prints it.
+`--evals` adds registered evaluators (fid, kid, is, class_accuracy) as entries of the same
+name with their documented defaults (jaxgen/metrics/generative.py DEFAULTS), which
+`--config.evals.<name>.<field>` overrides refine; an entry the run already has keeps its
+settings. W/config.json is never changed. Uses EMA params when the run keeps them. Writes
+W/eval_<step>.json and prints it.
 """
 
 import json
@@ -13,17 +19,39 @@ import time
 import jax
 from absl import flags
 
-from jaxgen import cli, metrics
-from jaxgen.train import loop
+from jaxgen import cli, metrics, runs
+from jaxgen.config import ConfigDict
 
 flags.DEFINE_string("workdir", None, "Run directory written by experiments.train.")
+flags.DEFINE_list("evals", [], "Standard evaluators to add, e.g. fid,kid,is.")
+
+
+def requested_evals(argv: list[str]) -> list[str]:
+    """The names given to --evals in argv (read before flags are parsed)."""
+    values = [arg.split("=", 1)[1] for arg in argv if arg.startswith("--evals=")]
+    return [name.strip() for value in values for name in value.split(",") if name.strip()]
+
+
+def add_evals(names: list[str]):
+    """extend(config) for cli.define_workdir_config: adds an entry per name."""
+
+    def extend(config: ConfigDict) -> None:
+        known = metrics.EVALUATORS.names()
+        for name in names:
+            if name not in metrics.EVALUATORS:
+                cli.fail(f"--evals: unknown evaluator {name!r}; choose from {', '.join(known)}")
+            if name not in config.evals:
+                defaults = getattr(metrics.EVALUATORS.get(name), "defaults", {})
+                config.evals[name] = ConfigDict({"type": name, **defaults})
+
+    return extend
 
 
 def main(argv):
     del argv
     config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-    run = loop.load_run(config, workdir)
-    evaluators = metrics.build(config, run.steps, run.placement)
+    run = runs.load_run(config, workdir)
+    evaluators = metrics.build(run.config, run.steps, run.placement)
     start = time.perf_counter()
     results = metrics.run(evaluators, run.state)
     results["perf/seconds"] = time.perf_counter() - start
@@ -36,5 +64,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.define_workdir_config(sys.argv)
+    cli.define_workdir_config(sys.argv, extend=add_evals(requested_evals(sys.argv)))
     cli.run(main)

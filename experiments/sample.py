@@ -12,8 +12,7 @@ them); `--config.sample.*` overrides apply. Prints the paths of the PNGs.
 import jax
 from absl import flags
 
-from jaxgen import cli
-from jaxgen.train import loop
+from jaxgen import cli, runs
 
 flags.DEFINE_string("workdir", None, "Run directory written by experiments.train.")
 
@@ -21,15 +20,15 @@ flags.DEFINE_string("workdir", None, "Run directory written by experiments.train
 def main(argv):
     del argv
     config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-    run = loop.load_run(config, workdir)
+    run = runs.load_run(config, workdir)
     batch = run.placement.put_batch(
-        loop.first_eval_batch(config, config.sample.num_samples), backend="jit"
+        runs.first_eval_batch(config, config.sample.num_samples), backend="jit"
     )
     sample = run.placement.compile_eval(run.steps.sample)
     rng = jax.random.PRNGKey(config.sample.seed)
     tag = f"_seed{config.sample.seed}"
-    paths = loop.write_samples(
-        sample, run.state, batch, rng, workdir, run.step, tag, tokenizer=run.tokenizer
+    paths = runs.write_samples(
+        sample, run.state, batch, rng, workdir, run.step, tag, config=run.config, family=run.family
     )
     for path in paths:
         if path.endswith(".txt"):  # text samples are printed too

@@ -16,7 +16,10 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from jaxgen import distributed
-from jaxgen.config import ConfigError, load_workdir_config
+from jaxgen.checkpoint import CheckpointWriteError
+from jaxgen.config import ConfigDict, ConfigError, load_workdir_config
+from jaxgen.data import DataError
+from jaxgen.train.loop import NonFiniteLossError
 
 EXIT_BAD_INPUT = 2
 
@@ -60,8 +63,14 @@ def define_config_file() -> None:
     )
 
 
-def define_workdir_config(argv: list[str]) -> None:
-    """`--config` holding W/config.json, so `--config.sample.x=...` overrides work."""
+def define_workdir_config(
+    argv: list[str], extend: Callable[[ConfigDict], None] | None = None
+) -> None:
+    """`--config` holding W/config.json, so `--config.sample.x=...` overrides work.
+
+    extend(config), if given, changes the loaded config first (in memory only), e.g. adds
+    evals entries that overrides may then refine.
+    """
     workdir = next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--workdir=")), None)
     if workdir is None:
         fail("--workdir: required (the run directory to read config.json and checkpoints from)")
@@ -69,6 +78,8 @@ def define_workdir_config(argv: list[str]) -> None:
         config = load_workdir_config(workdir)
     except ConfigError as error:
         fail(error)
+    if extend is not None:
+        extend(config)
     try:  # parses the --config.* overrides of argv at once
         config_flags.DEFINE_config_dict(
             "config", config, "The run's config with overrides.", lock_config=True
@@ -90,10 +101,6 @@ def run(main: Callable[[list[str]], None]) -> None:
         except ConfigError as error:
             fail(error)
         except Exception as error:
-            from jaxgen.checkpoint import CheckpointWriteError
-            from jaxgen.data import DataError
-            from jaxgen.train.loop import NonFiniteLossError
-
             if isinstance(error, DataError):
                 fail(error)
             if isinstance(error, NonFiniteLossError | CheckpointWriteError):

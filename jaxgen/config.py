@@ -25,6 +25,8 @@ def base_config() -> ConfigDict:
     # directory); optimizer state, step and data order start fresh.
     config.init_from = ""
 
+    # The fields every kind of data reads; a kind's own fields (e.g. the text kind's seq_len
+    # and tokenizer) are added by configs of that kind: data.kind_fields("text").
     config.data = ConfigDict(
         dict(
             name="mnist",
@@ -39,12 +41,6 @@ def base_config() -> ConfigDict:
             # "symmetric": floats in [-1, 1]; "binary": dynamically binarised {0, 1}
             # (a fresh Bernoulli draw of each pixel every epoch, as in the IWAE paper).
             pixels="symmetric",
-            # Text datasets ("tiny_shakespeare", "text_file") only:
-            seq_len=0,  # context length T; a text batch holds windows of T + 1 tokens
-            tokenizer="char",  # "char", "bpe" (trained on the train split) or a tokenizer.json path
-            vocab_size=0,  # BPE vocabulary size (ignored by "char" and by a tokenizer.json path)
-            text_file="",  # the UTF-8 file of data.name="text_file"
-            val_fraction=0.1,  # text_file: the last fraction of the characters is "validation"
             num_threads=2,  # Grain read threads; the host must stay ahead of the device
             prefetch=2,  # batches buffered ahead of the step
         )

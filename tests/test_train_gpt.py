@@ -114,7 +114,7 @@ def test_loss_eval_sums_match_a_direct_computation():
     assert float(sums["count"]) == 3 * 16
     np.testing.assert_allclose(float(sums["loss"]), nll, rtol=1e-5)
     np.testing.assert_allclose(float(sums["bits_per_token"]), nll / math.log(2), rtol=1e-5)
-    means = eval_step.finalize({"loss": nll / 48, "bits_per_token": 0.0})
+    means = steps.finalize["loss"]({"loss": nll / 48, "bits_per_token": 0.0})
     np.testing.assert_allclose(means["perplexity"], math.exp(nll / 48))
 
 

@@ -12,6 +12,7 @@ is padded to 50304 (a multiple of 64) so the head's matmuls tile well.
 Arguments: "smoke" (a tiny model on tiny Shakespeare, seconds on CPU; tests rely on it).
 """
 
+from jaxgen import data
 from jaxgen.config import ConfigDict, base_config
 
 
@@ -23,6 +24,7 @@ def get_config(arg: str = "") -> ConfigDict:
     config = base_config()
     config.family = "gpt"
 
+    config.data.update(data.kind_fields("text"))  # seq_len, tokenizer, vocab_size, ...
     config.data.name = "text_file"
     config.data.text_file = ""  # required: a UTF-8 corpus
     config.data.val_fraction = 0.005  # nanoGPT's OpenWebText split keeps 0.05% for validation

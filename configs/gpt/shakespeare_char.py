@@ -14,6 +14,7 @@ Arguments (comma-separated): "cpu" (the laptop run), "smoke" (seconds on CPU; te
 "rope" (rotary positions instead of learned ones).
 """
 
+from jaxgen import data
 from jaxgen.config import ConfigDict, base_config
 
 
@@ -25,6 +26,7 @@ def get_config(arg: str = "") -> ConfigDict:
     config = base_config()
     config.family = "gpt"
 
+    config.data.update(data.kind_fields("text"))  # seq_len, tokenizer, vocab_size, ...
     config.data.name = "tiny_shakespeare"  # nanoGPT's split: first 90% train, last 10% validation
     config.data.eval_split = "validation"
     config.data.seq_len = 256  # nanoGPT's block_size

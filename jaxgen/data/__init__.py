@@ -6,27 +6,58 @@
     batch = next(train_iter)  # {"image": f32 [b, H, W, C], "label": i32 [b]}, this host's part
     state = train_iter.get_state()  # JSON-serialisable; train_iter.set_state(state) resumes
 
-Datasets are our TFDS builders (DATASETS: "mnist", "fashion_mnist"; builders.py, raw.py,
-idx.py) or any other name in the TFDS catalog (sources.py); the Grain pipelines are in
-pipeline.py. Text datasets (TEXT_DATASETS: "tiny_shakespeare", "text_file"; text.py) give
-{"tokens": int32 [b, seq_len + 1]} batches, and their tokenizer (jaxgen.tokenizers) comes from
-load_tokenizer(config.data). No TensorFlow is needed to prepare our datasets or to read any
-prepared one.
+Every dataset belongs to a registered kind of data (kinds.py: the Kind interface and KINDS):
+  "images" (image_kind.py): our TFDS builders (DATASETS: "mnist", "fashion_mnist"; builders.py,
+      raw.py, idx.py) and any other name in the TFDS catalog (sources.py);
+  "text" (text_kind.py): a token stream (TEXT_DATASETS: "tiny_shakespeare", "text_file";
+      text.py), batches {"tokens": int32 [b, seq_len + 1]}, with its tokenizer
+      (jaxgen.tokenizers) from load_tokenizer(config.data).
+A kind owns its config.data fields beyond base_config's (a config takes them with
+`config.data.update(data.kind_fields("text"))`), their checks, preparation, batches, eval
+batches, tokenizers and DatasetInfo; the pipeline (pipeline.py), the loop and the run files
+(jaxgen.runs) go through the interface only. No TensorFlow is needed to prepare our datasets or
+to read any prepared one.
+
+A new kind is one module with a Kind subclass registered in KINDS, imported below; nothing
+else changes. The next two fit as follows:
+  text pairs (translation): its own registry of pair datasets, fields such as source_tokenizer,
+      target_tokenizer, source_len and target_len, tokenizer_fields = ("source_tokenizer",
+      "target_tokenizer") (a run saves and reloads both), and batches {"source": int32 [b, S],
+      "target": int32 [b, T + 1]} with a "mask" in eval;
+  images with captions (text-to-image): image fields as the images kind plus the caption
+      tokenizer and caption_len, tokenizer_fields = ("tokenizer",), and batches {"image": f32
+      [b, H, W, C], "caption": int32 [b, L]}.
+Either may add fields to DatasetInfo (with defaults) for what its families must know, e.g. the
+vocabulary sizes of both sides.
 """
 
+from jaxgen.data import image_kind, text_kind  # noqa: F401 (register the kinds)
 from jaxgen.data.builders import DATASETS
 from jaxgen.data.errors import DataError
+from jaxgen.data.kinds import (
+    KINDS,
+    DatasetInfo,
+    check_config,
+    get_info,
+    get_tokenizers,
+    kind_fields,
+    kind_of,
+    load_tokenizer,
+)
 from jaxgen.data.pipeline import make_iterator
-from jaxgen.data.sources import DatasetInfo, check_config, get_info, load_tokenizer
 from jaxgen.data.text import TEXT_DATASETS
 
 __all__ = [
     "DATASETS",
+    "KINDS",
     "TEXT_DATASETS",
     "DataError",
     "DatasetInfo",
     "check_config",
     "get_info",
+    "get_tokenizers",
+    "kind_fields",
+    "kind_of",
     "load_tokenizer",
     "make_iterator",
 ]

@@ -1,4 +1,4 @@
-"""Which dataset a config names, where its prepared TFDS data lives, and reading its examples.
+"""Image datasets: where the prepared TFDS data lives, and reading its examples.
 
 config.data.name is either one of ours (DATASETS, built by builders.py) or any other dataset of
 the TFDS catalog (e.g. "cifar10"), read through `tfds.data_source(..., download=True)`. Either
@@ -11,9 +11,6 @@ which alone would cap the host at a few thousand images/s, far below what the de
 MNIST or CIFAR. Bigger shards are read batch by batch with the source's batched __getitems__.
 What is read, and in which order, does not depend on this choice.
 
-Text datasets (text.TEXT_DATASETS) are checked and opened here too, as a text.TextDataset; their
-DatasetInfo counts tokens and gives the tokenizer's vocab_size.
-
 Catalog datasets are prepared by TFDS's own generator code, which may need TensorFlow in TFDS
 4.9.x (e.g. cifar10 reads its files with tf.io.gfile and encodes PNGs with tf.image); reading
 prepared array_record files never does. Such datasets can be built once elsewhere with
@@ -24,17 +21,15 @@ import collections
 import logging
 import math
 import os
-import re
 import threading
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxgen import tokenizers
 from jaxgen.config import ConfigDict, ConfigError
-from jaxgen.data import builders, text
+from jaxgen.data import builders, kinds
 from jaxgen.data.errors import DataError
 
 
@@ -48,71 +43,14 @@ class _QuietUnprepared(logging.Filter):
 
 logging.getLogger("absl").addFilter(_QuietUnprepared())
 
-PIXELS = ("symmetric", "binary")
 _IN_MEMORY_MAX_BYTES = 1 << 30  # per shard; MNIST train is 47 MB, CIFAR-10 train 154 MB
 _CACHE_MAX_BYTES = 2 << 30  # decoded shards kept per process, least recently used dropped first
 _READ_CHUNK = 1024  # records per batched read while loading a shard into memory
 
 
-class DatasetInfo(NamedTuple):
-    image_shape: tuple[int, ...]  # (H, W, C); () for text
-    num_classes: int  # 0 for text
-    num_examples: dict[str, int]  # split name -> count (of tokens, for text)
-    vocab_size: int = 0  # the tokenizer's, for text; 0 for images
-
-
-def _catalog_base_name(name: str) -> str:
+def catalog_base_name(name: str) -> str:
     """The builder name in "cifar10:3.0.2" or "mnist_corrupted/shot_noise"."""
     return name.split(":")[0].split("/")[0]
-
-
-def _in_catalog(name: str) -> bool:
-    base = _catalog_base_name(name)
-    ours = {cls.name for cls in map(builders.DATASETS.get, builders.DATASETS.names())}
-    ours |= {cls.name for cls in map(text.TEXT_DATASETS.get, text.TEXT_DATASETS.names())}
-    # Without with_community_datasets=False TFDS tries to reach GCS (and to import TensorFlow).
-    return base not in ours and base in tfds.list_builders(with_community_datasets=False)
-
-
-def check_config(data_config: ConfigDict) -> None:
-    """Cheap checks of config.data, no data preparation; raises ConfigError naming the field."""
-    name = data_config.name
-    if not isinstance(name, str) or not name:
-        raise ConfigError("config.data.name: empty; choose a dataset, e.g. 'mnist'")
-    is_text = name in text.TEXT_DATASETS  # first: TFDS has its own "tiny_shakespeare"
-    if not is_text and name not in builders.DATASETS and not _in_catalog(name):
-        ours = builders.DATASETS.names() + text.TEXT_DATASETS.names()
-        raise ConfigError(
-            f"config.data.name: unknown dataset {name!r}: not one of ours "
-            f"({', '.join(sorted(ours))}) and not in the TFDS catalog"
-        )
-    for field in ("train_split", "eval_split"):
-        split = data_config[field]
-        if not isinstance(split, str) or not split:
-            raise ConfigError(f"config.data.{field}: must name a split, e.g. 'train'")
-        if name in builders.DATASETS:
-            # TFDS split syntax: "train", "train[:90%]", "train+test", ...
-            unknown = {s for s in re.findall(r"(\w+)(?:\[[^\]]*\])?", split)} - {"train", "test"}
-            if unknown:
-                raise ConfigError(
-                    f"config.data.{field}: {split!r}: {name} has splits 'train' and 'test' only"
-                )
-    if data_config.pixels not in PIXELS:
-        raise ConfigError(
-            f"config.data.pixels: unknown pixels mode {data_config.pixels!r}; "
-            f"choose from {', '.join(PIXELS)}"
-        )
-    if data_config.source_dir and not os.path.isdir(os.path.expanduser(data_config.source_dir)):
-        raise ConfigError(f"config.data.source_dir: {data_config.source_dir!r} is not a folder")
-    tfds_dir = os.path.expanduser(data_config.tfds_dir)
-    if data_config.tfds_dir and os.path.exists(tfds_dir) and not os.path.isdir(tfds_dir):
-        raise ConfigError(f"config.data.tfds_dir: {data_config.tfds_dir!r} is not a folder")
-    if not isinstance(data_config.num_threads, int) or data_config.num_threads < 1:
-        raise ConfigError(f"config.data.num_threads: {data_config.num_threads!r}, must be >= 1")
-    if not isinstance(data_config.prefetch, int) or data_config.prefetch < 0:
-        raise ConfigError(f"config.data.prefetch: {data_config.prefetch!r}, must be >= 0")
-    if is_text:
-        text.check_config(data_config)  # splits, seq_len, tokenizer, ...
 
 
 class Dataset:
@@ -136,7 +74,7 @@ class Dataset:
             builder = tfds.builder(name, data_dir=os.fspath(data_dir), file_format="array_record")
             if not builder.is_prepared():
                 # What tfds.data_source(..., download=True) would do, under our lock.
-                with builders.file_lock(data_dir / f".{_catalog_base_name(name)}.lock"):
+                with builders.file_lock(data_dir / f".{catalog_base_name(name)}.lock"):
                     builder = tfds.builder(
                         name, data_dir=os.fspath(data_dir), file_format="array_record"
                     )
@@ -183,12 +121,12 @@ class Dataset:
         except (KeyError, ValueError) as e:
             raise ConfigError(f"{field}: cannot read split {split!r} of {self.name}: {e}") from e
 
-    def info(self) -> DatasetInfo:
+    def info(self) -> kinds.DatasetInfo:
         counts = {}
         for field in ("train_split", "eval_split"):
             split = self._config[field]
             counts[split] = len(self.source(split, f"config.data.{field}"))
-        return DatasetInfo(self.image_shape, self.num_classes, counts)
+        return kinds.DatasetInfo(self.image_shape, self.num_classes, counts)
 
     def reader(self, split: str, process_index: int, process_count: int) -> "SplitReader":
         """This host's SplitReader of `split`, decoded once per process when it fits in memory."""
@@ -292,40 +230,3 @@ class SplitReader:
         if self.in_memory:
             return self._images[positions], self._labels[positions]
         return self._decode(positions)
-
-
-def open_dataset(data_config: ConfigDict) -> Dataset | text.TextDataset:
-    """Checks the config, prepares the dataset (and a text dataset's tokens) if needed, opens it."""
-    check_config(data_config)
-    if data_config.name in text.TEXT_DATASETS:
-        return text.TextDataset(data_config)
-    return Dataset(data_config)
-
-
-def get_info(data_config: ConfigDict) -> DatasetInfo:
-    """Prepares the dataset if needed and returns its image shape, classes and split sizes.
-
-    num_examples has an entry for config.data.train_split and config.data.eval_split. For a text
-    dataset it counts tokens, image_shape is () and num_classes 0, and vocab_size is the
-    tokenizer's.
-    """
-    dataset = open_dataset(data_config)
-    if isinstance(dataset, text.TextDataset):
-        splits = (data_config.train_split, data_config.eval_split)
-        counts = {split: len(dataset.tokens(split)) for split in splits}
-        return DatasetInfo((), 0, counts, dataset.vocab_size)
-    return dataset.info()
-
-
-def load_tokenizer(data_config: ConfigDict) -> tokenizers.Tokenizer:
-    """The tokenizer of a text dataset (trained on its train split, or read from a file).
-
-    Prepares the dataset and trains the tokenizer if needed; every process gets the same one.
-    """
-    check_config(data_config)
-    if data_config.name not in text.TEXT_DATASETS:
-        raise ConfigError(
-            f"config.data.name: {data_config.name!r} is not a text dataset "
-            f"({', '.join(text.TEXT_DATASETS.names())}), so it has no tokenizer"
-        )
-    return text.TextDataset(data_config).tokenizer

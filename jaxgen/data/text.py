@@ -50,7 +50,6 @@ from jaxgen.registry import Registry
 TEXT_DATASETS = Registry("dataset", "config.data.name")
 SPLITS = ("train", "validation")
 TOKENIZERS = ("char", "bpe")
-FIELDS = ("seq_len", "tokenizer", "vocab_size", "val_fraction", "text_file")
 
 TINY_SHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -283,56 +282,6 @@ def prepare(name: str, data_config: ConfigDict) -> TextBuilder:
                 download_config=tfds.download.DownloadConfig(try_download_gcs=False)
             )
     return builder_cls(data_dir=os.fspath(data_dir), file_format="array_record")
-
-
-# ----------------------------------------------------------------------------- config
-
-
-def _field(data_config: ConfigDict, field: str) -> Any:
-    if field not in data_config:
-        raise ConfigError(
-            f"config.data.{field}: missing; text datasets read config.data.{', '.join(FIELDS)}"
-        )
-    return data_config[field]
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
-def check_config(data_config: ConfigDict) -> None:
-    """The checks of config.data specific to text datasets; ConfigError naming the field."""
-    name = data_config.name
-    for field in ("train_split", "eval_split"):
-        split = data_config[field]
-        if split not in SPLITS:
-            raise ConfigError(
-                f"config.data.{field}: {split!r}: {name} has splits 'train' and 'validation' only"
-            )
-    seq_len = _field(data_config, "seq_len")
-    if not _is_int(seq_len) or seq_len < 1:
-        raise ConfigError(f"config.data.seq_len: {seq_len!r}, a text dataset needs >= 1")
-    tokenizer = _field(data_config, "tokenizer")
-    if not isinstance(tokenizer, str) or (
-        tokenizer not in TOKENIZERS and not os.path.isfile(os.path.expanduser(tokenizer))
-    ):
-        raise ConfigError(
-            f"config.data.tokenizer: {tokenizer!r} is neither one of {', '.join(TOKENIZERS)} nor "
-            "an existing tokenizer.json file"
-        )
-    vocab_size = _field(data_config, "vocab_size")
-    if tokenizer == "bpe" and (not _is_int(vocab_size) or vocab_size < tokenizers.MIN_BPE_VOCAB):
-        raise ConfigError(
-            f"config.data.vocab_size: {vocab_size!r}, a byte-level BPE needs at least "
-            f"{tokenizers.MIN_BPE_VOCAB} (256 bytes + {tokenizers.EOS_TOKEN})"
-        )
-    if name == "text_file":
-        val_fraction = _field(data_config, "val_fraction")
-        if not isinstance(val_fraction, int | float) or not 0 < val_fraction < 1:
-            raise ConfigError(f"config.data.val_fraction: {val_fraction!r}, must be in (0, 1)")
-        text_file = _field(data_config, "text_file")
-        if not isinstance(text_file, str) or not text_file:
-            raise ConfigError("config.data.text_file: empty; name a UTF-8 text file")
 
 
 # ----------------------------------------------------------------------------- tokens

@@ -20,12 +20,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxgen import data
+from jaxgen import data, parallel
 from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.metrics import generative
+from jaxgen.metrics.evaluators import EVALUATORS
 from jaxgen.parallel import Placement
-from jaxgen.registry import Registry
 
-EVALUATORS = Registry("evaluator", "config.evals.<name>.type")
+__all__ = ["EVALUATORS", "DatasetAverage", "build", "check_config", "generative", "run"]
 
 
 def check_config(
@@ -71,13 +72,17 @@ class DatasetAverage:
     """Averages a family eval step over (the first `num_examples` of) the eval split."""
 
     def __init__(
-        self, config: ConfigDict, entry: ConfigDict, make_step: Callable, placement: Placement
+        self,
+        config: ConfigDict,
+        entry: ConfigDict,
+        make_step: Callable,
+        placement: Placement,
+        finalize: Callable[[dict], dict] | None = None,
     ):
         self.config, self.entry, self.placement = config, entry, placement
-        step = make_step(entry)
         # Optional host-side function of the averages, for non-linear metrics (perplexity).
-        self.finalize = getattr(step, "finalize", None)
-        self.step = placement.compile_eval(step)
+        self.finalize = finalize
+        self.step = placement.compile_eval(make_step(entry))
         self.rng = jax.random.PRNGKey(config.seed + 1)  # the same noise at every evaluation
 
     def __call__(self, state: Any) -> dict[str, float]:
@@ -106,12 +111,18 @@ class DatasetAverage:
 
 
 def build(config: ConfigDict, steps: Any, placement: Placement) -> dict[str, Callable[[Any], dict]]:
-    """name -> evaluator(state) -> {metric: value} for every entry of config.evals."""
+    """name -> evaluator(state) -> {metric: value} for every entry of config.evals.
+
+    Checks the entries first (check_config): a bad one is a ConfigError before compiling.
+    """
+    num_devices = parallel.num_data_devices(config.mesh)
+    check_config(config, set(steps.eval_steps), num_devices, steps.generate is not None)
     evaluators = {}
     for name, entry in config.evals.items():
         if entry.type in steps.eval_steps:
+            finalize = steps.finalize.get(entry.type)
             evaluators[name] = DatasetAverage(
-                config, entry, steps.eval_steps[entry.type], placement
+                config, entry, steps.eval_steps[entry.type], placement, finalize
             )
         else:
             _check_generate(name, entry, getattr(steps, "generate", None) is not None)
@@ -130,7 +141,3 @@ def run(evaluators: dict[str, Callable], state: Any) -> dict[str, float]:
         for metric, value in evaluator(state).items():
             results[f"{name}/{metric}"] = value
     return results
-
-
-# Registers the sample evaluators (it imports EVALUATORS from here).
-from jaxgen.metrics import generative  # noqa: E402, F401

@@ -14,8 +14,10 @@ only between runs scored by the same network (same cache directory).
 import functools
 import os
 
+from jaxgen import runs
 from jaxgen.config import ConfigError, load_workdir_config
 from jaxgen.metrics.networks import FeatureNetwork, cache_root, fingerprint
+from jaxgen.models import classifier as models
 
 
 def network_dir(dataset: str) -> str:
@@ -53,11 +55,8 @@ def load(dataset: str, field: str = "network") -> FeatureNetwork:
 
 @functools.cache  # fid, kid and is entries share one loaded network
 def _load(directory: str, mtime: float) -> FeatureNetwork:
-    from jaxgen.models import classifier as models
-    from jaxgen.train import loop
-
     config = load_workdir_config(directory)
-    run = loop.load_run(config, directory)
+    run = runs.load_run(config, directory)
     model = models.make_model(config.model, run.info.num_classes)
     params = run.state.eval_params
 

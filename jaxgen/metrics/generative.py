@@ -20,7 +20,8 @@ import numpy as np
 
 from jaxgen import data
 from jaxgen.config import ConfigDict, ConfigError
-from jaxgen.metrics import EVALUATORS, fid, networks
+from jaxgen.metrics import domain, fid, inception, networks
+from jaxgen.metrics.evaluators import EVALUATORS
 from jaxgen.parallel import Placement
 
 # Entry fields a sample evaluator reads, with the value used when the entry leaves it out.
@@ -38,10 +39,24 @@ DEFAULTS = dict(
 )
 
 
+def get_network(
+    name: str, config: ConfigDict, entry: ConfigDict, field: str
+) -> networks.FeatureNetwork:
+    """The network an evals entry names; `field` (config.evals.<name>) prefixes errors."""
+    if name == "domain":
+        return domain.load(entry.get("dataset", config.data.name), f"{field}.network")
+    if name == "inception":
+        return inception.load(inception.weights_path(entry, field), f"{field}.weights")
+    raise ConfigError(
+        f"{field}.network: unknown network {name!r}; choose from {', '.join(networks.NETWORKS)}"
+    )
+
+
 class SampleEvaluator:
     """Shared by the sample evaluators: draw, embed, then `score` (per subclass)."""
 
     needs_generate = True
+    defaults = DEFAULTS  # what experiments.evaluate --evals=<type> starts an entry from
 
     @classmethod
     def check(cls, config: ConfigDict, name: str, entry: ConfigDict, num_devices: int) -> None:
@@ -69,8 +84,6 @@ class SampleEvaluator:
                 f"{field}.batch_size: {batch} is not a positive multiple of the {num_devices} devices"
             )
         if get("network") == "inception":
-            from jaxgen.metrics import inception
-
             inception.weights_path(entry, field)  # raises when missing
         if cls is ClassAccuracy and get("network") != "domain":
             raise ConfigError(f"{field}.network: class_accuracy needs the 'domain' classifier")
@@ -79,7 +92,7 @@ class SampleEvaluator:
         self.config, self.placement = config, placement
         self.entry = ConfigDict(DEFAULTS | entry.to_dict())
         self.field = "config.evals.<name>"  # metrics.build fills in the entry's name
-        self.network = networks.get(self.entry.network, config, self.entry, self.field)
+        self.network = get_network(self.entry.network, config, self.entry, self.field)
         self.num_classes = data.get_info(config.data).num_classes or 1
         self.apply = networks.compile_apply(self.network, placement)
         network, generate = self.network, steps.generate

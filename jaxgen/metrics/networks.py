@@ -2,7 +2,8 @@
 
 A FeatureNetwork is a pure function images [B, H, W, C] in [-1, 1] ->
 (features [B, D], logits [B, K]) with its params: the FID Inception-v3
-(metrics/inception.py) or the offline domain classifier (metrics/domain.py).
+(metrics/inception.py) or the offline domain classifier (metrics/domain.py); an
+evals entry picks one by name (generative.get_network).
 `reference` computes the feature Gaussian of a dataset split once and caches it
 on disk, keyed by dataset, split and network (and checked against the params'
 fingerprint, so a rebuilt network never reuses stale statistics).
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen import data
-from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.config import ConfigDict
 from jaxgen.metrics import fid
 from jaxgen.parallel import Placement
 
@@ -57,21 +58,6 @@ def fingerprint(params: PyTree) -> str:
     for leaf in jax.tree.leaves(jax.device_get(params)):
         digest.update(np.ascontiguousarray(leaf).tobytes())
     return digest.hexdigest()[:16]
-
-
-def get(name: str, config: ConfigDict, entry: ConfigDict, field: str) -> FeatureNetwork:
-    """The network an evals entry names; `field` (config.evals.<name>) prefixes errors."""
-    if name == "domain":
-        from jaxgen.metrics import domain
-
-        return domain.load(entry.get("dataset", config.data.name), f"{field}.network")
-    if name == "inception":
-        from jaxgen.metrics import inception
-
-        return inception.load(inception.weights_path(entry, field), f"{field}.weights")
-    raise ConfigError(
-        f"{field}.network: unknown network {name!r}; choose from {', '.join(NETWORKS)}"
-    )
 
 
 def compile_apply(network: FeatureNetwork, placement: Placement) -> Callable:

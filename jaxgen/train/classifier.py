@@ -15,7 +15,7 @@ from jaxgen import optim
 from jaxgen.config import ConfigDict, ConfigError
 from jaxgen.losses import classifier as losses
 from jaxgen.models import classifier as models
-from jaxgen.train import Steps
+from jaxgen.train import FAMILIES, Family, Steps
 from jaxgen.train import state as train_state
 from jaxgen.train.gradients import grads_and_metrics
 
@@ -87,3 +87,6 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
         eval_steps={"accuracy": make_accuracy_eval},
         sample=sample,
     )
+
+
+FAMILIES.register("classifier")(Family(validate, make_steps, losses=losses.LOSSES))

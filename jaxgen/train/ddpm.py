@@ -22,7 +22,7 @@ from jaxgen.losses import ddpm as losses
 from jaxgen.models import ddpm as models
 from jaxgen.parallel import example_rngs
 from jaxgen.sampling import ddpm as sampling
-from jaxgen.train import Steps
+from jaxgen.train import FAMILIES, Family, Steps
 from jaxgen.train import state as train_state
 from jaxgen.train.gradients import grads_and_metrics
 
@@ -316,3 +316,6 @@ def _report(settings: ConfigDict):
         )
 
     return report
+
+
+FAMILIES.register("ddpm")(Family(validate, make_steps, losses=losses.LOSSES))

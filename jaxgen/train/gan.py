@@ -40,7 +40,7 @@ from jaxgen.losses import gan as losses
 from jaxgen.models import gan as models
 from jaxgen.parallel import example_rngs, num_data_devices
 from jaxgen.sampling import gan as sampling
-from jaxgen.train import Steps
+from jaxgen.train import FAMILIES, Family, Steps
 from jaxgen.train.gradients import split_microbatches
 
 PyTree = Any
@@ -351,3 +351,8 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
         sample=sample,
         generate=generate,
     )
+
+
+FAMILIES.register("gan")(
+    Family(validate, make_steps, losses=losses.LOSSES, loss_keywords=("gp_weight", "r1_gamma"))
+)

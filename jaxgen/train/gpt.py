@@ -13,14 +13,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jaxgen import data, optim
+from jaxgen import data, optim, samples
 from jaxgen.config import ConfigDict, ConfigError
 from jaxgen.losses import gpt as losses
 from jaxgen.models import gpt as models
 from jaxgen.parallel import example_rngs
 from jaxgen.sampling import gpt as sampling
-from jaxgen.train import Steps
+from jaxgen.train import FAMILIES, Family, Steps
 from jaxgen.train import state as train_state
 from jaxgen.train.gradients import grads_and_metrics
 
@@ -112,7 +113,6 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
                 "count": jnp.sum(mask) * (tokens.shape[1] - 1),
             }
 
-        loss_step.finalize = lambda means: means | {"perplexity": math.exp(means["loss"])}
         return loss_step
 
     copies = config.sample.num_samples
@@ -143,4 +143,23 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
         train_step=train_step,
         eval_steps={"loss": make_loss_eval},
         sample=sample,
+        finalize={"loss": add_perplexity},
     )
+
+
+def add_perplexity(means: dict[str, float]) -> dict[str, float]:
+    """The "loss" eval's averages with the perplexity, exp(mean token NLL in nats)."""
+    return means | {"perplexity": math.exp(means["loss"])}
+
+
+def write_sample(config: ConfigDict, name: str, tokens: np.ndarray, stem: str) -> str:
+    """Token rows [N, L] (-1 where there is no token) -> `stem`.txt of the decoded texts."""
+    del name
+    return samples.write_text(
+        samples.decode_rows(data.load_tokenizer(config.data), tokens), stem + ".txt"
+    )
+
+
+FAMILIES.register("gpt")(
+    Family(validate, make_steps, losses=losses.LOSSES, write_sample=write_sample)
+)

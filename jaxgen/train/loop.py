@@ -10,22 +10,21 @@ import logging
 import os
 import signal
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from jaxgen import checkpoint, data, images, metrics, optim, parallel
+from jaxgen import checkpoint, data, metrics, parallel, runs
 from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.runs import INTERVALS
 from jaxgen.train import get_family
 from jaxgen.train.writer import MetricWriter
 
 PyTree = Any
 log = logging.getLogger("jaxgen")
-DTYPES = ("float32", "bfloat16", "float16")
-INTERVALS = ("log_every", "eval_every", "ckpt_every", "sample_every")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -37,41 +36,11 @@ def check(config: ConfigDict, workdir: str | None = None) -> Any:
 
     Raises ConfigError naming the field for the first value that cannot work.
     """
-    family = get_family(config.family)
-    for field in ("num_steps", "batch_size", "microbatches", *INTERVALS):
-        if config.train[field] < 1:
-            raise ConfigError(f"config.train.{field}: must be >= 1, got {config.train[field]}")
-    if config.seed < 0:
-        raise ConfigError(f"config.seed: must be >= 0, got {config.seed}")
-    if config.ckpt.max_to_keep < 1:
-        raise ConfigError(f"config.ckpt.max_to_keep: must be >= 1, got {config.ckpt.max_to_keep}")
-    for field in ("dtype", "param_dtype"):
-        if config.model[field] not in DTYPES:
-            raise ConfigError(
-                f"config.model.{field}: {config.model[field]!r} is not one of {', '.join(DTYPES)}"
-            )
-    optim.check_config(config.optim)
-    parallel.check_config(config)
-    num_devices = parallel.num_data_devices(config.mesh)
-    if config.sample.num_samples < 1 or config.sample.num_samples % num_devices:
-        raise ConfigError(
-            f"config.sample.num_samples: must be a positive multiple of the {num_devices} devices, "
-            f"got {config.sample.num_samples}"
-        )
-    if config.init_from and not os.path.exists(config.init_from):
-        raise ConfigError(f"config.init_from: no such path {config.init_from!r}")
     if workdir is not None:
         _check_writable(workdir)
-    data.check_config(config.data)
-    info = data.get_info(config.data)
-    for split in (config.data.train_split, config.data.eval_split):
-        if split not in info.num_examples:
-            raise ConfigError(
-                f"config.data: split {split!r} not in {config.data.name} "
-                f"(has {', '.join(info.num_examples)})"
-            )
-    family.validate(config, info)
-    steps = family.make_steps(config, info)
+    info = runs.check_config(config)
+    steps = get_family(config.family).make_steps(config, info)
+    num_devices = parallel.num_data_devices(config.mesh)
     metrics.check_config(
         config, set(steps.eval_steps), num_devices, can_generate=steps.generate is not None
     )
@@ -149,17 +118,15 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
     steps = family.make_steps(config, info, placement.axis_name)
     jit_steps = steps if placement.axis_name is None else family.make_steps(config, info, None)
     os.makedirs(workdir, exist_ok=True)
-    tokenizer = data.load_tokenizer(config.data) if info.vocab_size else None
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
-        if tokenizer is not None:  # the workdir alone decodes the run's tokens
-            tokenizer.save(os.path.join(workdir, "tokenizer.json"))
+        runs.save_tokenizers(config.data, workdir)  # the workdir alone decodes the run's tokens
 
     train_iter = data.make_iterator(
         config.data, config.data.train_split, config.train.batch_size, config.seed, train=True
     )
-    sample_batch = first_eval_batch(config, config.sample.num_samples)
+    sample_batch = runs.first_eval_batch(config, config.sample.num_samples)
     rng = jax.random.PRNGKey(config.seed)
     init = placement.compile_init(jit_steps.init)
     abstract = placement.abstract_state(jax.eval_shape(jit_steps.init, rng, sample_batch))
@@ -226,15 +193,17 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
                     results = metrics.run(evaluators, placement.get_state(state))
                     writer.write(done, "eval", results)
                 if due["sample_every"]:
-                    write_samples(
+                    paths = runs.write_samples(
                         sample,
                         placement.get_state(state),
                         sample_batch,
                         sample_rng,
                         workdir,
                         done,
-                        tokenizer=tokenizer,
+                        config=config,
+                        family=family,
                     )
+                    writer.write_images(done, paths)
                 if due["eval_every"] or due["sample_every"]:
                     window_time = time.perf_counter()  # steps/s counts training only
                 # Saved last: a checkpoint at step s means everything logged for s is
@@ -261,73 +230,3 @@ def start_from_params(state: PyTree, params: PyTree) -> PyTree:
     """
     ema = jax.tree.map(jnp.copy, {key: params[key] for key in state.ema_params})
     return state.replace(params=params, ema_params=ema)
-
-
-def write_samples(
-    sample, state, batch, rng, workdir: str, step: int, tag: str = "", tokenizer: Any = None
-) -> list[str]:
-    """Run the compiled sampler; write a PNG grid per image output and, for token outputs
-    (int arrays [N, L], -1 where there is no token), a text file of the decoded rows."""
-    outputs = jax.device_get(sample(state, batch, rng))
-    if jax.process_index() != 0:
-        return []
-    paths = []
-    for name, array in outputs.items():
-        stem = os.path.join(workdir, "samples", f"{name}_{step:07d}{tag}")
-        if np.issubdtype(array.dtype, np.integer):
-            paths.append(write_text(decode_rows(tokenizer, array), stem + ".txt"))
-        else:
-            paths.append(images.save_grid(array, stem + ".png"))
-    return paths
-
-
-def decode_rows(tokenizer: Any, tokens: np.ndarray) -> list[str]:
-    """Decode each row of an int array, skipping the -1 entries (padding)."""
-    return [tokenizer.decode(row[row >= 0]) for row in np.asarray(tokens)]
-
-
-def write_text(texts: list[str], path: str) -> str:
-    """Write samples separated by a rule line; returns the path."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n---------------\n".join(texts) + "\n")
-    return path
-
-
-class Run(NamedTuple):
-    """A trained run loaded for sampling or evaluation (always under jit)."""
-
-    state: PyTree  # global, replicated
-    step: int
-    steps: Any  # the family's Steps
-    placement: parallel.Placement
-    info: Any
-    tokenizer: Any  # text runs: the run's tokenizer (workdir/tokenizer.json); else None
-
-
-def load_run(config: ConfigDict, workdir: str) -> Run:
-    """Restore the latest checkpoint of `workdir` with `config` (the run's, plus overrides)."""
-    config = config.copy_and_resolve_references()
-    config.mesh.backend = "jit"
-    saved_tokenizer = os.path.join(workdir, "tokenizer.json")
-    if os.path.exists(saved_tokenizer):  # decode with exactly the run's tokenizer
-        config.data.tokenizer = saved_tokenizer
-    info = check(config)
-    family = get_family(config.family)
-    placement = parallel.Placement(config.mesh)
-    steps = family.make_steps(config, info, None)
-    batch = first_eval_batch(config, config.sample.num_samples)
-    abstract = jax.eval_shape(steps.init, jax.random.PRNGKey(config.seed), batch)
-    ckpt = checkpoint.Checkpointer(workdir, config.ckpt)
-    state, _, step = ckpt.restore(placement.abstract_state(abstract))
-    ckpt.close()
-    tokenizer = data.load_tokenizer(config.data) if info.vocab_size else None
-    return Run(state, step, steps, placement, info, tokenizer)
-
-
-def first_eval_batch(config: ConfigDict, batch_size: int) -> dict:
-    """The first `batch_size` examples of the eval split (host arrays)."""
-    iterator = data.make_iterator(
-        config.data, config.data.eval_split, batch_size, config.seed, train=False
-    )
-    return next(iter(iterator))

@@ -17,7 +17,7 @@ from jaxgen.losses import vae as losses
 from jaxgen.models import vae as models
 from jaxgen.parallel import example_rngs
 from jaxgen.sampling import vae as sampling
-from jaxgen.train import Steps
+from jaxgen.train import FAMILIES, Family, Steps
 from jaxgen.train import state as train_state
 from jaxgen.train.gradients import grads_and_metrics
 
@@ -174,3 +174,8 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
         sample=sample,
         generate=generate,
     )
+
+
+FAMILIES.register("vae")(
+    Family(validate, make_steps, losses=losses.LOSSES, passed_loss_keywords=("likelihood",))
+)

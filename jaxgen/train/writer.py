@@ -1,4 +1,4 @@
-"""Metrics to `workdir/metrics.jsonl` and TensorBoard event files.
+"""Metrics to `workdir/metrics.jsonl` and TensorBoard event files; sample grids to TensorBoard.
 
 On resume from step s, lines logged after s by the interrupted run are dropped
 (from the JSON file, and from TensorBoard through purge_step), so the record
@@ -10,6 +10,8 @@ import math
 import os
 
 import jax
+import numpy as np
+from PIL import Image
 from tensorboardX import SummaryWriter
 
 METRICS_FILE = "metrics.jsonl"
@@ -44,6 +46,20 @@ class MetricWriter:
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
+
+    def write_images(self, step: int, paths: list[str]) -> None:
+        """Shows the PNG files among `paths` (the sample grids) under TensorBoard's images tab,
+        tagged samples/<file name without the step>, as clu and the Flax examples do."""
+        if not self.enabled:
+            return
+        for path in paths:
+            if not path.endswith(".png"):
+                continue
+            with Image.open(path) as image:
+                pixels = np.asarray(image.convert("RGB"))  # [H, W, 3] uint8
+            tag = os.path.basename(path)[: -len(".png")].rsplit("_", 1)[0]
+            self.tensorboard.add_image(f"samples/{tag}", pixels, step, dataformats="HWC")
+        self.tensorboard.flush()
 
     def close(self) -> None:
         if self.enabled:
