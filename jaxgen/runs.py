@@ -139,8 +139,10 @@ def write_samples(
     outputs = jax.device_get(sample(state, batch, rng))
     if jax.process_index() != 0:
         return []
-    paths = []
+    paths, folder = [], os.path.join(workdir, "samples")
+    if outputs:  # family writers may assume the folder
+        os.makedirs(folder, exist_ok=True)
     for name, array in outputs.items():
-        stem = os.path.join(workdir, "samples", f"{name}_{step:07d}{tag}")
+        stem = os.path.join(folder, f"{name}_{step:07d}{tag}")
         paths.append(family.write_sample(config, name, np.asarray(array), stem))
     return paths
