@@ -2,12 +2,12 @@
 
     python -m experiments.evaluate --workdir=/tmp/vae --config.evals.nll.num_samples=5000
     python -m experiments.evaluate --workdir=/tmp/gan --evals=fid,kid,is \
-        --config.evals.fid.network=inception
+        --config.evals.fid.network=inception --config.evals.inception_score.network=inception
 
 `--evals` adds registered evaluators (fid, kid, is, class_accuracy) as entries of the same
-name with their documented defaults (jaxgen/metrics/generative.py DEFAULTS), which
-`--config.evals.<name>.<field>` overrides refine; an entry the run already has keeps its
-settings. W/config.json is never changed. Uses EMA params when the run keeps them. Writes
+name (is: inception_score) with their documented defaults (jaxgen/metrics/generative.py
+DEFAULTS), which `--config.evals.<name>.<field>` overrides refine; an entry the run already has
+keeps its settings. W/config.json is never changed. Uses EMA params when the run keeps them. Writes
 W/eval_<step>.json and prints it.
 """
 
@@ -32,6 +32,12 @@ def requested_evals(argv: list[str]) -> list[str]:
     return [name.strip() for value in values for name in value.split(",") if name.strip()]
 
 
+def entry_name(evaluator: str) -> str:
+    """The config.evals entry --evals adds for an evaluator: its name, but a Python keyword
+    ("is") cannot be overridden by --config.evals.<name>.*, so it takes a spelled-out one."""
+    return "inception_score" if evaluator == "is" else evaluator
+
+
 def add_evals(names: list[str]):
     """extend(config) for cli.define_workdir_config: adds an entry per name."""
 
@@ -40,9 +46,10 @@ def add_evals(names: list[str]):
         for name in names:
             if name not in metrics.EVALUATORS:
                 cli.fail(f"--evals: unknown evaluator {name!r}; choose from {', '.join(known)}")
-            if name not in config.evals:
+            entry = entry_name(name)
+            if entry not in config.evals:
                 defaults = getattr(metrics.EVALUATORS.get(name), "defaults", {})
-                config.evals[name] = ConfigDict({"type": name, **defaults})
+                config.evals[entry] = ConfigDict({"type": name, **defaults})
 
     return extend
 

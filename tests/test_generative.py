@@ -109,3 +109,26 @@ def test_family_without_generate_is_a_config_error_naming_the_type():
     config.evals.q = {"type": "fid"}
     with pytest.raises(ConfigError, match=r"config\.evals\.q\.type"):
         metrics.check_config(config, {"elbo", "nll"}, 4, can_generate=False)
+
+
+def test_evaluate_adds_standard_evaluators_without_touching_config_json(cache_dir, tmp_path):
+    path, _ = cache_dir
+    loop.train(vae_smoke_config(), str(tmp_path))  # a run without sample evaluators
+    saved = (tmp_path / "config.json").read_bytes()
+    small = []
+    for name in ("fid", "kid", "inception_score"):  # "is" is a Python keyword
+        small += [f"--config.evals.{name}.num_samples=256", f"--config.evals.{name}.batch_size=128"]
+    small += ["--config.evals.fid.num_examples=512", "--config.evals.kid.num_examples=512"]
+    small += ["--config.evals.kid.subset_size=100", "--config.evals.inception_score.splits=4"]
+    result = run_script(
+        "evaluate",
+        f"--workdir={tmp_path}",
+        "--evals=fid,kid,is",
+        *small,
+        env={"JAXGEN_CACHE_DIR": str(path)},
+    )
+    assert (tmp_path / "config.json").read_bytes() == saved
+    scores = json.loads((tmp_path / "eval_20.json").read_text())
+    assert scores["fid/fid"] > 0 and np.isfinite(scores["kid/kid"]), result.stdout
+    assert 1 <= scores["inception_score/is"] <= 10  # at most the 10 classes of the network
+    assert {"elbo/neg_elbo", "nll/nll"} <= set(scores)  # the run's own entries still run

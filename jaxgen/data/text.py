@@ -1,9 +1,7 @@
-"""Text datasets for the GPT family: raw text, TFDS builders, the tokenizer and cached token ids.
+"""Text datasets (the "text" kind, text_kind.py): raw text, TFDS builders, tokenizer, token ids.
 
-TEXT_DATASETS ("tiny_shakespeare", "text_file") sit beside the image DATASETS and are selected by
-config.data.name the same way. Each has the splits "train" and "validation": the first part of
-the characters and the rest, cut as nanoGPT does (train = text[:int(0.9 * len(text))] for tiny
-shakespeare; text_file keeps the last config.data.val_fraction as validation).
+TEXT_DATASETS ("tiny_shakespeare", "text_file") have the splits "train" and "validation", cut as
+nanoGPT does (train = text[:int(0.9 * len(text))]; text_file: the last val_fraction validates).
 
 Three things are prepared once, under an fcntl lock, and written so that an interrupted run never
 leaves anything that looks finished (TFDS renames its temporary folder into place; our files are
@@ -21,11 +19,10 @@ written to a temporary name and os.replace'd):
 
 Raw tiny shakespeare is looked for as tinyshakespeare.txt or input.txt in config.data.source_dir,
 then $JAXGEN_DATA_DIR (directly or in a tiny_shakespeare/ or tinyshakespeare/ subfolder), then in
-the download cache, then downloaded from char-rnn's canonical URL; it must match a known size and
-MD5 wherever it came from. Training the tokenizer and tokenizing stream the records, so a big
-corpus is never held as one string after preparation (preparing reads a text file whole, once).
-Deliberately not here: document boundaries / eos insertion (both corpora are one document), and
-corpora bigger than memory.
+the download cache, then downloaded from char-rnn's URL; it must match a known size and MD5.
+Training the tokenizer and tokenizing stream the records, so a big corpus is never held as one
+string after preparation. Deliberately not here: document boundaries / eos insertion (both
+corpora are one document), corpora bigger than memory, and batches (text_kind.py).
 """
 
 import hashlib
