@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import os
 import pathlib
+import tempfile
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -42,6 +43,19 @@ def file_lock(path: pathlib.Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def save_npy(path: pathlib.Path, array: np.ndarray) -> None:
+    """np.save to a temporary name renamed into place: never a half-written file at `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 class IdxImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):

@@ -29,7 +29,6 @@ import hashlib
 import os
 import pathlib
 import re
-import tempfile
 import threading
 import urllib.error
 from collections.abc import Iterator
@@ -284,18 +283,6 @@ def prepare(name: str, data_config: ConfigDict) -> TextBuilder:
 # ----------------------------------------------------------------------------- tokens
 
 
-def _save_npy(path: pathlib.Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 # Per process: tokenizers by file, and memory-mapped token arrays by file.
 _TOKENIZERS: dict[tuple, tokenizers.Tokenizer] = {}
 _TOKENS: dict[str, np.ndarray] = {}
@@ -396,7 +383,7 @@ class TextDataset:
                         ids = [self.tokenizer.encode(r).astype(dtype) for r in self.records(split)]
                     except ValueError as e:  # a character outside a char tokenizer's alphabet
                         raise DataError(f"{self.name}/{split}: cannot tokenize: {e}") from e
-                    _save_npy(path, np.concatenate(ids))
+                    builders.save_npy(path, np.concatenate(ids))
         try:
             tokens = np.load(path, mmap_mode="r")
         except (OSError, ValueError) as e:

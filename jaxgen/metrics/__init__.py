@@ -1,15 +1,18 @@
 """Evaluators: the entries of `config.evals`, run during training and by experiments/evaluate.
 
 An entry's `type` names either an eval step the family provides (the VAE's
-"elbo" and "nll", the classifier's "accuracy") or an evaluator registered here
-(metrics/generative.py: "fid", "kid", "is", "class_accuracy"). A family eval
-step returns per-batch sums with a "count"; `DatasetAverage` runs it over the
-eval split and divides. Results are keyed "<entry name>/<metric>".
+"elbo" and "nll", the classifier's "accuracy") or an evaluator registered in
+EVALUATORS (metrics/evaluators.py; metrics/generative.py: "fid", "kid", "is",
+"class_accuracy"). A family eval step returns per-batch sums with a "count";
+`DatasetAverage` runs it over the eval split, divides, and applies the family's
+Steps.finalize of that type if it has one (GPT's perplexity). Results are keyed
+"<entry name>/<metric>".
 
 A registered evaluator is `cls(config, entry, steps, placement)` -> callable
 `evaluator(state) -> {metric: float}`; it may define a classmethod
 `check(config, name, entry, num_devices)` for checks before compiling, and
-`needs_generate = True` if it draws samples with `steps.generate`. Errors that
+`needs_generate = True` if it draws samples with `steps.generate`, and a dict
+`defaults` of its entry fields (experiments.evaluate --evals starts from it). Errors that
 only show when it is built (a missing domain network) name the field
 "config.evals.<name>.<field>"; `build` fills in the entry's name.
 """
