@@ -79,6 +79,9 @@ def _register_toy_kind_and_family():
         datasets = Registry("dataset", "config.data.name")
         fields = {"dim": 2}
 
+        def accepts(self, name):
+            return name == "titanic"  # a TFDS catalog dataset (of tabular rows)
+
         def check_config(self, data_config):
             if data_config.dim not in (1, 2):
                 raise ConfigError(f"config.data.dim: {data_config.dim!r}, must be 1 or 2")
@@ -155,6 +158,13 @@ def test_a_kinds_own_fields_are_checked_and_named():
     del config.data["dim"]
     with pytest.raises(ConfigError, match=r"^config\.data\.dim: missing; vectors datasets"):
         loop.check(config)
+
+
+def test_a_kind_claims_catalog_names_before_the_catch_all_images_kind():
+    _register_toy_kind_and_family()
+    assert data.KINDS.get("images").accepts("titanic")  # in the TFDS catalog
+    assert data.kind_of("titanic").name == "vectors"
+    assert data.kind_of("coco_captions").name == "images"
 
 
 def test_text_fields_live_with_the_text_kind_only():

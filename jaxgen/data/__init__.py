@@ -20,15 +20,19 @@ to read any prepared one.
 
 A new kind is one module with a Kind subclass registered in KINDS, imported below; nothing
 else changes. The next two fit as follows:
-  text pairs (translation): its own registry of pair datasets, fields such as source_tokenizer,
-      target_tokenizer, source_len and target_len, tokenizer_fields = ("source_tokenizer",
-      "target_tokenizer") (a run saves and reloads both), and batches {"source": int32 [b, S],
-      "target": int32 [b, T + 1]} with a "mask" in eval;
-  images with captions (text-to-image): image fields as the images kind plus the caption
-      tokenizer and caption_len, tokenizer_fields = ("tokenizer",), and batches {"image": f32
-      [b, H, W, C], "caption": int32 [b, L]}.
+  text pairs (translation): its own registry of pair datasets (a TSV file, bible_es_en),
+      fields such as text_file, source, target, tokenizer, vocab_size and max lengths,
+      tokenizer_fields = ("tokenizer",) for one BPE shared by both sides (or one field per
+      side: the run saves and reloads each), `accepts` for TFDS catalog translation datasets
+      (wmt14_translate/de-en: asked before the catch-all images kind), and batches
+      {"source": int32 [b, S], "target": int32 [b, T + 1]} with a "mask" in eval;
+  images with captions (text-to-image): its own datasets (captioned MNIST, emoji, a folder
+      with captions.jsonl), `accepts` for catalog ones (coco_captions), image fields plus a
+      caption tokenizer and caption_len, tokenizer_fields = ("tokenizer",), and batches
+      {"image": f32 [b, H, W, C], "caption": int32 [b, L]} (augmentation inside the kind).
 Either may add fields to DatasetInfo (with defaults) for what its families must know, e.g. the
-vocabulary sizes of both sides.
+vocabulary size of the shared tokenizer. A family then writes its samples its own way
+(jaxgen.train.Family.write_sample), and the loop stays as it is.
 """
 
 from jaxgen.data import image_kind, text_kind  # noqa: F401 (register the kinds)

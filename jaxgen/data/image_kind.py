@@ -159,6 +159,7 @@ class ImagesKind(kinds.Kind):
 
     name = "images"
     datasets = builders.DATASETS
+    catch_all = True  # a catalog name no other kind claims is read as images
 
     def accepts(self, name: str) -> bool:
         base = sources.catalog_base_name(name)

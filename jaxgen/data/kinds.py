@@ -73,8 +73,12 @@ class Kind(abc.ABC):
     # reads it back from there, so the workdir alone decodes the run's tokens.
     tokenizer_fields: ClassVar[tuple[str, ...]] = ()
 
+    # A kind that takes every name no other kind takes (the images kind: the TFDS catalog).
+    catch_all: ClassVar[bool] = False
+
     def accepts(self, name: str) -> bool:
-        """Whether `name`, not one of any kind's own datasets, is of this kind."""
+        """Whether `name`, not one of any kind's own datasets, is of this kind (e.g. a TFDS
+        catalog dataset of its sort); asked of catch-all kinds last."""
         del name
         return False
 
@@ -102,7 +106,7 @@ def kind_of(name: str) -> Kind:
     for kind in kinds:
         if name in kind.datasets:
             return kind
-    for kind in kinds:
+    for kind in sorted(kinds, key=lambda kind: kind.catch_all):
         if kind.accepts(name):
             return kind
     raise ConfigError(
