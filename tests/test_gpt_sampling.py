@@ -1,4 +1,4 @@
-"""GPT generation (jaxgen/sampling/gpt.py) against references written here without a cache.
+"""GPT generation (sampling/gpt.py over sampling/decoding.py) against references written here without a cache.
 
 A tiny random GPT (2 layers, width 32, vocab 37) with sharpened weights, so that the tokens
 differ from step to step. Every generate is jitted once per setting with XLA's backend
@@ -16,6 +16,7 @@ from ml_collections import ConfigDict
 
 from jaxgen.config import ConfigError
 from jaxgen.models import gpt
+from jaxgen.sampling import decoding
 from jaxgen.sampling import gpt as sampling
 from tests.helpers import gpt_model_config
 
@@ -180,11 +181,12 @@ def test_one_beam_is_greedy():
     settings = sampling.read_settings(sample_config(num_beams=1))
     prompt, lengths = batch()
     width = prompt.shape[1]
-    buffer = jnp.concatenate([prompt, jnp.zeros((len(PROMPTS), NEW), jnp.int32)], axis=1)
-    decoder = sampling.cached_decoder(model, config, width)
+    inputs = (prompt, width - lengths)
+    decoder = sampling.cached_decoder(model, config, width + NEW)
 
     def beam(params):
-        return sampling.beam_search(decoder, settings, None, params, buffer, width - lengths, width)
+        history = decoding.History(*inputs)
+        return decoding.beam_search(decoder, settings, None, params, inputs, history)
 
     output = jax.jit(beam, compiler_options=FAST_COMPILE)(params)
     greedy = run()
