@@ -254,11 +254,6 @@ def decode(
     """Beam search when settings.num_beams > 1, else sampling (greedy at temperature 0)."""
     if settings.num_beams > 1:
         return beam_search(decoder, settings, eos_id, params, inputs, history)
-    if settings.num_return_sequences != 1:
-        raise ConfigError(
-            "config.sample.num_return_sequences: must be 1 without beam search "
-            f"(num_samples gives more samples), got {settings.num_return_sequences}"
-        )
     return sample_loop(decoder, settings, eos_id, params, inputs, rng, history)
 
 
