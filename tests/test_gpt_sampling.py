@@ -337,7 +337,9 @@ def test_num_return_sequences_are_the_best_distinct_beams():
     best = run(num_beams=4, eos_id=5)
     for row, prompt in enumerate(PROMPTS):
         rows = slice(3 * row, 3 * row + 3)
-        texts = [tuple(t[:n]) for t, n in zip(output.tokens[rows], output.lengths[rows])]
+        texts = [
+            tuple(t[:n]) for t, n in zip(output.tokens[rows], output.lengths[rows], strict=True)
+        ]
         assert len(set(texts)) == 3 and texts[0] == tuple(best.tokens[row, : best.lengths[row]])
         assert (np.diff(output.scores[rows]) <= 0).all()  # best first
         for tokens, score in zip(texts, output.scores[rows], strict=True):

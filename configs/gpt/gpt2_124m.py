@@ -41,6 +41,7 @@ def get_config(arg: str = "") -> ConfigDict:
     config.model.bias = False  # as nanoGPT's benchmark; GPT-2's released weights have biases
     config.model.position = "learned"
     config.model.attention = "auto"
+    config.model.layer_norm_epsilon = 1e-5  # GPT-2's and nanoGPT's
     config.model.dtype = "bfloat16"  # compute; params and Adam moments stay float32
     config.model.param_dtype = "float32"
 

@@ -26,8 +26,7 @@ in Python when the function is built, never traced:
   num_beams             1 = no beam search; else deterministic beam search (temperature, top_k
                         and top_p are then ignored)
   num_return_sequences  beam search: the best distinct hypotheses returned per prompt (HF's,
-                        <= num_beams; rows b*R .. b*R + R - 1 of the output); 1 without beams.
-                        Optional in a config (runs saved before it existed): 1
+                        <= num_beams; rows b*R .. b*R + R - 1 of the output); 1 without beams
   length_penalty        beam hypotheses score sum(log p) / length**length_penalty (as in HF)
   early_stopping        beam search only (HF semantics): True stops a prompt once it has
                         num_beams finished hypotheses; False also waits until the best live beam,
@@ -37,7 +36,8 @@ in Python when the function is built, never traced:
   no_repeat_ngram_size  0 = off; else no n-gram occurs twice in a row's history + new tokens
   use_kv_cache          for the family's decoder: False recomputes the whole prefix each step
 
-Filters apply in that order to the f32 logits: n-gram ban, temperature, top-k, top-p; step t
+Filters (sampling/filters.py) apply in that order to the f32 logits: n-gram ban, temperature,
+top-k, top-p; step t
 samples with fold_in(rng, t). "length" is the number of new tokens including EOS (HF's
 generated length: the prompt is not counted). After EOS a row emits padding (eos_id) and its
 length stops growing; with eos_id None rows never end early. `history` (tokens [B, P] and the
@@ -57,21 +57,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.sampling.filters import banned_ngrams, top_k_filter, top_p_filter
 
 PyTree = Any
-
-FIELDS = (
-    "max_new_tokens",
-    "temperature",
-    "top_k",
-    "top_p",
-    "num_beams",
-    "length_penalty",
-    "early_stopping",
-    "no_repeat_ngram_size",
-    "use_kv_cache",
-)
-OPTIONAL = {"num_return_sequences": 1}
 
 
 class GenerateOutput(NamedTuple):
@@ -96,18 +84,17 @@ class Settings:
     early_stopping: bool | str
     no_repeat_ngram_size: int
     use_kv_cache: bool
-    num_return_sequences: int = 1
+    num_return_sequences: int = 1  # optional: runs saved before it existed return one
 
 
 def read_settings(sample_config: ConfigDict) -> Settings:
     """The decoding fields of config.sample; ConfigError naming the field if one cannot work."""
     values = {}
-    for field in FIELDS:
-        if field not in sample_config:
-            raise ConfigError(f"config.sample.{field}: missing")
-        values[field] = sample_config[field]
-    for field, default in OPTIONAL.items():
-        values[field] = sample_config.get(field, default)
+    for field in dataclasses.fields(Settings):
+        if field.name in sample_config:
+            values[field.name] = sample_config[field.name]
+        elif field.default is dataclasses.MISSING:
+            raise ConfigError(f"config.sample.{field.name}: missing")
     settings = Settings(**values)
 
     def fail(field, why):
@@ -126,68 +113,13 @@ def read_settings(sample_config: ConfigDict) -> Settings:
     if settings.early_stopping not in (True, False, "never"):
         fail("early_stopping", 'must be True, False or "never"')
     if settings.num_return_sequences > settings.num_beams:
-        fail(
-            "num_return_sequences",
-            f"must be <= num_beams={settings.num_beams} (more samples: num_samples)",
-        )
+        fail("num_return_sequences", f"must be <= num_beams={settings.num_beams}")
     return settings
 
 
 def is_deterministic(settings: Settings) -> bool:
     """Beam search and greedy decoding give the same output for every rng."""
     return settings.num_beams > 1 or settings.temperature == 0.0
-
-
-# --------------------------------------------------------------------------------------------
-# Logit filters: [N, V] float32 -> [N, V] float32 with -inf for the tokens that are ruled out.
-
-
-def banned_ngrams(
-    tokens: jax.Array, start: jax.Array, slot: jax.Array, n: int, vocab_size: int
-) -> jax.Array:
-    """[N, V] bool: the tokens that would complete an n-gram already in tokens[b, start[b]:slot].
-
-    tokens [N, S] is the fixed buffer, start [N] the first real slot of each row, slot (traced)
-    the slot about to be written. Vectorised over all n-gram start slots j: the n - 1 tokens
-    from j must equal the last n - 1 before `slot`; then tokens[j + n - 1] is banned.
-    """
-    num_rows, length = tokens.shape
-    windows = length - n + 1
-    j = jnp.arange(windows)[None]  # [1, W], the first slot of each n-gram
-    match = (j >= start[:, None]) & (j + n - 1 < slot)  # [N, W], n-grams inside the row
-    if n > 1:
-        # Clamped when the row has fewer than n - 1 tokens; such rows ban nothing.
-        last = jax.lax.dynamic_slice_in_dim(tokens, slot - (n - 1), n - 1, axis=1)  # [N, n-1]
-        match &= (slot - (n - 1) >= start)[:, None]
-        for k in range(n - 1):
-            match &= tokens[:, k : k + windows] == last[:, k : k + 1]
-    following = tokens[:, n - 1 :]  # [N, W], the token that completes each n-gram
-    rows = jnp.arange(num_rows)[:, None]
-    counts = (
-        jnp.zeros((num_rows, vocab_size), jnp.int32)
-        .at[rows, following]
-        .add(match.astype(jnp.int32))
-    )
-    return counts > 0
-
-
-def top_k_filter(logits: jax.Array, k: int) -> jax.Array:
-    """Keeps the k largest logits of each row (more on ties)."""
-    if k <= 0 or k >= logits.shape[-1]:
-        return logits
-    kth = jax.lax.top_k(logits, k)[0][:, -1:]  # [N, 1]
-    return jnp.where(logits < kth, -jnp.inf, logits)
-
-
-def top_p_filter(logits: jax.Array, p: float) -> jax.Array:
-    """Keeps the smallest set of most likely tokens whose probability is >= p, and the top one."""
-    if p >= 1.0:
-        return logits
-    descending = -jnp.sort(-logits, axis=-1)  # [N, V]
-    probs = jax.nn.softmax(descending, axis=-1)
-    above = jnp.cumsum(probs, axis=-1) - probs  # probability of the tokens ranked higher
-    cutoff = jnp.min(jnp.where(above < p, descending, jnp.inf), axis=-1, keepdims=True)
-    return jnp.where(logits < cutoff, -jnp.inf, logits)
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,15 +163,9 @@ def _buffer(history: History | None, batch: int, settings: Settings, pad: int):
     """(buffer [B, P + max_new_tokens] int32: history then padding, start [B], P)."""
     if history is None:
         history = History(jnp.zeros((batch, 0), jnp.int32), jnp.zeros((batch,), jnp.int32))
-    width = history.tokens.shape[1]
-    buffer = jnp.concatenate(
-        [
-            jnp.asarray(history.tokens, jnp.int32),
-            jnp.full((batch, settings.max_new_tokens), pad, jnp.int32),
-        ],
-        axis=1,
-    )
-    return buffer, jnp.asarray(history.start, jnp.int32), width
+    new = jnp.full((batch, settings.max_new_tokens), pad, jnp.int32)
+    buffer = jnp.concatenate([jnp.asarray(history.tokens, jnp.int32), new], axis=1)
+    return buffer, jnp.asarray(history.start, jnp.int32), history.tokens.shape[1]
 
 
 def decode(

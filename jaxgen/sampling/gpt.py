@@ -27,12 +27,10 @@ import numpy as np
 from jaxgen.config import ConfigDict, ConfigError
 from jaxgen.models import gpt
 from jaxgen.sampling import decoding
-from jaxgen.sampling.decoding import GenerateOutput, History, Settings, read_settings
+from jaxgen.sampling.decoding import GenerateOutput, History, read_settings
 
 if TYPE_CHECKING:
     from jaxgen.tokenizers import Tokenizer
-
-__all__ = ["GenerateOutput", "Settings", "read_settings"]  # re-exported for callers
 
 
 def check_length(model_config: ConfigDict, prompt_width: int, max_new_tokens: int) -> None:
