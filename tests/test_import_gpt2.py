@@ -205,9 +205,9 @@ def test_import_writes_a_run_with_hf_logits(imported):
     tokenizer = tokenizers.load(workdir / "tokenizer.json")
     saved = final_params(str(workdir), 0)  # keyed by path, as the checkpoint holds them
     params = {}
-    for key, value in saved.items():  # e.g. ".params['h_0']['attn']['qkv']['kernel']"
-        if key.startswith(".params"):
-            *parents, name = re.findall(r"\['([^']+)'\]", key)
+    for key, value in saved.items():  # e.g. "['params']['h_0']['attn']['qkv']['kernel']"
+        if key.startswith("['params']"):
+            *parents, name = re.findall(r"\['([^']+)'\]", key)[1:]
             node = params
             for parent in parents:
                 node = node.setdefault(parent, {})

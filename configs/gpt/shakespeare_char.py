@@ -78,6 +78,7 @@ def get_config(arg: str = "") -> ConfigDict:
     config.sample.top_k = 200
     config.sample.top_p = 1.0  # 1 disables nucleus sampling
     config.sample.num_beams = 1  # > 1: beam search (deterministic)
+    config.sample.num_return_sequences = 1  # beams: the best R distinct ones per prompt
     config.sample.length_penalty = 1.0
     config.sample.early_stopping = False
     config.sample.no_repeat_ngram_size = 0
