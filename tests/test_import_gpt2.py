@@ -9,6 +9,7 @@ modeling_gpt2 (gelu_new, LayerNorm epsilon from config.json, attention scaled by
 
 import json
 import re
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -175,6 +176,14 @@ def test_bad_folders_name_the_problem(tmp_path, break_it, message):
         weights, origin = import_gpt2.read_weights(str(tmp_path))
         import_gpt2.to_params(weights, sizes, origin)
         import_gpt2.read_tokenizer(str(tmp_path))
+
+
+def test_bin_weights_without_torch_say_so(tmp_path, monkeypatch):
+    write_folder(tmp_path)
+    (tmp_path / "model.safetensors").rename(tmp_path / "pytorch_model.bin")
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed
+    with pytest.raises(import_gpt2.BadFolder, match="pytorch_model.bin: .* needs torch"):
+        import_gpt2.read_weights(str(tmp_path))
 
 
 def edit_config(path, **changes):

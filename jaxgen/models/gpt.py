@@ -16,7 +16,7 @@ nanoGPT applies it too (`dropout_p` of its flash call), so dropout > 0 trains th
 
 Decoding with a cache: rows may be left-padded (prompts of different lengths in one batch);
 `cache.start[b]` is the first real slot of row b, positions count from there and keys before it
-are masked out. Not here: the loss (losses/gpt.py) and the decoding strategies (sampling/gpt.py).
+are masked out. Not here: the loss (losses/gpt.py) and decoding (sampling/gpt.py, decoding.py).
 """
 
 import math
