@@ -37,12 +37,11 @@ in Python when the function is built, never traced:
   use_kv_cache          for the family's decoder: False recomputes the whole prefix each step
 
 Filters (sampling/filters.py) apply in that order to the f32 logits: n-gram ban, temperature,
-top-k, top-p; step t
-samples with fold_in(rng, t). "length" is the number of new tokens including EOS (HF's
-generated length: the prompt is not counted). After EOS a row emits padding (eos_id) and its
-length stops growing; with eos_id None rows never end early. `history` (tokens [B, P] and the
-first real slot of each row, e.g. GPT's prompt) is what no_repeat_ngram sees before the new
-tokens.
+top-k, top-p; step t samples with fold_in(rng, t). "length" is the number of new tokens
+including EOS (HF's generated length: the prompt is not counted). After EOS a row emits padding
+(eos_id) and its length stops growing; with eos_id None rows never end early. `history`
+(tokens [B, P] and the first real slot of each row, e.g. GPT's prompt) is what no_repeat_ngram
+sees before the new tokens.
 
 Left out: sampling with beams, repetition penalties, stop strings, and anything that needs the
 host inside the loop (streaming). Model code (KV-cache layout, prompts, text) lives in the
@@ -320,6 +319,8 @@ def beam_search(
     max-length stopping criterion ends them) become finished hypotheses of prompts still
     searching, and the K best that do not end in EOS go on. A prompt stops by `early_stopping`
     (_stop). Returns the R = num_return_sequences best hypotheses of each prompt, best first.
+    (HF's older BeamSearchScorer, before 4.50, ended only the EOS candidates on the last step
+    and dropped the live beams of a prompt whose list they filled; this follows today's.)
     Unlike HF, the K - 1 copies of the prompt at step 0 start at -inf (HF: -1e9), so with
     K > V they never become hypotheses.
     """
