@@ -90,7 +90,7 @@ def read_weights(hf_dir: str) -> tuple[dict[str, np.ndarray], str]:
     if os.path.isfile(path):
         try:
             tensors = safetensors.numpy.load_file(path)
-        except (safetensors.SafetensorError, OSError) as error:
+        except (safetensors.SafetensorError, OSError, TypeError, ValueError) as error:
             raise BadFolder(f"{path}: unreadable ({error})") from None
         return {name: np.asarray(x, np.float32) for name, x in tensors.items()}, path
     path = os.path.join(hf_dir, "pytorch_model.bin")
