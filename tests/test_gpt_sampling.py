@@ -1,4 +1,4 @@
-"""GPT generation (jaxgen/sampling/gpt.py) against references written here without a cache.
+"""GPT generation (sampling/gpt.py over sampling/decoding.py) against references written here without a cache.
 
 A tiny random GPT (2 layers, width 32, vocab 37) with sharpened weights, so that the tokens
 differ from step to step. Every generate is jitted once per setting with XLA's backend
@@ -16,6 +16,7 @@ from ml_collections import ConfigDict
 
 from jaxgen.config import ConfigError
 from jaxgen.models import gpt
+from jaxgen.sampling import decoding
 from jaxgen.sampling import gpt as sampling
 from tests.helpers import gpt_model_config
 
@@ -37,6 +38,7 @@ def sample_config(**overrides):
         top_k=0,
         top_p=1.0,
         num_beams=1,
+        num_return_sequences=1,
         length_penalty=1.0,
         early_stopping=False,
         no_repeat_ngram_size=0,
@@ -180,11 +182,12 @@ def test_one_beam_is_greedy():
     settings = sampling.read_settings(sample_config(num_beams=1))
     prompt, lengths = batch()
     width = prompt.shape[1]
-    buffer = jnp.concatenate([prompt, jnp.zeros((len(PROMPTS), NEW), jnp.int32)], axis=1)
-    decoder = sampling.cached_decoder(model, config, width)
+    inputs = (prompt, width - lengths)
+    decoder = sampling.cached_decoder(model, config, width + NEW)
 
     def beam(params):
-        return sampling.beam_search(decoder, settings, None, params, buffer, width - lengths, width)
+        history = decoding.History(*inputs)
+        return decoding.beam_search(decoder, settings, None, params, inputs, history)
 
     output = jax.jit(beam, compiler_options=FAST_COMPILE)(params)
     greedy = run()
@@ -253,6 +256,94 @@ def test_beam_early_stopping():
         ):
             assert (tokens[: length - 1] != eos).all() and (tokens[length:] == eos).all()
             recomputed = sequence_log_prob(prompt, tokens[:length]) / length  # length_penalty 1
+            np.testing.assert_allclose(score, recomputed, rtol=1e-4)
+
+
+def reference_beam_search(prompt, beams, new, eos, length_penalty, early_stopping, vocab):
+    """HF generate's beam search (transformers >= 4.50 `_beam_search`) for one prompt, by plain
+    Python over uncached model calls: the finished hypotheses [(score, tokens)], best first.
+
+    Each step ranks every (beam, token) extension and keeps the first 2K. Of the first K, those
+    that hit a stopping criterion (EOS, or the max length on the last step) join the finished
+    list unless the search has stopped (HF: early_stopping=True and the list was already full
+    before this step, or the heuristic below held after an earlier step); the K best of the 2K
+    that do not end in EOS go on.
+    """
+    live, finished, stopped = [(0.0, ())], [], False
+    for step in range(new):
+        candidates = []
+        for total, tokens in live:
+            next_log_probs = log_probs([*prompt, *tokens, 0], vocab=vocab)[-1]
+            candidates += [(total + next_log_probs[v], (*tokens, v)) for v in range(vocab)]
+        candidates = sorted(candidates, key=lambda c: -c[0])[: 2 * beams]
+        ends = [tokens[-1] == eos or step == new - 1 for _, tokens in candidates]
+        if not stopped:
+            finished += [
+                (total / (step + 1) ** length_penalty, tokens)
+                for (total, tokens), end in zip(candidates[:beams], ends, strict=False)
+                if end
+            ]
+            finished = sorted(finished, reverse=True)[:beams]
+        live = [c for c, end in zip(candidates, ends, strict=True) if not end][:beams]
+        if len(finished) == beams and live:
+            longest = early_stopping == "never" and length_penalty > 0
+            reachable = live[0][0] / (new if longest else step + 1) ** length_penalty
+            stopped = early_stopping is True or reachable <= finished[-1][0]
+        if stopped:
+            break
+    return finished
+
+
+@pytest.mark.parametrize(
+    "early_stopping,length_penalty", [(True, 1.0), (False, 1.0), ("never", 2.0), (False, -1.0)]
+)
+def test_beam_search_equals_hf_reference(early_stopping, length_penalty):
+    """Vocab 5, EOS 1, 2 beams, 4 new tokens: both returned hypotheses and their scores.
+
+    Prompt [0, 3, 4] with early_stopping=True is the case where ending only the EOS candidates
+    on the last step differs: (1,) finishes at step 0, (4, 4, 4, 1) fills the list on the last
+    step, and HF also finishes the live (4, 4, 4, 4) there, which scores best.
+    """
+    vocab, eos, new, beams = 5, 1, 4, 2
+    prompts = [[0, 3, 4], [0, 2, 4], [2, 0, 3], [3, 3, 1]]
+    generate = generator(
+        vocab=vocab,
+        eos_id=eos,
+        max_new_tokens=new,
+        num_beams=beams,
+        num_return_sequences=beams,
+        length_penalty=length_penalty,
+        early_stopping=early_stopping,
+    )
+    output = jax.tree.map(np.asarray, generate(*batch(prompts, 3), jax.random.key(0)))
+    assert output.tokens.shape == (len(prompts) * beams, new)
+    for row, prompt in enumerate(prompts):
+        expected = reference_beam_search(
+            prompt, beams, new, eos, length_penalty, early_stopping, vocab
+        )
+        for k, (score, tokens) in enumerate(expected):
+            got = row * beams + k
+            length = int(output.lengths[got])
+            assert tuple(output.tokens[got, :length]) == tokens, (prompt, k)
+            np.testing.assert_array_equal(output.tokens[got, length:], eos)
+            np.testing.assert_allclose(output.scores[got], score, rtol=1e-4)
+    if early_stopping is True:
+        np.testing.assert_array_equal(output.tokens[:2], [[4, 4, 4, 4], [4, 4, 4, 1]])
+
+
+def test_num_return_sequences_are_the_best_distinct_beams():
+    output = run(num_beams=4, num_return_sequences=3, eos_id=5)
+    assert output.tokens.shape == (3 * len(PROMPTS), NEW)
+    best = run(num_beams=4, eos_id=5)
+    for row, prompt in enumerate(PROMPTS):
+        rows = slice(3 * row, 3 * row + 3)
+        texts = [
+            tuple(t[:n]) for t, n in zip(output.tokens[rows], output.lengths[rows], strict=True)
+        ]
+        assert len(set(texts)) == 3 and texts[0] == tuple(best.tokens[row, : best.lengths[row]])
+        assert (np.diff(output.scores[rows]) <= 0).all()  # best first
+        for tokens, score in zip(texts, output.scores[rows], strict=True):
+            recomputed = sequence_log_prob(prompt, tokens) / len(tokens)  # length_penalty 1
             np.testing.assert_allclose(score, recomputed, rtol=1e-4)
 
 
@@ -363,6 +454,7 @@ def test_decode_is_one_while_loop_and_block_size_is_checked():
         ("num_beams", 0),
         ("early_stopping", "sometimes"),
         ("no_repeat_ngram_size", -2),
+        ("num_return_sequences", 2),  # > num_beams = 1
     ],
 )
 def test_bad_settings_name_the_field(field, value):

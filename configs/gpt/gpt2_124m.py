@@ -43,6 +43,7 @@ def get_config(arg: str = "") -> ConfigDict:
     config.model.bias = False  # as nanoGPT's benchmark; GPT-2's released weights have biases
     config.model.position = "learned"
     config.model.attention = "auto"
+    config.model.layer_norm_epsilon = 1e-5  # GPT-2's and nanoGPT's
     config.model.dtype = "bfloat16"  # compute; params and Adam moments stay float32
     config.model.param_dtype = "float32"
 
@@ -77,6 +78,7 @@ def get_config(arg: str = "") -> ConfigDict:
     config.sample.top_k = 200
     config.sample.top_p = 1.0
     config.sample.num_beams = 1
+    config.sample.num_return_sequences = 1  # beams: the best R distinct ones per prompt
     config.sample.length_penalty = 1.0
     config.sample.early_stopping = False
     config.sample.no_repeat_ngram_size = 0

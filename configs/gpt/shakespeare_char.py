@@ -44,6 +44,7 @@ def get_config(arg: str = "") -> ConfigDict:
     config.model.bias = False  # nanoGPT's default: a little faster, a little better
     config.model.position = "learned"  # "rope": rotary embeddings (Su et al. 2021)
     config.model.attention = "auto"  # cuDNN flash attention on GPU in bf16, XLA elsewhere
+    config.model.layer_norm_epsilon = 1e-5  # GPT-2's and nanoGPT's
     if "rope" in args:
         config.model.position = "rope"
 
@@ -79,6 +80,7 @@ def get_config(arg: str = "") -> ConfigDict:
     config.sample.top_k = 200
     config.sample.top_p = 1.0  # 1 disables nucleus sampling
     config.sample.num_beams = 1  # > 1: beam search (deterministic)
+    config.sample.num_return_sequences = 1  # beams: the best R distinct ones per prompt
     config.sample.length_penalty = 1.0
     config.sample.early_stopping = False
     config.sample.no_repeat_ngram_size = 0

@@ -16,7 +16,7 @@ nanoGPT applies it too (`dropout_p` of its flash call), so dropout > 0 trains th
 
 Decoding with a cache: rows may be left-padded (prompts of different lengths in one batch);
 `cache.start[b]` is the first real slot of row b, positions count from there and keys before it
-are masked out. Not here: the loss (losses/gpt.py) and the decoding strategies (sampling/gpt.py).
+are masked out. Not here: the loss (losses/gpt.py) and decoding (sampling/gpt.py, decoding.py).
 """
 
 import math
@@ -183,10 +183,16 @@ class Block(nn.Module):
     attention: str
     dtype: Any
     param_dtype: Any
+    layer_norm_epsilon: float = 1e-5
 
     @nn.compact
     def __call__(self, x, positions, mask, train: bool, cache_kv=None):
-        norm = dict(dtype=self.dtype, param_dtype=self.param_dtype, use_bias=self.bias)
+        norm = dict(
+            epsilon=self.layer_norm_epsilon,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            use_bias=self.bias,
+        )
         common = dict(
             num_layers=self.num_layers,
             dropout=self.dropout,
@@ -219,6 +225,7 @@ class GPT(nn.Module):
     attention: str = "auto"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    layer_norm_epsilon: float = 1e-5  # GPT-2's and nanoGPT's (Flax's default is 1e-6)
 
     @nn.compact
     def __call__(
@@ -284,6 +291,7 @@ class GPT(nn.Module):
                 self.attention,
                 self.dtype,
                 self.param_dtype,
+                self.layer_norm_epsilon,
                 name=f"h_{layer}",
             )(x, positions, mask, train, cache_kv)
             if kv is not None:
@@ -291,7 +299,12 @@ class GPT(nn.Module):
                 new_values.append(kv[1])
         if last_only:
             x = x[:, -1:]
-        x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, use_bias=self.bias)(x)
+        x = nn.LayerNorm(
+            epsilon=self.layer_norm_epsilon,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            use_bias=self.bias,
+        )(x)
         logits = embed.attend(x).astype(jnp.float32)  # tied head; [B, T, vocab]
         if cache is None:
             return logits
@@ -322,6 +335,10 @@ def check_config(model_config: ConfigDict, vocab_size: int, seq_len: int) -> Non
         raise ConfigError(
             f"config.model.attention: {model_config.attention!r} is not one of {', '.join(ATTENTION)}"
         )
+    if not model_config.get("layer_norm_epsilon", 1e-5) > 0:
+        raise ConfigError(
+            f"config.model.layer_norm_epsilon: must be > 0, got {model_config.layer_norm_epsilon}"
+        )
     if not 0.0 <= model_config.dropout < 1.0:
         raise ConfigError(f"config.model.dropout: must be in [0, 1), got {model_config.dropout}")
     if model_config.vocab_size and model_config.vocab_size < vocab_size:
@@ -351,4 +368,6 @@ def make_model(model_config: ConfigDict, vocab_size: int) -> GPT:
         attention=model_config.attention,
         dtype=jnp.dtype(model_config.dtype),
         param_dtype=jnp.dtype(model_config.param_dtype),
+        # Runs saved before the field existed have none: GPT-2's value.
+        layer_norm_epsilon=model_config.get("layer_norm_epsilon", 1e-5),
     )

@@ -20,6 +20,7 @@ from jaxgen.config import ConfigDict, ConfigError
 from jaxgen.losses import gpt as losses
 from jaxgen.models import gpt as models
 from jaxgen.parallel import example_rngs
+from jaxgen.sampling import decoding
 from jaxgen.sampling import gpt as sampling
 from jaxgen.train import FAMILIES, Family, Steps
 from jaxgen.train import state as train_state
@@ -115,11 +116,14 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
 
         return loss_step
 
-    copies = config.sample.num_samples
+    # A deterministic decoder (greedy, beams) gives num_samples identical copies: decode each
+    # prompt once; beams return num_return_sequences distinct rows per prompt instead.
+    deterministic = decoding.is_deterministic(decoding.read_settings(config.sample))
+    copies = 1 if deterministic else config.sample.num_samples
 
     def sample(state, batch, rng):
-        """{"text": int32 [prompts x num_samples, L]}: each prompt then its continuation,
-        -1 where there is no token (left padding, after EOS)."""
+        """{"text": int32 [prompts x num_samples (or num_return_sequences), L]}: each prompt
+        then its continuation, -1 where there is no token (left padding, after EOS)."""
         del batch  # prompts come from config.sample.prompt
         # Read at trace time, so building the train step alone needs no tokenizer.
         (prompt, prompt_lengths), tokenizer = prompt_tokens(config)
@@ -129,6 +133,8 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
         rows = jnp.repeat(jnp.asarray(prompt), copies, axis=0)
         lengths = jnp.repeat(jnp.asarray(prompt_lengths), copies, axis=0)
         out = generate(state.eval_params, rows, lengths, rng)
+        returned = out.tokens.shape[0] // rows.shape[0]  # num_return_sequences
+        rows, lengths = (jnp.repeat(x, returned, axis=0) for x in (rows, lengths))
         width = rows.shape[1]
         left_pad = jnp.arange(width)[None] < (width - lengths)[:, None]
         new = jnp.arange(out.tokens.shape[1])[None] < out.lengths[:, None]
