@@ -32,7 +32,7 @@ import safetensors.numpy
 import tokenizers as hf
 from absl import flags
 
-from jaxgen import checkpoint, cli, data, tokenizers
+from jaxgen import checkpoint, cli, data, runs, tokenizers
 from jaxgen.config import ConfigDict, ConfigError, sibling_config
 from jaxgen.train import get_family, loop
 
@@ -214,7 +214,7 @@ def write_checkpoint(config: ConfigDict, workdir: str, params: dict) -> None:
     """A step-0 train state holding `params`, restorable by the usual path (load_run)."""
     info = loop.check(config, workdir)
     steps = get_family(config.family).make_steps(config, info, None)
-    batch = loop.first_eval_batch(config, config.sample.num_samples)
+    batch = runs.first_eval_batch(config, config.sample.num_samples)
     state = jax.jit(steps.init)(jax.random.PRNGKey(config.seed), batch)
     params = jax.tree.map(lambda want, x: jnp.asarray(x, want.dtype), state.params, params)
     state = loop.start_from_params(state, params)
