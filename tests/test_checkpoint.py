@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgen import checkpoint, parallel
+from jaxgen import checkpoint, checksums, parallel
 from jaxgen.config import base_config
 from tests.e2e import script_env
 from tests.helpers import ROOT
@@ -106,7 +106,7 @@ def test_restore_params_for_init_from(tmp_path):
 
 
 def numpy_checksum(x: np.ndarray) -> tuple[int, int]:
-    """The checksum of checkpoint.leaf_checksum, written out in NumPy (uint32 wraps)."""
+    """The checksum of checksums.leaf_checksum, written out in NumPy (uint32 wraps)."""
     x = np.asarray(x)
     if x.dtype == np.bool_:
         x = x.astype(np.uint8)
@@ -132,27 +132,27 @@ def test_leaf_checksum_matches_numpy_and_ignores_sharding(dtype):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(8, 12)) * 50).astype(dtype)
     expected = numpy_checksum(np.asarray(x))
-    assert tuple(int(v) for v in checkpoint.leaf_checksum(x)) == expected
+    assert tuple(int(v) for v in checksums.leaf_checksum(x)) == expected
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:4]), ("data",))
     sharded = jax.device_put(
         x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     )
-    assert tuple(int(v) for v in checkpoint.leaf_checksum(sharded)) == expected
+    assert tuple(int(v) for v in checksums.leaf_checksum(sharded)) == expected
 
 
 def test_any_one_changed_value_fails_verification():
     state = make_state()
-    saved = checkpoint.checksums(state, {"train": 1})
-    checkpoint.verify(state, {"train": 1}, saved)
+    saved = checksums.checksums(state, {"train": 1})
+    checksums.verify(state, {"train": 1}, saved)
     kernel = np.asarray(state["params"]["dense"]["kernel"])
     for index in [(0, 0), (4, 2), (2, 1)]:
         changed = kernel.copy()
         changed[index] = np.nextafter(changed[index], np.float32(np.inf))  # the last bit
         bad = {**state, "params": {"dense": {"kernel": jnp.asarray(changed)}}}
-        with pytest.raises(checkpoint.ChecksumError, match="params/dense/kernel"):
-            checkpoint.verify(bad, {"train": 1}, saved)
-    with pytest.raises(checkpoint.ChecksumError, match="data state"):
-        checkpoint.verify(state, {"train": 2}, saved)
+        with pytest.raises(checksums.ChecksumError, match="params/dense/kernel"):
+            checksums.verify(bad, {"train": 1}, saved)
+    with pytest.raises(checksums.ChecksumError, match="data state"):
+        checksums.verify(state, {"train": 2}, saved)
 
 
 def save_two_steps(workdir, shape=(256, 256)):
