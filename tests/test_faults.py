@@ -284,3 +284,34 @@ def test_resume_on_fewer_devices_continues_the_four_device_run(four_device_run, 
     expected, actual = final_params(four_device_run, 20), final_params(workdir, 20)
     for key in expected:
         np.testing.assert_allclose(actual[key], expected[key], rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+def test_a_second_trainer_is_refused_and_a_killed_one_does_not_block(reference, tmp_path):
+    first = start(tmp_path)
+    assert wait_for(lambda: any(r["step"] >= 5 for r in metric_rows(tmp_path)), first)
+    first.send_signal(signal.SIGSTOP)  # holds the lock for as long as the test needs
+    try:
+        before = {name: (tmp_path / name).read_bytes() for name in ("config.json", "metrics.jsonl")}
+        listing = sorted(os.listdir(tmp_path))
+        second = run_script("train", *LONG, f"--workdir={tmp_path}", check=False)
+        assert second.returncode == 2, second.stderr[-2000:]
+        lines = stderr_lines(second)
+        assert len(lines) == 1, second.stderr[-2000:]
+        assert lines[0].startswith(
+            f"error: {tmp_path} is being trained by process {first.pid} (host "
+        )
+        assert sorted(os.listdir(tmp_path)) == listing
+        assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # The kernel dropped the killed trainer's lock: the same command resumes and finishes.
+    run_script("train", *LONG, f"--workdir={tmp_path}")
+    rows = [
+        {k: v for k, v in r.items() if not k.startswith("perf/")} for r in metric_rows(tmp_path)
+    ]
+    reference_rows = [
+        {k: v for k, v in r.items() if not k.startswith("perf/")} for r in metric_rows(reference)
+    ]
+    assert rows == reference_rows
+    assert_same_final_params(tmp_path, reference)
