@@ -116,15 +116,16 @@ def _reader(directory: str) -> ocp.CheckpointManager:
         absl_logging.set_verbosity(level)
 
 
-def _try_restore(manager, step: int, targets: dict, log_file: str) -> tuple[Any, str | None]:
+def _try_restore(
+    manager, step: int, abstract_state: PyTree, log_file: str, *, with_data: bool = True
+) -> tuple[Any, str | None]:
     """(restored items, None), or (None, the one-line reason) with the details in `log_file`."""
     checked = os.path.isdir(os.path.join(str(manager.directory), str(step), "checksums"))
-    args = {name: ocp.args.JsonRestore() for name in ("data", "checksums")}
-    args["state"] = ocp.args.StandardRestore(targets["state"])
-    if not checked:
-        del args["checksums"]
-    if "data" not in targets:
-        del args["data"]
+    args = {"state": ocp.args.StandardRestore(abstract_state)}
+    if with_data:
+        args["data"] = ocp.args.JsonRestore()
+    if checked:
+        args["checksums"] = ocp.args.JsonRestore()
     with _captured_stderr() as lines:
         try:
             restored = manager.restore(step, args=ocp.args.Composite(**args))
@@ -163,6 +164,8 @@ class Checkpointer:
         self.workdir = os.path.abspath(workdir)
         self.directory = os.path.join(self.workdir, CHECKPOINT_DIR)
         self.read_only = read_only
+        if not read_only and ckpt_config is None:
+            raise ValueError("Checkpointer: a writer needs ckpt_config (max_to_keep, async_save)")
         if read_only:
             self.manager = _reader(self.directory)
             return
@@ -209,9 +212,8 @@ class Checkpointer:
         steps = [step] if step is not None else self.all_steps()[::-1]
         errors, unreadable = [], []
         log_file = os.path.join(self.workdir, LOG_FILE)
-        targets = {"state": abstract_state, "data": None}
         for candidate in steps:
-            restored, error = _try_restore(self.manager, candidate, targets, log_file)
+            restored, error = _try_restore(self.manager, candidate, abstract_state, log_file)
             if error is not None:
                 errors.append(error)
                 unreadable.append(candidate)
@@ -282,7 +284,7 @@ def restore_params(path: str, abstract_params: PyTree, log_file: str | None = No
         target = jax.tree.map(
             lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), metadata
         )
-        restored, error = _try_restore(manager, candidate, {"state": target}, log_file)
+        restored, error = _try_restore(manager, candidate, target, log_file, with_data=False)
         if error is None:
             manager.close()
             return jax.tree.map(
