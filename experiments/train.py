@@ -13,6 +13,7 @@ from absl import flags
 
 from jaxgen import cli
 from jaxgen.train import loop
+from jaxgen.workdir import lock_workdir
 
 cli.define_config_file()
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints/, metrics.jsonl, samples/.")
@@ -23,7 +24,8 @@ def main(argv):
     del argv
     config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
     info = loop.check(config, workdir)  # every bad value is reported before compiling
-    loop.train(config, workdir, info)
+    with lock_workdir(workdir):  # one trainer per workdir; a second one stops here
+        loop.train(config, workdir, info)
     samples = os.path.join(workdir, "samples")
     names = sorted(os.listdir(samples)) if os.path.isdir(samples) else []
     last_step = max((name.rsplit("_", 1)[-1] for name in names), default=None)

@@ -5,24 +5,45 @@ and the data iterator's state, so a resumed run sees exactly the batches and
 randomness it would have seen. Orbax writes each step into a temporary
 directory and renames it when complete, so a kill mid-write leaves the last
 good checkpoint as the latest one. Saves are asynchronous by default.
+
+Every step also holds checksums of its arrays and of the data state (the
+`checksums` item, committed by the same rename): a restore recomputes them, so
+a changed byte anywhere is caught and handled like a truncated file, by falling
+back to the previous step. What TensorStore prints while reading a damaged step
+goes to W/logs/checkpoint.log; the console gets one line per bad step.
+
+Readers (`read_only=True`, and `restore_params`) never create, move or delete
+anything under checkpoints/, so sampling a run that is still training is safe.
 """
 
+import contextlib
 import logging
 import os
+import sys
+import tempfile
 import time
+import traceback
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 
+from jaxgen.checksums import checksums, verify
 from jaxgen.config import ConfigDict
 
 PyTree = Any
 CHECKPOINT_DIR = "checkpoints"
+ITEMS = ("state", "data", "checksums")
+LOG_FILE = os.path.join("logs", "checkpoint.log")
 
 
 class CheckpointWriteError(OSError):
     """A save failed (e.g. no space left); earlier checkpoints are untouched."""
+
+
+class CheckpointReadError(OSError):
+    """No checkpoint of a run could be restored (none saved, or every one unreadable)."""
 
 
 def _write_error(step: int | None, directory: str, error: Exception) -> CheckpointWriteError:
@@ -34,20 +55,127 @@ def _write_error(step: int | None, directory: str, error: Exception) -> Checkpoi
     )
 
 
-class Checkpointer:
-    """Saves and restores (state, data_state) pairs under `workdir/checkpoints`."""
+@contextlib.contextmanager
+def _captured_stderr():
+    """Send file descriptor 2 to a list of lines for the duration (TensorStore logs from C++,
+    tracebacks printed by its threads); yields the list, filled on exit."""
+    lines: list[str] = []
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as capture:
+        saved = os.dup(2)
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            lines.extend(capture.read().decode(errors="replace").splitlines())
 
-    def __init__(self, workdir: str, ckpt_config: ConfigDict):
-        self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+
+def _write_log(log_file: str, header: str, lines: list[str]) -> str:
+    """Append the details to `log_file` (or a temporary file if it cannot be written)."""
+    text = "".join(f"{line}\n" for line in [f"--- {time.ctime()} {header}", *lines])
+    try:
+        os.makedirs(os.path.dirname(log_file), exist_ok=True)
+        with open(log_file, "a", encoding="utf-8") as f:
+            f.write(text)
+        return log_file
+    except OSError:
+        with tempfile.NamedTemporaryFile(
+            "w", prefix="jaxgen-checkpoint-", suffix=".log", delete=False
+        ) as f:
+            f.write(text)
+        return f.name
+
+
+def _reason(error: Exception) -> str:
+    text = str(error).split("See full TensorStore details")[0].strip().rstrip(".")
+    return (text.splitlines()[0] if text else type(error).__name__)[:200]
+
+
+def _reader(directory: str) -> ocp.CheckpointManager:
+    """A manager that never creates, cleans up or deletes anything in `directory`.
+
+    Orbax warns about each option that read_only turns off, at every reader: not news.
+    """
+    level = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        options = ocp.CheckpointManagerOptions(
+            read_only=True, create=False, cleanup_tmp_directories=False
+        )
+        handlers = {
+            "state": ocp.StandardCheckpointHandler(),
+            "data": ocp.JsonCheckpointHandler(),
+            "checksums": ocp.JsonCheckpointHandler(),
+        }
+        return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+    finally:
+        absl_logging.set_verbosity(level)
+
+
+def _try_restore(
+    manager, step: int, abstract_state: PyTree, log_file: str, *, with_data: bool = True
+) -> tuple[Any, str | None]:
+    """(restored items, None), or (None, the one-line reason) with the details in `log_file`."""
+    checked = os.path.isdir(os.path.join(str(manager.directory), str(step), "checksums"))
+    args = {"state": ocp.args.StandardRestore(abstract_state)}
+    if with_data:
+        args["data"] = ocp.args.JsonRestore()
+    if checked:
+        args["checksums"] = ocp.args.JsonRestore()
+    with _captured_stderr() as lines:
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(**args))
+            if checked:
+                verify(restored.state, restored.get("data"), restored.checksums)
+            error = None
+        except Exception as caught:  # noqa: BLE001 - any unreadable checkpoint falls back
+            restored, error = None, caught
+            lines.extend(traceback.format_exception(caught))
+    if error is None and not checked:
+        logging.warning(
+            "checkpoint %d in %s has no checksums: not verified", step, manager.directory
+        )
+    if error is None:
+        return restored, None
+    where = _write_log(log_file, f"checkpoint {step} in {manager.directory}", lines)
+    reason = _reason(error)
+    logging.warning(
+        "checkpoint %d in %s is unreadable (%s); details in %s",
+        step,
+        manager.directory,
+        reason,
+        where,
+    )
+    return None, f"step {step}: {reason}"
+
+
+class Checkpointer:
+    """Saves and restores (state, data_state) pairs under `workdir/checkpoints`.
+
+    With `read_only=True` it only restores, and touches nothing under checkpoints/: an
+    in-flight save of a live trainer survives, and unreadable steps are skipped in place.
+    """
+
+    def __init__(self, workdir: str, ckpt_config: ConfigDict | None = None, *, read_only=False):
+        self.workdir = os.path.abspath(workdir)
+        self.directory = os.path.join(self.workdir, CHECKPOINT_DIR)
+        self.read_only = read_only
+        if not read_only and ckpt_config is None:
+            raise ValueError("Checkpointer: a writer needs ckpt_config (max_to_keep, async_save)")
+        if read_only:
+            self.manager = _reader(self.directory)
+            return
         options = ocp.CheckpointManagerOptions(
             max_to_keep=ckpt_config.max_to_keep,
             enable_async_checkpointing=ckpt_config.async_save,
             cleanup_tmp_directories=True,  # remove half-written saves left by a kill
             create=True,
         )
-        self.manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "data")
-        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -57,11 +185,16 @@ class Checkpointer:
 
     def save(self, step: int, state: PyTree, data_state: dict) -> None:
         """Start writing step `step`; returns once the arrays are copied off the device."""
+        if self.read_only:
+            raise RuntimeError(f"{self.directory} was opened read-only")
+        sums = checksums(state, data_state)
         try:  # also reports a failure of the previous background save
             self.manager.save(
                 step,
                 args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
+                    state=ocp.args.StandardSave(state),
+                    data=ocp.args.JsonSave(data_state),
+                    checksums=ocp.args.JsonSave(sums),
                 ),
                 force=True,
             )
@@ -71,31 +204,25 @@ class Checkpointer:
     def restore(self, abstract_state: PyTree, step: int | None = None) -> tuple[PyTree, dict, int]:
         """Restore onto `abstract_state`'s shardings, trying the newest step first.
 
-        A step that fails to restore (truncated or corrupt files) is reported and
-        skipped in favour of the next older one; nothing is deleted.
+        A step that fails to restore (truncated or corrupt files, a checksum mismatch) is
+        reported in one line and skipped in favour of the next older one. A trainer moves
+        it to checkpoints_unreadable/ (so that it can save that step again); a reader
+        leaves it where it is. Raises CheckpointReadError when no step can be restored.
         """
         steps = [step] if step is not None else self.all_steps()[::-1]
         errors, unreadable = [], []
+        log_file = os.path.join(self.workdir, LOG_FILE)
         for candidate in steps:
-            try:
-                restored = self.manager.restore(
-                    candidate,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
-                    ),
-                )
-            except Exception as error:  # noqa: BLE001 - any unreadable checkpoint falls back
-                message = str(error).splitlines()[0] if str(error) else type(error).__name__
-                logging.warning(
-                    "checkpoint %d in %s is unreadable (%s)", candidate, self.directory, message
-                )
-                errors.append(f"step {candidate}: {message}")
+            restored, error = _try_restore(self.manager, candidate, abstract_state, log_file)
+            if error is not None:
+                errors.append(error)
                 unreadable.append(candidate)
                 continue
-            self._set_aside(unreadable)
+            if not self.read_only:
+                self._set_aside(unreadable)
             return restored.state, restored.data, candidate
-        raise FileNotFoundError(
-            f"no restorable checkpoint in {self.directory}: {'; '.join(errors) or 'none saved'}"
+        raise CheckpointReadError(
+            f"no readable checkpoint in {self.directory}: {'; '.join(errors) or 'none saved'}"
         )
 
     def _set_aside(self, steps: list[int]) -> None:
@@ -122,40 +249,52 @@ class Checkpointer:
             raise _write_error(None, self.directory, error) from error
 
 
-def restore_params(path: str, abstract_params: PyTree) -> PyTree:
-    """Params of another run, for `config.init_from` (fine-tuning).
-
-    `path` is a workdir (its latest checkpoint is used), its checkpoints/ folder,
-    or one step's folder inside it. The params are placed like `abstract_params`.
-    """
-    path = os.path.abspath(path)
-    step = None
+def _find_checkpoints(path: str) -> tuple[str, int | None]:
+    """(the checkpoints folder, the step named by `path` or None for the latest)."""
     for directory in (os.path.join(path, CHECKPOINT_DIR), path):
         if os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory)):
-            break
-    else:
-        directory, name = os.path.split(path)
-        if not name.isdigit():
-            raise FileNotFoundError(f"config.init_from: no checkpoint found at {path}")
-        step = int(name)
-    manager = ocp.CheckpointManager(
-        directory,
-        options=ocp.CheckpointManagerOptions(read_only=True),
-        item_names=("state", "data"),
-        item_handlers={"state": ocp.StandardCheckpointHandler()},
-    )
-    step = manager.latest_step() if step is None else step
+            return directory, None
+    directory, name = os.path.split(path)
+    if not name.isdigit() or not os.path.isdir(path):
+        raise CheckpointReadError(f"config.init_from: no checkpoint found at {path}")
+    return directory, int(name)
+
+
+def restore_params(path: str, abstract_params: PyTree, log_file: str | None = None) -> PyTree:
+    """Params of another run, for `config.init_from` (fine-tuning); read-only.
+
+    `path` is a workdir (its newest readable checkpoint is used), its checkpoints/ folder,
+    or one step's folder inside it. The params are placed like `abstract_params`. Details
+    of unreadable steps go to `log_file` (default: a temporary file, never the other run).
+    """
+    directory, step = _find_checkpoints(os.path.abspath(path))
+    log_file = log_file or os.path.join(tempfile.gettempdir(), "jaxgen-init-from.log")
+    manager = _reader(directory)
     # Restore onto this job's devices whatever topology wrote it: every saved leaf gets the
-    # sharding of the params it will become (replicated).
+    # sharding of the params it will become (replicated), in the dtype it was saved in.
     sharding = jax.tree.leaves(abstract_params)[0].sharding
-    target = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
-        manager.item_metadata(step)["state"],
-    )
-    restored = manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
-    )
+    errors = []
+    for candidate in [step] if step is not None else sorted(manager.all_steps())[::-1]:
+        try:
+            with _captured_stderr():
+                metadata = manager.item_metadata(candidate)["state"]
+        except Exception as error:  # noqa: BLE001 - unreadable metadata: an older step
+            errors.append(f"step {candidate}: {_reason(error)}")
+            continue
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), metadata
+        )
+        restored, error = _try_restore(manager, candidate, target, log_file, with_data=False)
+        if error is None:
+            manager.close()
+            return jax.tree.map(
+                lambda want, value: value.astype(want.dtype),
+                abstract_params,
+                restored.state["params"],
+            )
+        errors.append(error)
     manager.close()
-    return jax.tree.map(
-        lambda want, value: value.astype(want.dtype), abstract_params, restored.state["params"]
+    raise CheckpointReadError(
+        f"config.init_from: no readable checkpoint in {directory}: "
+        f"{'; '.join(errors) or 'none saved'}"
     )

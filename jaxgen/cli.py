@@ -4,11 +4,15 @@ Flags follow the research-codebase convention: `--config=path.py:arg` plus
 `--config.section.field=value` overrides (ml_collections config_flags), or
 `--workdir=W` alone for scripts that read W/config.json. Any bad input (an
 unknown key, a wrong type, a value that cannot work, bad data) is printed as
-one line naming the field or file, and the process exits with status 2.
+one line naming the field or file, and the process exits with status 2. So is
+a positional argument to a script that takes none (absl would ignore it), and
+an error inside a config file (its path and line).
 """
 
 import logging
+import os
 import sys
+import traceback
 from collections.abc import Callable
 
 from absl import app, flags
@@ -16,7 +20,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from jaxgen import distributed
-from jaxgen.checkpoint import CheckpointWriteError
+from jaxgen.checkpoint import CheckpointReadError, CheckpointWriteError
 from jaxgen.config import ConfigDict, ConfigError, load_workdir_config
 from jaxgen.data import DataError
 from jaxgen.train.loop import NonFiniteLossError
@@ -30,9 +34,48 @@ def fail(message: object) -> None:
     sys.exit(EXIT_BAD_INPUT)
 
 
+def _config_file(argv: list[str]) -> str | None:
+    """The absolute path of the `--config=path.py:arg` file named in argv, if any."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            value = arg.split("=", 1)[1]
+        elif arg == "--config" and i + 1 < len(argv):
+            value = argv[i + 1]
+        else:
+            continue
+        return os.path.abspath(value.split(":", 1)[0])
+    return None
+
+
+def _config_file_error(error: BaseException, path: str | None) -> str | None:
+    """'--config: FILE, line N: Type: message' if `error` (or what it wraps) was raised by
+    running the config file at `path`; None otherwise."""
+    seen = set()
+    while path is not None and error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, SyntaxError) and os.path.abspath(error.filename or "") == path:
+            return f"--config: {path}, line {error.lineno}: SyntaxError: {error.msg}"
+        frames = traceback.extract_tb(error.__traceback__)
+        lines = [f.lineno for f in frames if os.path.abspath(f.filename) == path]
+        if lines:
+            return f"--config: {path}, line {lines[-1]}: {type(error).__name__}: {error}"
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """flags.FLAGS(argv), with an error raised inside the config file named by file and line."""
+    try:
+        return flags.FLAGS(argv)
+    except Exception as error:
+        if (located := _config_file_error(error, _config_file(argv))) is not None:
+            fail(located)
+        raise
+
+
 def _parse(argv: list[str]) -> list[str]:
     try:
-        rest = flags.FLAGS(argv)
+        rest = _parse_flags(argv)
     except (flags.Error, ConfigError, FileNotFoundError) as error:
         text = str(error)
         if "Traceback" in text:  # an exception inside the config file: keep its last line
@@ -51,6 +94,16 @@ def _parse(argv: list[str]) -> list[str]:
             flags.FLAGS.config.keys()  # config_flags defers a failed load to first use
         except OSError as error:
             fail(f"--config: {str(error).strip().splitlines()[-1].strip()}")
+    return rest
+
+
+def _parse_without_arguments(argv: list[str]) -> list[str]:
+    rest = _parse(argv)
+    if len(rest) > 1:
+        fail(
+            f"unexpected argument {rest[1]!r}: this script takes flags only, written "
+            "--name=value (see --help)"
+        )
     return rest
 
 
@@ -88,8 +141,11 @@ def define_workdir_config(
         fail(f"--config: bad override: {str(error).strip().splitlines()[-1]}")
 
 
-def run(main: Callable[[list[str]], None]) -> None:
-    """absl's app.run with one-line errors and exit status 2 for bad input."""
+def run(main: Callable[[list[str]], None], *, takes_arguments: bool = False) -> None:
+    """absl's app.run with one-line errors and exit status 2 for bad input.
+
+    Positional arguments are refused unless `takes_arguments` (main gets them in argv[1:]).
+    """
 
     def guarded(argv):
         # Libraries (Orbax above all) log every save at INFO: keep their warnings only.
@@ -98,14 +154,10 @@ def run(main: Callable[[list[str]], None]) -> None:
         try:
             distributed.initialize()  # join a multi-process job named by JAXGEN_*; else no-op
             main(argv)
-        except ConfigError as error:
+        except (ConfigError, DataError, CheckpointReadError) as error:
             fail(error)
-        except Exception as error:
-            if isinstance(error, DataError):
-                fail(error)
-            if isinstance(error, NonFiniteLossError | CheckpointWriteError):
-                print(f"error: {error}", file=sys.stderr)
-                sys.exit(1)
-            raise
+        except (NonFiniteLossError, CheckpointWriteError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(1)
 
-    app.run(guarded, flags_parser=_parse)
+    app.run(guarded, flags_parser=_parse if takes_arguments else _parse_without_arguments)

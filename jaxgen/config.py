@@ -137,12 +137,23 @@ def _tuples(value):
 
 
 def load_workdir_config(workdir: str) -> ConfigDict:
-    """The config a run stored in `workdir/config.json`."""
+    """The config a run stored in `workdir/config.json`; ConfigError naming the file if bad."""
     import json
     import os
 
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise ConfigError(f"--workdir: {path} does not exist (not a jaxgen run directory?)")
-    with open(path) as f:
-        return ConfigDict(_tuples(json.load(f)))
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except json.JSONDecodeError as error:
+        raise ConfigError(
+            f"--workdir: {path} is not valid JSON (line {error.lineno}, column {error.colno}: "
+            f"{error.msg}); truncated or edited?"
+        ) from error
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"--workdir: cannot read {path} ({error})") from error
+    if not isinstance(saved, dict):
+        raise ConfigError(f"--workdir: {path} holds a {type(saved).__name__}, not a config")
+    return ConfigDict(_tuples(saved))

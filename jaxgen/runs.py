@@ -59,8 +59,10 @@ def with_saved_tokenizers(data_config: ConfigDict, workdir: str) -> ConfigDict:
 
 
 def restore_latest(workdir: str, config: ConfigDict, abstract_state: PyTree) -> tuple[PyTree, int]:
-    """(state, step) of the latest checkpoint of `workdir`: the one place runs are read."""
-    ckpt = checkpoint.Checkpointer(workdir, config.ckpt)
+    """(state, step) of the latest readable checkpoint of `workdir`: the one place runs are
+    read. Read-only: a live trainer's in-flight save and unreadable steps are left as they are."""
+    del config
+    ckpt = checkpoint.Checkpointer(workdir, read_only=True)
     try:
         state, _, step = ckpt.restore(abstract_state)
     finally:

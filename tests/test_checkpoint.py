@@ -1,14 +1,19 @@
-"""Checkpoints: exact round trip, fallback past a corrupt latest step, other device counts."""
+"""Checkpoints: exact round trip, fallback past a corrupt latest step, other device counts,
+checksums, read-only readers."""
 
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgen import checkpoint, parallel
+from jaxgen import checkpoint, checksums, parallel
 from jaxgen.config import base_config
+from tests.e2e import script_env
+from tests.helpers import ROOT
 
 
 def make_state(seed=0):
@@ -95,3 +100,228 @@ def test_restore_params_for_init_from(tmp_path):
     for path in (tmp_path, tmp_path / "checkpoints", tmp_path / "checkpoints" / "3"):
         params = checkpoint.restore_params(str(path), abstract)
         assert_equal_trees(params, make_state(5)["params"])
+
+
+# --- Checksums -----------------------------------------------------------------------------------
+
+
+def numpy_checksum(x: np.ndarray) -> tuple[int, int]:
+    """The checksum of checksums.leaf_checksum, written out in NumPy (uint32 wraps)."""
+    x = np.asarray(x)
+    if x.dtype == np.bool_:
+        x = x.astype(np.uint8)
+    width = {1: np.uint8, 2: np.uint16, 4: np.uint32}[x.dtype.itemsize]
+    words = x.reshape(-1).view(width).astype(np.uint32)
+    index = np.arange(words.size, dtype=np.uint32)
+
+    def fmix(h):
+        h = h ^ (h >> np.uint32(16))
+        h = h * np.uint32(0x85EBCA6B)
+        h = h ^ (h >> np.uint32(13))
+        h = h * np.uint32(0xC2B2AE35)
+        return h ^ (h >> np.uint32(16))
+
+    with np.errstate(over="ignore"):
+        s0 = np.sum(words * (np.uint32(2) * index + np.uint32(1)), dtype=np.uint32)
+        s1 = np.sum(fmix(words ^ fmix(index)), dtype=np.uint32)
+    return int(s0), int(s1)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8", "bool", "uint32", "int32"])
+def test_leaf_checksum_matches_numpy_and_ignores_sharding(dtype):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(8, 12)) * 50).astype(dtype)
+    expected = numpy_checksum(np.asarray(x))
+    assert tuple(int(v) for v in checksums.leaf_checksum(x)) == expected
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:4]), ("data",))
+    sharded = jax.device_put(
+        x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    )
+    assert tuple(int(v) for v in checksums.leaf_checksum(sharded)) == expected
+
+
+def test_any_one_changed_value_fails_verification():
+    state = make_state()
+    saved = checksums.checksums(state, {"train": 1})
+    checksums.verify(state, {"train": 1}, saved)
+    kernel = np.asarray(state["params"]["dense"]["kernel"])
+    for index in [(0, 0), (4, 2), (2, 1)]:
+        changed = kernel.copy()
+        changed[index] = np.nextafter(changed[index], np.float32(np.inf))  # the last bit
+        bad = {**state, "params": {"dense": {"kernel": jnp.asarray(changed)}}}
+        with pytest.raises(checksums.ChecksumError, match="params/dense/kernel"):
+            checksums.verify(bad, {"train": 1}, saved)
+    with pytest.raises(checksums.ChecksumError, match="data state"):
+        checksums.verify(state, {"train": 2}, saved)
+
+
+def save_two_steps(workdir, shape=(256, 256)):
+    """Steps 1 and 2 of a state with one big array (zstd-compressed on disk)."""
+
+    def state(seed):
+        rng = np.random.default_rng(seed)
+        return {
+            "step": jnp.asarray(seed, jnp.int32),
+            "params": {"w": jnp.asarray(rng.normal(size=shape), jnp.float32)},
+            "rng": jax.random.PRNGKey(seed),
+        }
+
+    where = placement(1)
+    saver = checkpoint.Checkpointer(str(workdir), ckpt_config())
+    for step in (1, 2):
+        saver.save(step, jax.device_put(state(step), where.replicated), {"train": step})
+    saver.close()
+    return state, where.abstract_state(jax.eval_shape(lambda: state(0)))
+
+
+def largest_array_file(step_dir):
+    files = [os.path.join(d, n) for d, _, names in os.walk(step_dir) for n in names if "/d" in d]
+    return max(files, key=os.path.getsize)
+
+
+def overwrite_middle(path, seed=0, size=4096):
+    """Random bytes into the middle of a file, keeping its size (as a bad disk or bit rot)."""
+    length = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.seek(length // 2)
+        f.write(np.random.default_rng(seed).bytes(min(size, length - length // 2)))
+
+
+def test_random_bytes_in_an_array_file_fall_back_to_the_previous_step(tmp_path):
+    state, abstract = save_two_steps(tmp_path)
+    # Seed 3 keeps the zstd stream decodable: without checksums this restored garbage.
+    overwrite_middle(largest_array_file(tmp_path / "checkpoints" / "2"), seed=3)
+    restored, data_state, step = checkpoint.Checkpointer(str(tmp_path), ckpt_config()).restore(
+        abstract
+    )
+    assert step == 1 and data_state == {"train": 1}
+    assert_equal_trees(restored, state(1))
+    log = (tmp_path / "logs" / "checkpoint.log").read_text()
+    assert "checkpoint 2" in log and "ChecksumError" in log
+
+
+def test_every_checkpoint_corrupt_is_one_clear_error(tmp_path):
+    _, abstract = save_two_steps(tmp_path)
+    for step in ("1", "2"):
+        overwrite_middle(largest_array_file(tmp_path / "checkpoints" / step), seed=3)
+    with pytest.raises(checkpoint.CheckpointReadError, match="no readable checkpoint") as error:
+        checkpoint.Checkpointer(str(tmp_path), read_only=True).restore(abstract)
+    assert "step 2:" in str(error.value) and "step 1:" in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_a_step_without_checksums_still_restores(tmp_path):
+    """Checkpoints written before checksums existed restore, with a warning."""
+    state, abstract = save_two_steps(tmp_path)
+    for step in ("1", "2"):
+        for folder, _, names in os.walk(tmp_path / "checkpoints" / step / "checksums"):
+            for name in names:
+                os.remove(os.path.join(folder, name))
+        os.rmdir(tmp_path / "checkpoints" / step / "checksums")
+    restored, _, step = checkpoint.Checkpointer(str(tmp_path), read_only=True).restore(abstract)
+    assert step == 2
+    assert_equal_trees(restored, state(2))
+
+
+# --- Read-only readers ----------------------------------------------------------------------------
+
+
+def tree_snapshot(root):
+    """Every path under `root` with its bytes (None for folders)."""
+    snapshot = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            snapshot[os.path.relpath(os.path.join(folder, name), root)] = None
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                snapshot[os.path.relpath(path, root)] = f.read()
+    return snapshot
+
+
+def add_in_flight_save(checkpoints):
+    """What a live trainer's async save looks like: an uncommitted temporary folder."""
+    tmp = checkpoints / "3.orbax-checkpoint-tmp-1796150000000000"
+    (tmp / "state").mkdir(parents=True)
+    (tmp / "state" / "_METADATA").write_text("{}")
+
+
+def test_read_only_restore_leaves_checkpoints_untouched(tmp_path):
+    state, abstract = save_two_steps(tmp_path)
+    checkpoints = tmp_path / "checkpoints"
+    add_in_flight_save(checkpoints)
+    overwrite_middle(largest_array_file(checkpoints / "2"), seed=3)
+    before = tree_snapshot(checkpoints)
+    reader = checkpoint.Checkpointer(str(tmp_path), read_only=True)
+    restored, _, step = reader.restore(abstract)
+    reader.close()
+    assert step == 1
+    assert_equal_trees(restored, state(1))
+    assert tree_snapshot(checkpoints) == before
+    assert not (tmp_path / "checkpoints_unreadable").exists()
+    with pytest.raises(RuntimeError, match="read-only"):
+        reader.save(5, state(5), {})
+
+
+def test_restore_params_is_read_only(tmp_path):
+    state, abstract = save_two_steps(tmp_path)
+    checkpoints = tmp_path / "checkpoints"
+    add_in_flight_save(checkpoints)
+    overwrite_middle(largest_array_file(checkpoints / "2"), seed=3)
+    before = set(os.listdir(tmp_path)), tree_snapshot(checkpoints)
+    log_file = tmp_path.parent / f"{tmp_path.name}_init.log"
+    params = checkpoint.restore_params(str(tmp_path), abstract["params"], log_file=str(log_file))
+    assert_equal_trees(params, state(1)["params"])
+    assert (set(os.listdir(tmp_path)), tree_snapshot(checkpoints)) == before
+    assert "checkpoint 2" in log_file.read_text()
+
+
+def test_read_only_reader_of_a_workdir_without_checkpoints(tmp_path):
+    _, abstract = save_two_steps(tmp_path / "other")
+    with pytest.raises(checkpoint.CheckpointReadError, match="none saved"):
+        checkpoint.Checkpointer(str(tmp_path / "run"), read_only=True).restore(abstract)
+    assert not (tmp_path / "run").exists()
+
+
+RESTORE_IN_A_SUBPROCESS = """
+import sys, jax, jax.numpy as jnp
+from jaxgen import checkpoint
+abstract = {
+    "step": jax.ShapeDtypeStruct((), jnp.int32),
+    "params": {"w": jax.ShapeDtypeStruct((256, 256), jnp.float32)},
+    "rng": jax.ShapeDtypeStruct((2,), jnp.uint32),
+}
+_, _, step = checkpoint.Checkpointer(sys.argv[1], read_only=True).restore(abstract)
+print(step)
+"""
+
+
+@pytest.mark.parametrize("damaged", ["array_metadatas", "manifest.ocdbt", "array"])
+def test_a_corrupt_checkpoint_is_one_line_on_stderr(tmp_path, damaged):
+    """TensorStore's C++ logs and its threads' tracebacks go to W/logs/checkpoint.log."""
+    save_two_steps(tmp_path)
+    step_dir = tmp_path / "checkpoints" / "2"
+    if damaged == "array":
+        path = largest_array_file(step_dir)
+    else:
+        path = next(
+            os.path.join(d, n)
+            for d, _, names in os.walk(step_dir / "state")
+            for n in names
+            if damaged in os.path.join(d, n) and "ocdbt.process" not in d
+        )
+    overwrite_middle(path, seed=3)
+    result = subprocess.run(
+        [sys.executable, "-c", RESTORE_IN_A_SUBPROCESS, str(tmp_path)],
+        cwd=ROOT,
+        env=script_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0 and result.stdout.strip() == "1", result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert "checkpoint 2" in lines[0] and "unreadable" in lines[0]
+    assert "logs/checkpoint.log" in lines[0]
+    assert "Traceback" in (tmp_path / "logs" / "checkpoint.log").read_text()

@@ -284,3 +284,109 @@ def test_resume_on_fewer_devices_continues_the_four_device_run(four_device_run, 
     expected, actual = final_params(four_device_run, 20), final_params(workdir, 20)
     for key in expected:
         np.testing.assert_allclose(actual[key], expected[key], rtol=1e-4, atol=1e-5, err_msg=key)
+
+
+def test_a_second_trainer_is_refused_and_a_killed_one_does_not_block(reference, tmp_path):
+    first = start(tmp_path)
+    assert wait_for(lambda: any(r["step"] >= 5 for r in metric_rows(tmp_path)), first)
+    first.send_signal(signal.SIGSTOP)  # holds the lock for as long as the test needs
+    try:
+        before = {name: (tmp_path / name).read_bytes() for name in ("config.json", "metrics.jsonl")}
+        listing = sorted(os.listdir(tmp_path))
+        second = run_script("train", *LONG, f"--workdir={tmp_path}", check=False)
+        assert second.returncode == 2, second.stderr[-2000:]
+        lines = stderr_lines(second)
+        assert len(lines) == 1, second.stderr[-2000:]
+        assert lines[0].startswith(
+            f"error: {tmp_path} is being trained by process {first.pid} (host "
+        )
+        assert sorted(os.listdir(tmp_path)) == listing
+        assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # The kernel dropped the killed trainer's lock: the same command resumes and finishes.
+    run_script("train", *LONG, f"--workdir={tmp_path}")
+    rows = [
+        {k: v for k, v in r.items() if not k.startswith("perf/")} for r in metric_rows(tmp_path)
+    ]
+    reference_rows = [
+        {k: v for k, v in r.items() if not k.startswith("perf/")} for r in metric_rows(reference)
+    ]
+    assert rows == reference_rows
+    assert_same_final_params(tmp_path, reference)
+
+
+def overwrite_middle_of_largest_array_file(step_dir, seed):
+    """4 KiB of random bytes into the middle of the step's biggest array file (bit rot)."""
+    files = [os.path.join(d, n) for d, _, names in os.walk(step_dir) for n in names if "/d" in d]
+    path = max(files, key=os.path.getsize)
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.seek(size // 2)
+        f.write(np.random.default_rng(seed).bytes(min(4096, size - size // 2)))
+
+
+def test_random_bytes_in_the_latest_checkpoint_fall_back_and_continue(tmp_path):
+    args = [f"--config={SMOKE}", "--config.train.sample_every=1000"]
+    reference_dir, workdir = tmp_path / "reference", tmp_path / "run"
+    run_script("train", *args, f"--workdir={reference_dir}")
+    run_script("train", *args, "--config.train.num_steps=20", f"--workdir={workdir}")
+    overwrite_middle_of_largest_array_file(workdir / "checkpoints" / "20", seed=0)
+    result = run_script("train", *args, f"--workdir={workdir}")
+    warnings = [line for line in stderr_lines(result) if "checkpoint 20" in line]
+    assert any("unreadable" in line and "logs/checkpoint.log" in line for line in warnings)
+    assert "checkpoint 20" in (workdir / "logs" / "checkpoint.log").read_text()
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "20"]
+    assert_same_final_params(workdir, reference_dir, step=20)
+
+
+@pytest.mark.parametrize("script", ["sample", "train"])
+def test_every_checkpoint_corrupt_is_one_error_line(tmp_path, script):
+    args = [f"--config={SMOKE}", "--config.train.sample_every=1000", f"--workdir={tmp_path}"]
+    run_script("train", *args)
+    for step in ("10", "20"):
+        overwrite_middle_of_largest_array_file(tmp_path / "checkpoints" / step, seed=0)
+    flags = args if script == "train" else [f"--workdir={tmp_path}"]
+    result = run_script(script, *flags, check=False)
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in stderr_lines(result) if line.startswith("error:")]
+    assert len(errors) == 1 and "no readable checkpoint" in errors[0], result.stderr[-3000:]
+    assert "step 20:" in errors[0] and "step 10:" in errors[0]
+    # One warning line per bad step, nothing else: the details are in the log file.
+    assert len(stderr_lines(result)) <= 5, result.stderr[-3000:]
+
+
+def directory_snapshot(root):
+    snapshot = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            snapshot[os.path.relpath(os.path.join(folder, name), root)] = None
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                snapshot[os.path.relpath(path, root)] = f.read()
+    return snapshot
+
+
+def test_sampling_a_live_run_leaves_it_untouched(reference, tmp_path):
+    trainer = start(tmp_path)
+    checkpoints = tmp_path / "checkpoints"
+
+    def saving_after_a_commit():
+        names = os.listdir(checkpoints) if checkpoints.exists() else []
+        return any("tmp" in n for n in names) and any(n.isdigit() for n in names)
+
+    assert wait_for(saving_after_a_commit, trainer)
+    trainer.send_signal(signal.SIGSTOP)  # freeze the save in flight
+    try:
+        before = directory_snapshot(checkpoints)
+        assert any("tmp" in name for name in before)
+        result = run_script("sample", f"--workdir={tmp_path}", check=False)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert directory_snapshot(checkpoints) == before
+    finally:
+        trainer.send_signal(signal.SIGCONT)
+    trainer.wait(timeout=300)
+    assert trainer.returncode == 0, trainer.stderr.read()[-3000:]
+    assert_same_final_params(tmp_path, reference)

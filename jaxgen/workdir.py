@@ -1,0 +1,158 @@
+"""A run's workdir: one trainer at a time, and what a resume may change in its config.
+
+`lock_workdir` holds an exclusive lock on W/.lock for the life of a trainer, so a
+second trainer on the same workdir stops before it writes anything. The kernel
+drops the lock when its holder dies, however it dies, so a killed run never
+blocks its rerun. Readers (sample, evaluate, report) take no lock.
+
+`config_changes` compares a run's saved config with the one a resume asks for:
+fields that only steer the rest of the run (lr, num_steps, eval and sample
+settings...) may change, by name; anything that changes what the checkpoint or
+the data stream mean (model, data, batch size, family, seed) may not.
+"""
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax
+
+from jaxgen.config import ConfigError
+
+LOCK_FILE = ".lock"
+CHANGES_FILE = "config_changes.jsonl"
+
+# Fields a resumed run may change, by dotted name; a name ending in "." allows a whole section.
+ALLOWED_CHANGES = (
+    "init_from",  # read only when a run starts
+    "optim.lr",
+    "optim.schedule",
+    "optim.warmup_steps",
+    "optim.min_lr_ratio",
+    "optim.grad_clip_norm",
+    "optim.weight_decay",
+    "train.num_steps",
+    "train.log_every",
+    "train.eval_every",
+    "train.ckpt_every",
+    "train.sample_every",
+    "train.microbatches",  # the same update, in smaller pieces
+    "train.skip_nonfinite",
+    "train.fault_nan_step",
+    "data.source_dir",  # where the same files are found, not which files
+    "data.tfds_dir",
+    "data.num_threads",
+    "data.prefetch",
+    "evals.",
+    "sample.",
+    "ckpt.",
+    "mesh.",  # checkpoints restore onto any device count
+)
+
+
+class WorkdirBusyError(ConfigError):
+    """Another live process is training in this workdir."""
+
+
+def _holder(fd: int) -> str:
+    """'process P (host H)' from the lock file, as its holder wrote it."""
+    for _ in range(20):  # the holder writes its name right after taking the lock
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = os.read(fd, 4096).decode(errors="replace").split()
+        if len(text) >= 2:
+            return f"process {text[0]} (host {text[1]})"
+        time.sleep(0.05)
+    return "another process"
+
+
+@contextlib.contextmanager
+def lock_workdir(workdir: str) -> Iterator[None]:
+    """Hold W/.lock (flock, exclusive) while the body trains; WorkdirBusyError if it is held.
+
+    Only process 0 of a multi-process job locks: the others write under its direction.
+    """
+    if jax.process_index() != 0:
+        yield
+        return
+    os.makedirs(workdir, exist_ok=True)
+    fd = os.open(os.path.join(workdir, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WorkdirBusyError(
+                f"{workdir} is being trained by {_holder(fd)}; wait for it to finish or stop "
+                "it, or train in another --workdir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _flatten(config: Mapping, prefix: str = "") -> dict[str, Any]:
+    """{"model.hidden": [256, 256], ...}; tuples become lists, as in config.json."""
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = json.loads(json.dumps(value, default=str))
+    return flat
+
+
+def _allowed(name: str) -> bool:
+    return any(
+        name.startswith(rule) if rule.endswith(".") else name == rule for rule in ALLOWED_CHANGES
+    )
+
+
+def config_changes(saved: Mapping, new: Mapping) -> tuple[dict, dict]:
+    """Split the differences between two configs into (allowed, refused).
+
+    Args:
+      saved: the run's config as stored in W/config.json (a dict).
+      new: the config the resume was started with (a dict or ConfigDict).
+    Returns:
+      Two dicts {dotted field name: (saved value, new value)}; a field missing on one
+      side has the value None there.
+    """
+    old, now = (_flatten(c.to_dict() if hasattr(c, "to_dict") else c) for c in (saved, new))
+    allowed, refused = {}, {}
+    for name in sorted(old.keys() | now.keys()):
+        before, after = old.get(name), now.get(name)
+        if before != after:
+            (allowed if _allowed(name) else refused)[name] = (before, after)
+    return allowed, refused
+
+
+def describe(changes: Mapping) -> str:
+    """'model.hidden: [256, 256] -> [128], train.batch_size: 128 -> 64'."""
+    return ", ".join(f"{name}: {old!r} -> {new!r}" for name, (old, new) in changes.items())
+
+
+def check_resume(saved: Mapping, new: Mapping, workdir: str) -> dict:
+    """The allowed changes; ConfigError (one line, every refused field) if there are others."""
+    allowed, refused = config_changes(saved, new)
+    if refused:
+        raise ConfigError(
+            f"{describe(refused)}: {workdir} was trained with other values of these fields, "
+            "which its checkpoints depend on; start a new --workdir (or use config.init_from)"
+        )
+    return allowed
+
+
+def record_changes(workdir: str, step: int, allowed: Mapping) -> None:
+    """Append {"step": N, "changes": {name: [old, new]}} to W/config_changes.jsonl."""
+    if not allowed:
+        return
+    row = {"step": step, "time": time.time(), "changes": {k: list(v) for k, v in allowed.items()}}
+    with open(os.path.join(workdir, CHANGES_FILE), "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
