@@ -85,7 +85,10 @@ def get_config(arg: str = "") -> ConfigDict:
     config.sample.num_inference_steps = 50  # DDIM steps when sampler="ddim"
     config.sample.eta = 0.0
     config.sample.variance = "beta"  # σ² = β gave the paper's best FID on CIFAR-10
-    config.sample.clip_denoised = True
+    config.sample.clip_denoised = True  # x̂_0 clipped to [-1, 1] (diffusers' clip_sample)
+    # DDIM: ε̂ recomputed from the clipped x̂_0 (diffusers' use_clipped_model_output=True;
+    # False, diffusers' default, keeps the network's ε̂ in the direction term).
+    config.sample.use_clipped_model_output = True
     config.sample.guidance_scale = 1.0
     config.sample.labels = ()
     config.sample.samples_per_class = 8

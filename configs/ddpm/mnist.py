@@ -91,7 +91,10 @@ def get_config(arg: str = "") -> ConfigDict:
     config.sample.num_inference_steps = 50
     config.sample.eta = 0.0  # deterministic DDIM
     config.sample.variance = "beta"  # ancestral σ² = β (Ho et al.'s choice for samples)
-    config.sample.clip_denoised = True
+    config.sample.clip_denoised = True  # x̂_0 clipped to [-1, 1] (diffusers' clip_sample)
+    # DDIM: ε̂ recomputed from the clipped x̂_0 (diffusers' use_clipped_model_output=True;
+    # False, diffusers' default, keeps the network's ε̂ in the direction term).
+    config.sample.use_clipped_model_output = True
     config.sample.guidance_scale = 1.0  # no guidance: the model is unconditional
     config.sample.labels = ()
     config.sample.samples_per_class = 8
