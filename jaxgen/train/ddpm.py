@@ -4,9 +4,11 @@ Each example draws its timestep, its noise, its label dropout (classifier-free
 guidance), its horizontal flip and its dropout masks from its own key
 (parallel.example_rngs), so the update does not depend on the device count or on
 microbatching. Flips happen here, on device, rather than in the data pipeline.
-Evaluation is bits/dim from the variational bound ("bpd"), over all T terms or an
-unbiased subsample of them; sampling is DDPM ancestral or DDIM, with classifier-free
-guidance for class-conditional models, one lax.scan inside the compiled sample step.
+Evaluation is bits/dim from the variational bound ("bpd", metrics/likelihood.py), over
+all T terms or an unbiased subsample of them; sampling is DDPM ancestral or DDIM, with
+classifier-free guidance for class-conditional models, one lax.scan inside the compiled
+sample step. The pieces are module-level pure functions (train_inputs, denoise_loss,
+denoise_images, ...); make_steps only binds them to the config with functools.partial.
 """
 
 import functools

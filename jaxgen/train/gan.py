@@ -20,8 +20,10 @@ Randomness: per-example keys (parallel.example_rngs) from fold_in(state.rng, sta
 so 1 device, 4 under jit and 4 under pmap give the same step. Metrics are scalar means;
 "loss" is the discriminator's loss (the one the loop checks for NaN).
 
-make_players gives the two halves of the step separately (tests run each alone);
-make_steps composes them; generate feeds the FID/IS evaluators. Left out: gradient
+The pieces are module-level pure functions of a `Setup` (networks, loss, optimizers, built
+once from the config): discriminator_loss and discriminator_update (one critic step),
+generator_loss and generator_update. make_players binds the two halves (tests run each
+alone); make_steps composes them; generate feeds the FID/IS evaluators. Left out: gradient
 accumulation (config.train.microbatches must be 1: BatchNorm sees whole batches).
 """
 
@@ -110,20 +112,14 @@ def validate(config: ConfigDict, info: Any) -> None:
 
 
 class Players(NamedTuple):
-    """The two halves of a train step, exposed so tests can run each alone."""
+    """The two halves of a train step bound to one config (tests run each alone)."""
 
     init: Callable[..., GANState]  # (rng, batch) -> state
-    # (state, batch) -> (state, metrics): the n_critic discriminator updates; only the
-    # discriminator's params, opt_state and model_state change.
-    discriminator_updates: Callable[..., tuple[GANState, dict]]
-    # (state, batch_size) -> (state, metrics): one generator update, its EMA and step + 1;
-    # nothing of the discriminator changes.
-    generator_update: Callable[..., tuple[GANState, dict]]
+    discriminator_updates: Callable[..., tuple[GANState, dict]]  # (state, batch)
+    generator_update: Callable[..., tuple[GANState, dict]]  # (state, batch_size)
     generator: nn.Module
     discriminator: nn.Module
-    draw: Callable[
-        ..., tuple[jax.Array, jax.Array, jax.Array]
-    ]  # (rng, size, axis) -> z, label, mix
+    draw: Callable[..., tuple]  # (rng, size, axis) -> z, label, mix
 
 
 class Setup(NamedTuple):
@@ -166,26 +162,16 @@ def make_setup(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
     )
 
 
-def draw_latents(rng, batch_size, *, latent_dim, num_classes, axis_name=None):
+def draw_latents(setup: Setup, rng, batch_size, axis_name=None):
     """Per-example noise z [B, D], fake labels [B] and interpolation weights [B]."""
 
     def one(key):
         z_rng, label_rng, mix_rng = jax.random.split(key, 3)
-        z = jax.random.normal(z_rng, (latent_dim,))
-        label = jax.random.randint(label_rng, (), 0, max(num_classes, 1))
+        z = jax.random.normal(z_rng, (setup.latent_dim,))
+        label = jax.random.randint(label_rng, (), 0, max(setup.num_classes, 1))
         return z, label, jax.random.uniform(mix_rng)
 
     return jax.vmap(one)(example_rngs(rng, batch_size, axis_name))
-
-
-def _draw(setup: Setup, rng, batch_size, axis_name):
-    return draw_latents(
-        rng,
-        batch_size,
-        latent_dim=setup.latent_dim,
-        num_classes=setup.num_classes,
-        axis_name=axis_name,
-    )
 
 
 def run_network(module, params, state, *args):
@@ -254,7 +240,7 @@ def discriminator_update(carry, inputs, *, g_params, g_state, setup: Setup):
     inputs (real slice {"image", "label"}, rng)."""
     d_params, d_opt_state, d_state = carry
     real, rng = inputs
-    z, fake_label, mix = _draw(setup, rng, real["image"].shape[0], setup.axis_name)
+    z, fake_label, mix = draw_latents(setup, rng, real["image"].shape[0], setup.axis_name)
     fake, _ = run_network(setup.generator, g_params, g_state, z, fake_label)  # G's state: kept
     fake = {"image": fake, "label": fake_label, "mix": mix}
     loss_of = functools.partial(discriminator_loss, setup=setup)
@@ -307,7 +293,7 @@ def generator_loss(params, model_state, z, fake_label, *, d_params, d_state, set
 def generator_update(state: GANState, batch_size: int, *, setup: Setup):
     """One generator update on batch_size fakes, its EMA, and step + 1."""
     _, g_rng = step_rngs(state)
-    z, fake_label, _ = _draw(setup, g_rng, batch_size, setup.axis_name)
+    z, fake_label, _ = draw_latents(setup, g_rng, batch_size, setup.axis_name)
     loss_of = functools.partial(
         generator_loss,
         d_params=state.params["discriminator"],
@@ -349,7 +335,7 @@ def make_players(config: ConfigDict, info: Any, axis_name: str | None = None) ->
         generator_update=functools.partial(generator_update, setup=setup),
         generator=setup.generator,
         discriminator=setup.discriminator,
-        draw=lambda rng, size, axis=axis_name: _draw(setup, rng, size, axis),
+        draw=lambda rng, size, axis=axis_name: draw_latents(setup, rng, size, axis),
     )
 
 
@@ -367,7 +353,7 @@ def generator_variables(state: GANState) -> PyTree:
 def discriminator_sums(state, batch, rng, *, setup: Setup):
     """Sums of D's logits on real test images and on as many samples of the generator."""
     image, mask, label = batch["image"], batch["mask"], batch["label"]
-    z, fake_label, _ = _draw(setup, rng, image.shape[0], None)
+    z, fake_label, _ = draw_latents(setup, rng, image.shape[0], None)
     fake = sampling.generate(setup.generator, generator_variables(state), z, fake_label)
     variables = {"params": state.params["discriminator"], **state.model_state["discriminator"]}
     real_logits = setup.discriminator.apply(variables, image, label, train=False)
@@ -397,12 +383,8 @@ def generate(state, rng, num, labels=None, *, setup: Setup):
     without given labels draws them uniformly."""
     z_rng, label_rng = jax.random.split(rng)
     z = jax.random.normal(z_rng, (num, setup.latent_dim))
-    if labels is None:
-        labels = (
-            jax.random.randint(label_rng, (num,), 0, setup.num_classes)
-            if setup.num_classes
-            else jnp.zeros((num,), jnp.int32)
-        )
+    if labels is None:  # all 0 for an unconditional model
+        labels = jax.random.randint(label_rng, (num,), 0, max(setup.num_classes, 1))
     return sampling.generate(setup.generator, generator_variables(state), z, labels)
 
 
