@@ -157,3 +157,72 @@ def load_workdir_config(workdir: str) -> ConfigDict:
     if not isinstance(saved, dict):
         raise ConfigError(f"--workdir: {path} holds a {type(saved).__name__}, not a config")
     return ConfigDict(_tuples(saved))
+
+
+def _merge(section: ConfigDict, fields: dict) -> None:
+    for key, value in fields.items():
+        if isinstance(value, dict) and isinstance(section.get(key), ConfigDict):
+            _merge(section[key], value)
+        else:
+            section[key] = value
+
+
+def smoke(
+    config: ConfigDict,
+    *,
+    num_steps: int = 20,
+    batch_size: int = 32,
+    log_every: int = 5,
+    every: int = 10,
+    warmup_steps: int = 2,
+    **sections: dict,
+) -> ConfigDict:
+    """Shrinks `config` in place to run on a CPU in seconds: every config's "smoke" argument.
+
+    Training takes `num_steps` steps of `batch_size`, logs every `log_every` steps and
+    evaluates, checkpoints and samples every `every` steps; warmup is capped at
+    `warmup_steps`. `sections` are further updates, {field: value} per config section
+    (nested for entries: evals={"bpd": {"batch_size": 8}}). Returns `config`.
+    """
+    config.optim.warmup_steps = min(config.optim.warmup_steps, warmup_steps)
+    config.train.update(
+        num_steps=num_steps,
+        batch_size=batch_size,
+        log_every=log_every,
+        eval_every=every,
+        ckpt_every=every,
+        sample_every=every,
+    )
+    for name, fields in sections.items():
+        _merge(config[name], fields)
+    return config
+
+
+# Datasets with a domain network (configs/classifier/<name>.py, metrics/domain.py).
+DOMAIN_DATASETS = ("mnist", "fashion_mnist")
+
+
+def sample_evals(config: ConfigDict, smoke: bool = False, num_samples: int = 10_000) -> ConfigDict:
+    """The ":fid" argument of every image config: fid, kid and inception_score entries
+    (jaxgen/metrics/generative.py) of `num_samples` model samples against the whole train
+    split, the same draws at every evaluation. The network is the domain classifier for
+    MNIST-like data (build it once: python -m experiments.build_domain_network
+    --dataset=NAME) and Inception-v3 otherwise (standard FID; $JAXGEN_INCEPTION_WEIGHTS).
+    With `smoke` the entries shrink to 256 samples and use the domain network, so that a
+    smoke config validates without the Inception weights. Returns `config`.
+    """
+    domain = smoke or config.data.name in DOMAIN_DATASETS
+    sample_eval = {"network": "domain" if domain else "inception"}
+    sample_eval |= {"num_samples": num_samples, "batch_size": 500}
+    sample_eval |= {"split": "train", "num_examples": 0}  # against the whole train split
+    if smoke:
+        sample_eval |= {"num_samples": 256, "batch_size": 128, "num_examples": 512}
+    config.evals.update(
+        {
+            "fid": {"type": "fid", **sample_eval},
+            "kid": {"type": "kid", **sample_eval, "num_subsets": 100, "subset_size": 1000},
+            # not "is": a Python keyword cannot be overridden from the command line
+            "inception_score": {"type": "is", **sample_eval, "splits": 10},
+        }
+    )
+    return config

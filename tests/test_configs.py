@@ -6,6 +6,7 @@ import re
 import pytest
 import tensorflow_datasets as tfds
 
+from jaxgen.config import smoke
 from jaxgen.data import DATASETS, TEXT_DATASETS
 from jaxgen.train import loop
 from tests.helpers import ROOT, load_config
@@ -49,3 +50,44 @@ def test_smoke_variant_validates(path):
 def test_unknown_argument_is_rejected():
     with pytest.raises(ValueError, match="unknown argument"):
         load_config("configs/vae/mnist.py", "cnn")
+
+
+IMAGE_CONFIGS = [p for p in CONFIG_FILES if load_config(p).family in ("vae", "gan", "ddpm")]
+
+
+@pytest.mark.parametrize("path", IMAGE_CONFIGS)
+def test_every_image_config_has_a_fid_variant_that_validates(path, tmp_path, monkeypatch):
+    assert "fid" in declared_arguments(path), f"{path} must document its fid argument"
+    config = load_config(path, "fid")
+    sample_evals = {name: entry for name, entry in config.evals.items() if "network" in entry}
+    assert {name: entry.type for name, entry in sample_evals.items()} == {
+        "fid": "fid",
+        "kid": "kid",
+        "inception_score": "is",
+    }
+    # MNIST-like data has a domain classifier; anything else is scored with Inception-v3.
+    network = "domain" if config.data.name in ("mnist", "fashion_mnist") else "inception"
+    assert {entry.network for entry in sample_evals.values()} == {network}
+    assert all(
+        entry.split == "train" and entry.num_examples == 0 for entry in sample_evals.values()
+    )
+    weights = tmp_path / "inception.npz"  # the check only needs the file to exist
+    weights.write_bytes(b"")
+    monkeypatch.setenv("JAXGEN_INCEPTION_WEIGHTS", str(weights))
+    if config.data.name in DATASETS:
+        loop.check(config)
+    else:
+        with tfds.testing.mock_data(num_examples=64):
+            loop.check(config)
+
+
+def test_smoke_helper_shrinks_the_schedule_and_updates_sections():
+    config = load_config("configs/vae/mnist.py")
+    smoke(config, num_steps=7, every=3, warmup_steps=4, model={"latent_dim": 2})
+    assert (config.train.num_steps, config.train.batch_size, config.train.log_every) == (7, 32, 5)
+    assert config.train.eval_every == config.train.ckpt_every == config.train.sample_every == 3
+    assert config.optim.warmup_steps == 4  # capped from 500
+    assert config.model.latent_dim == 2 and config.model.hidden == (500, 500)
+    smoke(config, warmup_steps=10, evals={"nll": {"chunk": 4}})
+    assert config.optim.warmup_steps == 4  # never raised
+    assert config.evals.nll.chunk == 4 and config.evals.nll.num_samples == 1000

@@ -239,3 +239,87 @@ def test_guidance_scale_one_is_the_conditional_model():
         unconditional + 3.0 * (conditional - unconditional),
         atol=1e-5,
     )
+
+
+def diffusers_ddim_step(
+    model_output,
+    t,
+    x,
+    alpha_bar,
+    *,
+    step_ratio,
+    prediction,
+    eta,
+    clip,
+    use_clipped_model_output,
+    variance_noise,
+):
+    """NumPy transcription of diffusers' DDIMScheduler.step (set_alpha_to_one=True,
+    clip_sample=clip, clip_sample_range=1, no thresholding)."""
+    t_prev = t - step_ratio
+    a, a_prev = alpha_bar[t], (alpha_bar[t_prev] if t_prev >= 0 else 1.0)
+    b = 1 - a
+    if prediction == "epsilon":
+        x0 = (x - np.sqrt(b) * model_output) / np.sqrt(a)
+        eps = model_output
+    else:  # "v_prediction"
+        x0 = np.sqrt(a) * x - np.sqrt(b) * model_output
+        eps = np.sqrt(a) * model_output + np.sqrt(b) * x
+    if clip:
+        x0 = np.clip(x0, -1, 1)
+    variance = (1 - a_prev) / b * (1 - a / a_prev)
+    std = eta * np.sqrt(variance)
+    if use_clipped_model_output:
+        eps = (x - np.sqrt(a) * x0) / np.sqrt(b)
+    x_prev = np.sqrt(a_prev) * x0 + np.sqrt(1 - a_prev - std**2) * eps
+    if eta > 0:
+        x_prev = x_prev + std * variance_noise
+    return x_prev
+
+
+@pytest.mark.parametrize("parameterisation", ["eps", "v"])
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+def test_ddim_matches_diffusers_for_both_clipped_model_output_settings(parameterisation, eta):
+    num, steps = 100, 10
+    schedule = diffusion.make_schedule("linear", num)
+    alpha_bar = np.asarray(schedule.alphas_cumprod, np.float64)
+    noise = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (2, 3, 3, 1)))
+    rng = jax.random.PRNGKey(7)
+    # diffusers' set_timesteps ("leading" spacing, steps_offset=0), highest first.
+    step_ratio = num // steps
+    timesteps = (np.arange(steps) * step_ratio)[::-1]
+    # Outputs whose x̂_0 leave [-1, 1], so that clipping matters.
+    weight = 0.3 if parameterisation == "eps" else 1.5
+    results = {}
+    for use_clipped in (True, False):
+        x = noise.astype(np.float64)
+        for index, t in enumerate(timesteps):
+            output = weight * np.tanh(x) + 1e-4 * t  # toy_denoiser(weight)
+            z = np.asarray(jax.random.normal(jax.random.fold_in(rng, index), x.shape))
+            x = diffusers_ddim_step(
+                output,
+                t,
+                x,
+                alpha_bar,
+                step_ratio=step_ratio,
+                prediction="epsilon" if parameterisation == "eps" else "v_prediction",
+                eta=eta,
+                clip=True,
+                use_clipped_model_output=use_clipped,
+                variance_noise=z,
+            )
+        got = sampling.ddim(
+            toy_denoiser(weight),
+            schedule,
+            parameterisation,
+            noise,
+            rng,
+            steps,
+            eta,
+            clip=True,
+            use_clipped_model_output=use_clipped,
+        )
+        np.testing.assert_allclose(got, x, atol=1e-4)
+        results[use_clipped] = x
+    # The two settings are different samplers here: clipping is active.
+    assert np.abs(results[True] - results[False]).max() > 1e-3

@@ -144,6 +144,26 @@ def test_generate_draws_given_or_random_labels(built):
     assert drawn.shape == (4, 8, 8, 1) and float(jnp.abs(drawn).max()) <= 1.0
 
 
+def test_ddim_reads_the_clipped_model_output_option(built, monkeypatch):
+    """config.sample.use_clipped_model_output and clip_denoised reach the DDIM sampler."""
+    config, _, state, _ = built
+    seen = []
+    ddim = ddpm.sampling.ddim
+
+    def recording_ddim(*args, **kw):
+        seen.append((kw["clip"], kw["use_clipped_model_output"]))
+        return ddim(*args, **kw)
+
+    monkeypatch.setattr(ddpm.sampling, "ddim", recording_ddim)
+    for setting in (True, False):
+        config = config.copy_and_resolve_references()
+        config.sample.update(labels=(3,), samples_per_class=2, num_inference_steps=3)
+        config.sample.use_clipped_model_output = setting
+        steps = ddpm.make_steps(config, INFO)
+        jax.eval_shape(steps.sample, state, fixed_batch(), jax.random.PRNGKey(0))  # traces only
+    assert seen == [(True, True), (True, False)]
+
+
 BAD = [
     ("diffusion.parameterisation", "score", "config.diffusion.parameterisation"),
     ("diffusion.schedule", "sigmoid", "config.diffusion.schedule"),

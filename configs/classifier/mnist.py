@@ -10,7 +10,7 @@ Arguments (comma-separated): "smoke" shrinks everything to run on CPU in
 seconds (tests rely on it). Fashion-MNIST: configs/classifier/fashion_mnist.py.
 """
 
-from jaxgen.config import ConfigDict, base_config
+from jaxgen.config import ConfigDict, base_config, smoke
 
 
 def get_config(arg: str = "") -> ConfigDict:
@@ -51,12 +51,9 @@ def get_config(arg: str = "") -> ConfigDict:
     config.sample.num_samples = 8  # the classifier writes no images
 
     if "smoke" in args:
-        config.model.features = (4, 8)
-        config.model.hidden = 16
-        config.optim.warmup_steps = 2
-        config.train.num_steps = 20
-        config.train.batch_size = 32
-        config.train.log_every = 5
-        config.train.eval_every = config.train.ckpt_every = config.train.sample_every = 10
-        config.evals.accuracy.update(batch_size=64, num_examples=256)
+        smoke(
+            config,
+            model=dict(features=(4, 8), hidden=16),
+            evals=dict(accuracy=dict(batch_size=64, num_examples=256)),
+        )
     return config

@@ -4,7 +4,7 @@
     python -m experiments.train --config=configs/ddpm/fashion_mnist.py:smoke --workdir=/tmp/ddpm_fs
 
 Arguments (comma-separated) are those of configs/ddpm/mnist.py: "quick", "smoke", "x0",
-"v". Expect recognisable garments from the full run; bits/dim is higher than MNIST's
+"v", "fid" (with the Fashion-MNIST domain network). Expect recognisable garments from the full run; bits/dim is higher than MNIST's
 (more texture, fewer constant pixels). Not measured on this CPU.
 """
 

@@ -11,25 +11,15 @@ replaced by the "null" label so the same network is also the unconditional model
 sampling mixes the two with guidance scale 3. The sample grid has one row per class
 (all ten, or config.sample.labels). Expect each row to show its own digit.
 
-Arguments (comma-separated) are those of configs/ddpm/mnist.py: "quick", "smoke", "x0", "v".
+Arguments (comma-separated) are those of configs/ddpm/mnist.py: "quick", "smoke", "x0", "v",
+"fid" (samples with labels drawn uniformly).
 """
 
-import importlib.util
-import pathlib
-
-from jaxgen.config import ConfigDict
-
-
-def _mnist_config(arg: str) -> ConfigDict:
-    path = pathlib.Path(__file__).with_name("mnist.py")
-    spec = importlib.util.spec_from_file_location("configs_ddpm_mnist", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+from jaxgen.config import ConfigDict, sibling_config
 
 
 def get_config(arg: str = "") -> ConfigDict:
-    config = _mnist_config(arg)
+    config = sibling_config(__file__, "mnist.py", arg)
     config.model.class_conditional = True
     config.loss.label_dropout = 0.1  # p_uncond: trains the unconditional model too
     config.sample.guidance_scale = 3.0  # > 1 trades diversity for class fidelity

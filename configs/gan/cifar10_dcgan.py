@@ -2,21 +2,25 @@
 
     python -m experiments.train --config=configs/gan/cifar10_dcgan.py --workdir=/tmp/gan_cifar_dcgan
     python -m experiments.train --config=configs/gan/cifar10_dcgan.py:smoke --workdir=/tmp/gan_smoke
+    python -m experiments.train --config=configs/gan/cifar10_dcgan.py:fid --workdir=/tmp/gan_cifar_dcgan
 
 CIFAR-10 comes from the TFDS catalog (downloaded by TFDS on first use); the smoke
 variant trains the same code on MNIST so that it runs offline.
 Arguments (comma-separated): "smoke" shrinks everything to run on CPU in seconds (tests
-rely on it); "conditional" feeds the class to both networks and samples one row per class.
+rely on it); "conditional" feeds the class to both networks and samples one row per class;
+"fid" adds FID/KID/IS of 50k samples with Inception-v3 ($JAXGEN_INCEPTION_WEIGHTS; see the
+README's Evaluation section). configs/gan/cifar10_sngan.py and cifar10_wgan_gp.py start
+from this config and change only the networks, the loss and the optimiser.
 Expected: Inception score about 6.2 (6.16 for DCGAN in Gulrajani et al. 2017, table 3);
-not measured here (needs a GPU and the Inception weights; see the README's Evaluation section).
+not measured here (needs a GPU and the Inception weights).
 """
 
-from jaxgen.config import ConfigDict, base_config
+from jaxgen.config import ConfigDict, base_config, sample_evals, smoke
 
 
 def get_config(arg: str = "") -> ConfigDict:
     args = set(filter(None, arg.split(",")))
-    unknown = args - {"smoke", "conditional"}
+    unknown = args - {"smoke", "conditional", "fid"}
     if unknown:
         raise ValueError(f"configs/gan/cifar10_dcgan.py: unknown argument(s) {sorted(unknown)}")
     config = base_config()
@@ -58,12 +62,12 @@ def get_config(arg: str = "") -> ConfigDict:
 
     if "smoke" in args:
         config.data.name = "mnist"  # offline; the 28x28 path of the same models
-        config.model.latent_dim = 16
-        config.model.features = 8
-        config.train.num_steps = 20
-        config.train.batch_size = 32
-        config.train.log_every = 5
-        config.train.eval_every = config.train.ckpt_every = config.train.sample_every = 10
-        config.evals.discriminator.update(batch_size=64, num_examples=128)
-        config.sample.num_samples = 20 if config.model.conditional else 16
+        smoke(
+            config,
+            model=dict(latent_dim=16, features=8),
+            evals=dict(discriminator=dict(batch_size=64, num_examples=128)),
+            sample=dict(num_samples=20 if config.model.conditional else 16),
+        )
+    if "fid" in args:  # FID-50k / IS with Inception-v3, as the papers report them
+        sample_evals(config, smoke="smoke" in args, num_samples=50_000)
     return config

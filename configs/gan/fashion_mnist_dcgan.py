@@ -7,7 +7,7 @@
 Arguments (comma-separated): "quick" is a short run (half the widths, 1500 steps: 10-30
 minutes on a 2-core CPU, depending on what else runs); "smoke" shrinks everything to run
 on CPU in seconds (tests rely on it); "conditional" feeds the class to both networks and
-samples one row per class.
+samples one row per class; "fid" adds domain-FID/KID/IS with the Fashion-MNIST domain network.
 Expected: garment silhouettes (shirts, trousers, shoes, bags) with little texture after
 "quick"; the run is not measured here (the README measures mnist_dcgan.py:quick).
 """

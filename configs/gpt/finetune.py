@@ -13,7 +13,7 @@ refused with the offending character named). Expected: the validation loss on th
 within a few hundred steps, starting far below a fresh model's log(65) = 4.17.
 """
 
-from jaxgen.config import ConfigDict, sibling_config
+from jaxgen.config import ConfigDict, sibling_config, smoke
 
 
 def get_config(arg: str = "") -> ConfigDict:
@@ -34,11 +34,10 @@ def get_config(arg: str = "") -> ConfigDict:
     config.optim.warmup_steps = 50
     config.optim.ema_decay = 0.0
 
-    config.train.num_steps = 500 if "smoke" not in arg else 10
-    config.train.eval_every = 100 if "smoke" not in arg else 10
-    config.train.ckpt_every = config.train.eval_every
-    config.train.sample_every = 250 if "smoke" not in arg else 10
+    config.train.num_steps = 500
+    config.train.eval_every = config.train.ckpt_every = 100
+    config.train.sample_every = 250
     if "smoke" in arg:  # self-contained, so it validates alone; tests set the three above
-        config.optim.warmup_steps = 2
+        smoke(config, num_steps=10, batch_size=8)
         config.data.name, config.data.tokenizer = "tiny_shakespeare", "char"
     return config

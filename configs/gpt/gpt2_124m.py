@@ -13,7 +13,7 @@ Arguments: "smoke" (a tiny model on tiny Shakespeare, seconds on CPU; tests rely
 """
 
 from jaxgen import data
-from jaxgen.config import ConfigDict, base_config
+from jaxgen.config import ConfigDict, base_config, smoke
 
 
 def get_config(arg: str = "") -> ConfigDict:
@@ -91,13 +91,13 @@ def get_config(arg: str = "") -> ConfigDict:
         config.model.vocab_size = 320  # padded beyond the tokenizer's, as above
         config.model.num_layers, config.model.num_heads, config.model.width = 2, 2, 32
         config.model.dtype = "float32"
-        config.optim.warmup_steps = 5
-        config.train.num_steps = 10
-        config.train.batch_size = 8
-        config.train.microbatches = 2
-        config.train.log_every = 5
-        config.train.eval_every = config.train.ckpt_every = config.train.sample_every = 10
-        config.evals.val.batch_size = 8
-        config.evals.val.num_examples = 16
-        config.sample.max_new_tokens = 8
+        smoke(
+            config,
+            num_steps=10,
+            batch_size=8,
+            warmup_steps=5,
+            train=dict(microbatches=2),
+            evals=dict(val=dict(batch_size=8, num_examples=16)),
+            sample=dict(max_new_tokens=8),
+        )
     return config

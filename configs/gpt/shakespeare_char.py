@@ -15,7 +15,7 @@ Arguments (comma-separated): "cpu" (the laptop run), "smoke" (seconds on CPU; te
 """
 
 from jaxgen import data
-from jaxgen.config import ConfigDict, base_config
+from jaxgen.config import ConfigDict, base_config, smoke
 
 
 def get_config(arg: str = "") -> ConfigDict:
@@ -98,12 +98,11 @@ def get_config(arg: str = "") -> ConfigDict:
     if "smoke" in args:
         config.data.seq_len = config.model.block_size = 32
         config.model.num_layers, config.model.num_heads, config.model.width = 2, 2, 32
-        config.train.num_steps = 20
-        config.train.batch_size = 8
-        config.train.log_every = 5
-        config.train.eval_every = config.train.ckpt_every = config.train.sample_every = 10
-        config.optim.warmup_steps = 5
-        config.evals.val.batch_size = 8
-        config.evals.val.num_examples = 16
-        config.sample.max_new_tokens = 16
+        smoke(
+            config,
+            batch_size=8,
+            warmup_steps=5,
+            evals=dict(val=dict(batch_size=8, num_examples=16)),
+            sample=dict(max_new_tokens=16),
+        )
     return config

@@ -17,7 +17,7 @@ grey-level train split) with the MNIST domain network.
 Fashion-MNIST: add --config.data.name=fashion_mnist.
 """
 
-from jaxgen.config import ConfigDict, base_config
+from jaxgen.config import ConfigDict, base_config, sample_evals, smoke
 
 
 def get_config(arg: str = "mlp") -> ConfigDict:
@@ -80,18 +80,6 @@ def get_config(arg: str = "mlp") -> ConfigDict:
         }
     )
 
-    if "fid" in args:  # jaxgen/metrics/generative.py; the same 10k prior draws at every eval
-        sample_eval = {"network": "domain", "num_samples": 10_000, "batch_size": 500}
-        sample_eval |= {"split": "train", "num_examples": 0}  # against all 60k train digits
-        config.evals.update(
-            {
-                "fid": {"type": "fid", **sample_eval},
-                "kid": {"type": "kid", **sample_eval, "num_subsets": 100, "subset_size": 1000},
-                # not "is": a Python keyword cannot be overridden from the command line
-                "inception_score": {"type": "is", **sample_eval, "splits": 10},
-            }
-        )
-
     config.sample.num_samples = 64
     config.sample.num_interpolations = 8  # rows of the latent interpolation grid
     config.sample.interpolation_steps = 10
@@ -107,19 +95,15 @@ def get_config(arg: str = "mlp") -> ConfigDict:
         config.evals.nll.num_samples = 100
 
     if "smoke" in args:
-        config.model.hidden = (64,)
-        config.model.features = (8, 16)
-        config.model.latent_dim = 8
-        config.optim.warmup_steps = 2
-        config.train.num_steps = 20
-        config.train.batch_size = 32
-        config.train.log_every = 5
-        config.train.eval_every = config.train.ckpt_every = config.train.sample_every = 10
-        config.evals.elbo.update(batch_size=64, num_examples=256)
-        config.evals.nll.update(num_samples=16, chunk=8, batch_size=64, num_examples=128)
-        for name in ("fid", "kid", "inception_score") if "fid" in args else ():
-            config.evals[name].update(num_samples=256, batch_size=128, num_examples=512)
-        config.sample.num_samples = 16
-        config.sample.num_interpolations = 4
-        config.sample.interpolation_steps = 6
+        smoke(
+            config,
+            model=dict(hidden=(64,), features=(8, 16), latent_dim=8),
+            evals=dict(
+                elbo=dict(batch_size=64, num_examples=256),
+                nll=dict(num_samples=16, chunk=8, batch_size=64, num_examples=128),
+            ),
+            sample=dict(num_samples=16, num_interpolations=4, interpolation_steps=6),
+        )
+    if "fid" in args:  # 10k prior draws against all 60k train digits
+        sample_evals(config, smoke="smoke" in args)
     return config

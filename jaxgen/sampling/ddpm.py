@@ -107,11 +107,19 @@ def ddim(
     eta: float = 0.0,
     clip: bool = True,
     report: Callable[[int], None] | None = None,
+    use_clipped_model_output: bool = True,
 ) -> jax.Array:
     """DDIM (Song et al. 2021, eq. 12): η = 0 is deterministic, η = 1 is DDPM-like.
 
     x_prev = √ᾱ_prev x̂_0 + √(1 - ᾱ_prev - σ²) ε̂ + σ z,
     σ = η √((1 - ᾱ_prev) / (1 - ᾱ_t)) √(1 - ᾱ_t / ᾱ_prev).
+
+    With `clip`, x̂_0 is clipped to [-1, 1] (diffusers' clip_sample=True). Then
+    `use_clipped_model_output` recomputes ε̂ from the clipped x̂_0, so x_prev lies on the
+    line from x_t through it: diffusers' DDIMScheduler.step(use_clipped_model_output=True).
+    False keeps the network's own ε̂ for the direction term: diffusers' default (False).
+    The final step goes to ᾱ = 1 (diffusers' set_alpha_to_one=True), timesteps are
+    "leading"-spaced with no offset (steps_offset=0).
     """
     to_x0_eps = diffusion.PARAMETERISATIONS.get(parameterisation).to_x0_eps
     timesteps = ddim_timesteps(schedule.num_steps, num_inference_steps)
@@ -124,7 +132,8 @@ def ddim(
         x0, eps = to_x0_eps(schedule, x, t, denoise(x, t))
         if clip:
             x0 = jnp.clip(x0, -1.0, 1.0)
-            eps = diffusion.x0_to_eps(schedule, x, t, x0)
+            if use_clipped_model_output:
+                eps = diffusion.x0_to_eps(schedule, x, t, x0)
         alpha_bar = schedule.alphas_cumprod[t_now]
         alpha_bar_prev = jnp.where(t_prev >= 0, schedule.alphas_cumprod[t_prev], 1.0)
         sigma = eta * jnp.sqrt(

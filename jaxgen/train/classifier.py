@@ -5,19 +5,18 @@ images (the loop writes nothing); its eval step "accuracy" gives masked sums of
 correct predictions and cross-entropy over the eval split.
 """
 
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxgen import optim
 from jaxgen.config import ConfigDict, ConfigError
 from jaxgen.losses import classifier as losses
 from jaxgen.models import classifier as models
 from jaxgen.train import FAMILIES, Family, Steps
 from jaxgen.train import state as train_state
-from jaxgen.train.gradients import grads_and_metrics
 
 
 def validate(config: ConfigDict, info: Any) -> None:
@@ -30,62 +29,63 @@ def validate(config: ConfigDict, info: Any) -> None:
         )
 
 
+def classifier_loss(params, batch, *, model, loss_fn, loss_kw):
+    """(cross-entropy, metrics) of the model on {"image", "label"}."""
+    logits = model.apply({"params": params}, batch["image"]).logits
+    return loss_fn(logits, batch["label"], **loss_kw)
+
+
+def init(rng: jax.Array, batch: dict, *, model, optimizer: train_state.Optimizer):
+    params_rng, state_rng = jax.random.split(rng)
+    params = model.init(params_rng, batch["image"][:1])["params"]
+    return train_state.create(params, optimizer, state_rng)
+
+
+def train_step(state, batch, *, model, loss_fn, loss_kw, optimizer, microbatches, axis_name):
+    inputs = {"image": batch["image"], "label": batch["label"]}
+    loss_of = functools.partial(classifier_loss, model=model, loss_fn=loss_fn, loss_kw=loss_kw)
+    return train_state.gradient_step(
+        state,
+        inputs,
+        loss_fn=loss_of,
+        optimizer=optimizer,
+        microbatches=microbatches,
+        axis_name=axis_name,
+    )
+
+
+def accuracy_sums(params, batch, rng, *, model):
+    """Sums of correct predictions and cross-entropy (nats) over real examples."""
+    del rng
+    image, label, mask = batch["image"], batch["label"], batch["mask"]
+    logits = model.apply({"params": params}, image).logits
+    correct = (jnp.argmax(logits, -1) == label).astype(jnp.float32)
+    xent = optax.softmax_cross_entropy_with_integer_labels(logits, label)
+    return {
+        "accuracy": jnp.sum(correct * mask),
+        "xent": jnp.sum(xent * mask),
+        "count": jnp.sum(mask),
+    }
+
+
 def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> Steps:
     model = models.make_model(config.model, info.num_classes)
-    loss_fn = losses.LOSSES.get(config.loss.name)
-    loss_kw = config.loss.kw.to_dict()
-    optimizer = optim.make_optimizer(
-        config.optim, config.train.num_steps, config.train.skip_nonfinite
+    optimizer = train_state.from_config(config)
+    step = functools.partial(
+        train_step,
+        model=model,
+        loss_fn=losses.LOSSES.get(config.loss.name),
+        loss_kw=config.loss.kw.to_dict(),
+        optimizer=optimizer,
+        microbatches=config.train.microbatches,
+        axis_name=axis_name,
     )
-    schedule = optim.learning_rate(config.optim, config.train.num_steps)
-    ema_decay = config.optim.ema_decay
-    microbatches = config.train.microbatches
-
-    def init(rng, batch):
-        params_rng, state_rng = jax.random.split(rng)
-        params = model.init(params_rng, batch["image"][:1])["params"]
-        return train_state.create(params, optimizer, state_rng, ema=ema_decay > 0)
-
-    def train_step(state, batch):
-        def loss_of(params, mb):
-            logits = model.apply({"params": params}, mb["image"]).logits
-            return loss_fn(logits, mb["label"], **loss_kw)
-
-        grads, metrics = grads_and_metrics(
-            loss_of,
-            state.params,
-            {"image": batch["image"], "label": batch["label"]},
-            microbatches,
-            axis_name,
-        )
-        metrics["lr"] = schedule(state.step)
-        return train_state.apply_gradients(state, grads, optimizer, ema_decay), metrics
-
-    def make_accuracy_eval(entry):
-        """Sums of correct predictions and cross-entropy (nats) over real examples."""
-
-        def accuracy_step(state, batch, rng):
-            del rng
-            image, label, mask = batch["image"], batch["label"], batch["mask"]
-            logits = model.apply({"params": state.eval_params}, image).logits
-            correct = (jnp.argmax(logits, -1) == label).astype(jnp.float32)
-            xent = optax.softmax_cross_entropy_with_integer_labels(logits, label)
-            return {
-                "accuracy": jnp.sum(correct * mask),
-                "xent": jnp.sum(xent * mask),
-                "count": jnp.sum(mask),
-            }
-
-        return accuracy_step
-
-    def sample(state, batch, rng):
-        return {}  # a classifier draws no images
-
+    accuracy = train_state.on_eval_params(functools.partial(accuracy_sums, model=model))
     return Steps(
-        init=init,
-        train_step=train_step,
-        eval_steps={"accuracy": make_accuracy_eval},
-        sample=sample,
+        init=functools.partial(init, model=model, optimizer=optimizer),
+        train_step=step,
+        eval_steps={"accuracy": lambda entry: accuracy},
+        sample=lambda state, batch, rng: {},  # a classifier draws no images
     )
 
 

@@ -4,27 +4,31 @@ Each example draws its timestep, its noise, its label dropout (classifier-free
 guidance), its horizontal flip and its dropout masks from its own key
 (parallel.example_rngs), so the update does not depend on the device count or on
 microbatching. Flips happen here, on device, rather than in the data pipeline.
-Evaluation is bits/dim from the variational bound ("bpd"), over all T terms or an
-unbiased subsample of them; sampling is DDPM ancestral or DDIM, with classifier-free
-guidance for class-conditional models, one lax.scan inside the compiled sample step.
+Evaluation is bits/dim from the variational bound ("bpd", metrics/likelihood.py), over
+all T terms or an unbiased subsample of them; sampling is DDPM ancestral or DDIM, with
+classifier-free guidance for class-conditional models, one lax.scan inside the compiled
+sample step. The pieces are module-level pure functions (train_inputs, denoise_loss,
+denoise_images, ...); make_steps only binds them to the config with functools.partial.
 """
 
+import functools
 import logging
-import math
+from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxgen import diffusion, optim
+from jaxgen import diffusion
 from jaxgen.config import ConfigDict, ConfigError
 from jaxgen.losses import ddpm as losses
+from jaxgen.metrics import likelihood
 from jaxgen.models import ddpm as models
 from jaxgen.parallel import example_rngs
 from jaxgen.sampling import ddpm as sampling
 from jaxgen.train import FAMILIES, Family, Steps
 from jaxgen.train import state as train_state
-from jaxgen.train.gradients import grads_and_metrics
 
 PyTree = Any
 log = logging.getLogger("jaxgen")
@@ -106,202 +110,219 @@ def validate(config: ConfigDict, info: Any) -> None:
             )
 
 
+def draw_example(key: jax.Array, image: jax.Array, *, num_steps: int, label_dropout: float) -> dict:
+    """One example's t, ε, label-dropout and flip draws, and its dropout key."""
+    t_key, noise_key, drop_key, flip_key, dropout_key = jax.random.split(key, 5)
+    return {
+        "t": jax.random.randint(t_key, (), 0, num_steps),
+        "noise": jax.random.normal(noise_key, image.shape),
+        "drop_label": jax.random.bernoulli(drop_key, label_dropout),
+        "flip": jax.random.bernoulli(flip_key, 0.5),
+        "dropout_rng": dropout_key,
+    }
+
+
+def train_inputs(
+    batch: dict,
+    rng: jax.Array,
+    *,
+    num_steps: int,
+    num_classes: int,
+    label_dropout: float,
+    random_flip: bool,
+    axis_name: str | None = None,
+) -> dict:
+    """The denoising batch {"image", "t", "noise", "dropout_rng"[, "label"]} of a data batch.
+
+    Flips and label dropout (to the null label `num_classes`) are applied here; every draw
+    comes from the example's own key, so the inputs do not depend on the device count.
+    """
+    image = batch["image"]
+    keys = example_rngs(rng, image.shape[0], axis_name)
+    draw = functools.partial(draw_example, num_steps=num_steps, label_dropout=label_dropout)
+    draws = jax.vmap(draw)(keys, image)
+    if random_flip:  # horizontal flips (Ho et al. on CIFAR-10)
+        image = jnp.where(draws["flip"][:, None, None, None], image[:, :, ::-1], image)
+    inputs = {
+        "image": image,
+        "t": draws["t"],
+        "noise": draws["noise"],
+        "dropout_rng": draws["dropout_rng"],
+    }
+    if num_classes:
+        inputs["label"] = jnp.where(draws["drop_label"], num_classes, batch["label"])
+    return inputs
+
+
+def denoise_loss(
+    params: PyTree,
+    batch: dict,
+    *,
+    model: nn.Module,
+    schedule: diffusion.Schedule,
+    parameterisation: str,
+    loss_fn: Callable,
+    loss_kw: dict,
+) -> tuple[jax.Array, dict]:
+    """(loss, metrics) of the network on the denoising batch of `train_inputs`."""
+    to_target = diffusion.PARAMETERISATIONS.get(parameterisation).target
+    xt = diffusion.q_sample(schedule, batch["image"], batch["t"], batch["noise"])
+    output = model.apply(
+        {"params": params}, xt, batch["t"], batch.get("label"), batch["dropout_rng"]
+    )
+    target = to_target(schedule, batch["image"], batch["t"], batch["noise"])
+    snr = diffusion.snr(schedule, batch["t"])
+    return loss_fn(output, target, snr, parameterisation=parameterisation, **loss_kw)
+
+
+def init(rng, batch, *, model, num_classes, optimizer):
+    params_rng, state_rng = jax.random.split(rng)
+    image = batch["image"][:1]
+    label = jnp.zeros((1,), jnp.int32) if num_classes else None
+    params = models.init_params(model, params_rng, image, jnp.zeros((1,), jnp.int32), label)
+    return train_state.create(params, optimizer, state_rng)
+
+
+def train_step(state, batch, *, inputs_of, loss_of, optimizer, microbatches, axis_name):
+    """One update: `inputs_of(batch, step rng)` (train_inputs), then `loss_of`'s gradient."""
+    inputs = inputs_of(batch, jax.random.fold_in(state.rng, state.step))
+    return train_state.gradient_step(
+        state,
+        inputs,
+        loss_fn=loss_of,
+        optimizer=optimizer,
+        microbatches=microbatches,
+        axis_name=axis_name,
+    )
+
+
+def denoise_images(
+    params: PyTree,
+    rng: jax.Array,
+    num: int,
+    label: jax.Array | None,
+    *,
+    model: nn.Module,
+    schedule: diffusion.Schedule,
+    parameterisation: str,
+    num_classes: int,
+    image_shape: tuple[int, ...],
+    settings: ConfigDict,
+) -> jax.Array:
+    """num images in [-1, 1] from settings' (config.sample's) sampler; label [num] or None."""
+
+    def apply(x, t, label):
+        return model.apply({"params": params}, x, t, label)
+
+    if label is not None and settings.guidance_scale != 1.0:
+        denoise = sampling.guided(apply, label, num_classes, settings.guidance_scale)
+    else:
+        denoise = sampling.conditional(apply, label)
+    noise_rng, sampler_rng = jax.random.split(rng)
+    noise = jax.random.normal(noise_rng, (num,) + tuple(image_shape))
+    report = _report(settings) if settings.progress else None
+    common = dict(clip=settings.clip_denoised, report=report)
+    if settings.sampler == "ddpm":
+        images = sampling.ddpm(
+            denoise, schedule, parameterisation, noise, sampler_rng, settings.variance, **common
+        )
+    else:
+        images = sampling.ddim(
+            denoise,
+            schedule,
+            parameterisation,
+            noise,
+            sampler_rng,
+            settings.num_inference_steps,
+            settings.eta,
+            # Runs written before the option existed sampled with True.
+            use_clipped_model_output=settings.get("use_clipped_model_output", True),
+            **common,
+        )
+    return jnp.clip(images, -1.0, 1.0)
+
+
+def sample_grids(state, batch, rng, *, denoise, num_classes, settings):
+    """{sampler: images}: one row per class (settings.labels or all) when conditional."""
+    del batch
+    if num_classes:
+        rows = tuple(settings.labels) or tuple(range(num_classes))
+        cols = settings.samples_per_class
+        label = jnp.repeat(jnp.asarray(rows, jnp.int32), cols)
+        images = denoise(state.eval_params, rng, len(rows) * cols, label)
+        images = images.reshape((len(rows), cols) + images.shape[1:])  # one row per class
+    else:
+        images = denoise(state.eval_params, rng, settings.num_samples, None)
+    return {settings.sampler: images}
+
+
+def generate(state, rng, num, labels=None, *, denoise, num_classes):
+    """For the sample evaluators (FID, ...): a conditional model without given labels
+    draws them uniformly, so its samples follow the (balanced) class distribution."""
+    if num_classes and labels is None:
+        label_rng, rng = jax.random.split(rng)
+        labels = jax.random.randint(label_rng, (num,), 0, num_classes)
+    return denoise(state.eval_params, rng, num, labels if num_classes else None)
+
+
 def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> Steps:
     num_classes = info.num_classes if config.model.class_conditional else 0
-    model = models.make_model(config.model, info.image_shape, num_classes)
-    schedule = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps)
-    num_steps = config.diffusion.num_timesteps
-    parameterisation = config.diffusion.parameterisation
-    to_target = diffusion.PARAMETERISATIONS.get(parameterisation).target
-    to_x0_eps = diffusion.PARAMETERISATIONS.get(parameterisation).to_x0_eps
-    loss_fn = losses.LOSSES.get(config.loss.name)
-    loss_kw = config.loss.kw.to_dict()
-    label_dropout = config.loss.label_dropout
-    random_flip = config.train.random_flip
-    optimizer = optim.make_optimizer(
-        config.optim, config.train.num_steps, config.train.skip_nonfinite
+    diffusion_kw = dict(
+        model=models.make_model(config.model, info.image_shape, num_classes),
+        schedule=diffusion.make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps),
+        parameterisation=config.diffusion.parameterisation,
     )
-    lr_schedule = optim.learning_rate(config.optim, config.train.num_steps)
-    ema_decay = config.optim.ema_decay
-    microbatches = config.train.microbatches
-
-    def labels_of(batch):
-        return batch["label"] if num_classes else None
-
-    def init(rng, batch):
-        params_rng, state_rng = jax.random.split(rng)
-        image = batch["image"][:1]
-        label = jnp.zeros((1,), jnp.int32) if num_classes else None
-        params = models.init_params(model, params_rng, image, jnp.zeros((1,), jnp.int32), label)
-        return train_state.create(params, optimizer, state_rng, ema=ema_decay > 0)
-
-    def draw(key, image):
-        """One example's t, ε, label-dropout and flip draws, and its dropout key."""
-        t_key, noise_key, drop_key, flip_key, dropout_key = jax.random.split(key, 5)
-        return {
-            "t": jax.random.randint(t_key, (), 0, num_steps),
-            "noise": jax.random.normal(noise_key, image.shape),
-            "drop_label": jax.random.bernoulli(drop_key, label_dropout),
-            "flip": jax.random.bernoulli(flip_key, 0.5),
-            "dropout_rng": dropout_key,
-        }
-
-    def train_step(state, batch):
-        step_rng = jax.random.fold_in(state.rng, state.step)
-        image = batch["image"]
-        keys = example_rngs(step_rng, image.shape[0], axis_name)
-        draws = jax.vmap(draw)(keys, image)
-        if random_flip:  # horizontal flips (Ho et al. on CIFAR-10)
-            image = jnp.where(draws["flip"][:, None, None, None], image[:, :, ::-1], image)
-        inputs = {
-            "image": image,
-            "t": draws["t"],
-            "noise": draws["noise"],
-            "dropout_rng": draws["dropout_rng"],
-        }
-        if num_classes:
-            inputs["label"] = jnp.where(draws["drop_label"], num_classes, batch["label"])
-
-        def loss_of(params, mb):
-            xt = diffusion.q_sample(schedule, mb["image"], mb["t"], mb["noise"])
-            output = model.apply(
-                {"params": params}, xt, mb["t"], mb.get("label"), mb["dropout_rng"]
-            )
-            target = to_target(schedule, mb["image"], mb["t"], mb["noise"])
-            snr = diffusion.snr(schedule, mb["t"])
-            return loss_fn(output, target, snr, parameterisation=parameterisation, **loss_kw)
-
-        grads, metrics = grads_and_metrics(loss_of, state.params, inputs, microbatches, axis_name)
-        metrics["lr"] = lr_schedule(state.step)
-        return train_state.apply_gradients(state, grads, optimizer, ema_decay), metrics
+    optimizer = train_state.from_config(config)
+    inputs_of = functools.partial(
+        train_inputs,
+        num_steps=config.diffusion.num_timesteps,
+        num_classes=num_classes,
+        label_dropout=config.loss.label_dropout,
+        random_flip=config.train.random_flip,
+        axis_name=axis_name,
+    )
+    loss_of = functools.partial(
+        denoise_loss,
+        **diffusion_kw,
+        loss_fn=losses.LOSSES.get(config.loss.name),
+        loss_kw=config.loss.kw.to_dict(),
+    )
+    denoise = functools.partial(
+        denoise_images,
+        **diffusion_kw,
+        num_classes=num_classes,
+        image_shape=info.image_shape,
+        settings=config.sample,
+    )
 
     def make_bpd_eval(entry):
-        """Sums of bits/dim of the variational bound L_T + Σ_{t>0} L_{t-1} + L_0.
-
-        num_timesteps = 0 evaluates all T terms for every example. k > 0 evaluates the
-        decoder term L_0 exactly (it is large and would make a sampled estimate noisy)
-        and estimates the sum of the other T - 1 terms by (T - 1) times the mean of k
-        terms drawn uniformly with replacement per example: unbiased, k + 1 model calls.
-        Class-conditional models are scored on the example's own label (log p(x | y)).
-        """
-        subsample = 0 < entry.num_timesteps < num_steps
-        count = entry.num_timesteps  # draws per example when subsampling
-        variance, clip = entry.variance, entry.clip_denoised
-
-        def bpd_step(state, batch, rng):
-            image, mask = batch["image"], batch["mask"]
-            batch_size = image.shape[0]
-            dims = math.prod(image.shape[1:])
-            keys = example_rngs(rng, batch_size)
-            label = labels_of(batch)
-
-            def vb_at(t, index):
-                """L_{t-1} in nats [B] at timesteps t [B], with the noise of draw `index`."""
-                step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, index)
-                noise = jax.vmap(lambda key: jax.random.normal(key, image.shape[1:]))(step_keys)
-                xt = diffusion.q_sample(schedule, image, t, noise)
-                output = model.apply({"params": state.eval_params}, xt, t, label)
-                x0, _ = to_x0_eps(schedule, xt, t, output)
-                if clip:
-                    x0 = jnp.clip(x0, -1.0, 1.0)
-                true_mean, _, true_logvar = diffusion.q_posterior(schedule, image, xt, t)
-                model_mean, _, _ = diffusion.q_posterior(schedule, x0, xt, t)
-                model_logvar = diffusion.model_log_variance(schedule, t, variance, image.ndim)
-                return losses.vb_term(image, t, true_mean, true_logvar, model_mean, model_logvar)
-
-            def term(total, index):
-                if subsample:  # t in {1, ..., T - 1}
-                    draw_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(
-                        keys,
-                        count + 1 + index,  # apart from the noise draws 0..count
-                    )
-                    t = jax.vmap(lambda key: jax.random.randint(key, (), 1, num_steps))(draw_keys)
-                else:
-                    t = jnp.full((batch_size,), index)
-                return total + vb_at(t, index), None
-
-            zeros = jnp.zeros((batch_size,))
-            if subsample:
-                decoder = vb_at(jnp.zeros((batch_size,), jnp.int32), count)
-                kl_terms, _ = jax.lax.scan(term, zeros, jnp.arange(count))
-                terms = decoder + (num_steps - 1) / count * kl_terms
-            else:
-                # All T terms; t = 0 is the decoder term, kept apart for the metrics too.
-                terms, _ = jax.lax.scan(term, zeros, jnp.arange(num_steps))
-                decoder = vb_at(jnp.zeros((batch_size,), jnp.int32), 0)
-            prior_mean, prior_variance = diffusion.q_mean_variance(
-                schedule, image, jnp.full((batch_size,), num_steps - 1)
-            )
-            prior = losses.prior_kl(prior_mean, prior_variance)
-            to_bits = 1.0 / (dims * math.log(2.0))
-            bpd = (terms + prior) * to_bits
-            return {
-                "bpd": jnp.sum(bpd * mask),
-                "prior_bpd": jnp.sum(prior * to_bits * mask),
-                "decoder_bpd": jnp.sum(decoder * to_bits * mask),
-                "count": jnp.sum(mask),
-            }
-
-        return bpd_step
-
-    def denoise_images(params, rng, num, label):
-        """num images in [-1, 1] from config.sample's sampler; label [num] or None."""
-        settings = config.sample
-
-        def apply(x, t, label):
-            return model.apply({"params": params}, x, t, label)
-
-        if label is not None and settings.guidance_scale != 1.0:
-            denoise = sampling.guided(apply, label, num_classes, settings.guidance_scale)
-        else:
-            denoise = sampling.conditional(apply, label)
-        noise_rng, sampler_rng = jax.random.split(rng)
-        noise = jax.random.normal(noise_rng, (num,) + tuple(info.image_shape))
-        report = _report(settings) if settings.progress else None
-        common = dict(clip=settings.clip_denoised, report=report)
-        if settings.sampler == "ddpm":
-            images = sampling.ddpm(
-                denoise, schedule, parameterisation, noise, sampler_rng, settings.variance, **common
-            )
-        else:
-            images = sampling.ddim(
-                denoise,
-                schedule,
-                parameterisation,
-                noise,
-                sampler_rng,
-                settings.num_inference_steps,
-                settings.eta,
-                **common,
-            )
-        return jnp.clip(images, -1.0, 1.0)
-
-    def sample(state, batch, rng):
-        settings = config.sample
-        if num_classes:
-            rows = tuple(settings.labels) or tuple(range(num_classes))
-            cols = settings.samples_per_class
-            label = jnp.repeat(jnp.asarray(rows, jnp.int32), cols)
-            images = denoise_images(state.eval_params, rng, len(rows) * cols, label)
-            images = images.reshape((len(rows), cols) + images.shape[1:])  # one row per class
-        else:
-            images = denoise_images(state.eval_params, rng, settings.num_samples, None)
-        return {settings.sampler: images}
-
-    def generate(state, rng, num, labels=None):
-        """For the sample evaluators (FID, ...): a conditional model without given labels
-        draws them uniformly, so its samples follow the (balanced) class distribution."""
-        if num_classes and labels is None:
-            label_rng, rng = jax.random.split(rng)
-            labels = jax.random.randint(label_rng, (num,), 0, num_classes)
-        return denoise_images(state.eval_params, rng, num, labels if num_classes else None)
+        bpd = functools.partial(
+            likelihood.bits_per_dim,
+            **diffusion_kw,
+            num_timesteps=entry.num_timesteps,
+            conditional=bool(num_classes),
+            variance=entry.variance,
+            clip=entry.clip_denoised,
+        )
+        return train_state.on_eval_params(bpd)
 
     return Steps(
-        init=init,
-        train_step=train_step,
+        init=functools.partial(
+            init, model=diffusion_kw["model"], num_classes=num_classes, optimizer=optimizer
+        ),
+        train_step=functools.partial(
+            train_step,
+            inputs_of=inputs_of,
+            loss_of=loss_of,
+            optimizer=optimizer,
+            microbatches=config.train.microbatches,
+            axis_name=axis_name,
+        ),
         eval_steps={"bpd": make_bpd_eval},
-        sample=sample,
-        generate=generate,
+        sample=functools.partial(
+            sample_grids, denoise=denoise, num_classes=num_classes, settings=config.sample
+        ),
+        generate=functools.partial(generate, denoise=denoise, num_classes=num_classes),
     )
 
 

@@ -20,11 +20,14 @@ Randomness: per-example keys (parallel.example_rngs) from fold_in(state.rng, sta
 so 1 device, 4 under jit and 4 under pmap give the same step. Metrics are scalar means;
 "loss" is the discriminator's loss (the one the loop checks for NaN).
 
-make_players gives the two halves of the step separately (tests run each alone);
-make_steps composes them; generate feeds the FID/IS evaluators. Left out: gradient
+The pieces are module-level pure functions of a `Setup` (networks, loss, optimizers, built
+once from the config): discriminator_loss and discriminator_update (one critic step),
+generator_loss and generator_update. make_players binds the two halves (tests run each
+alone); make_steps composes them; generate feeds the FID/IS evaluators. Left out: gradient
 accumulation (config.train.microbatches must be 1: BatchNorm sees whole batches).
 """
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -41,6 +44,7 @@ from jaxgen.models import gan as models
 from jaxgen.parallel import example_rngs, num_data_devices
 from jaxgen.sampling import gan as sampling
 from jaxgen.train import FAMILIES, Family, Steps
+from jaxgen.train import state as train_state
 from jaxgen.train.gradients import split_microbatches
 
 PyTree = Any
@@ -108,248 +112,291 @@ def validate(config: ConfigDict, info: Any) -> None:
 
 
 class Players(NamedTuple):
-    """The two halves of a train step, exposed so tests can run each alone."""
+    """The two halves of a train step bound to one config (tests run each alone)."""
 
     init: Callable[..., GANState]  # (rng, batch) -> state
-    # (state, batch) -> (state, metrics): the n_critic discriminator updates; only the
-    # discriminator's params, opt_state and model_state change.
-    discriminator_updates: Callable[..., tuple[GANState, dict]]
-    # (state, batch_size) -> (state, metrics): one generator update, its EMA and step + 1;
-    # nothing of the discriminator changes.
-    generator_update: Callable[..., tuple[GANState, dict]]
+    discriminator_updates: Callable[..., tuple[GANState, dict]]  # (state, batch)
+    generator_update: Callable[..., tuple[GANState, dict]]  # (state, batch_size)
     generator: nn.Module
     discriminator: nn.Module
-    draw: Callable[
-        ..., tuple[jax.Array, jax.Array, jax.Array]
-    ]  # (rng, size, axis) -> z, label, mix
+    draw: Callable[..., tuple]  # (rng, size, axis) -> z, label, mix
 
 
-def make_players(config: ConfigDict, info: Any, axis_name: str | None = None) -> Players:
+class Setup(NamedTuple):
+    """The fixed parts of a GAN step, built once from the config."""
+
+    generator: nn.Module
+    discriminator: nn.Module
+    gan_loss: Any  # a losses.LOSSES entry: .discriminator, .generator, .gradient_penalty
+    optimizers: dict[str, train_state.Optimizer]  # by player
+    latent_dim: int
+    num_classes: int  # 0: unconditional
+    n_critic: int
+    gp_weight: float  # λ of the WGAN-GP penalty
+    r1_gamma: float  # γ of R1; 0: off
+    axis_name: str | None = None  # the pmap axis, None under jit
+
+
+def make_setup(config: ConfigDict, info: Any, axis_name: str | None = None) -> Setup:
     num_classes = info.num_classes if config.model.conditional else 0
     generator, discriminator = models.make_models(
         config.model, info.image_shape, num_classes, axis_name
     )
-    gan_loss = losses.LOSSES.get(config.loss.name)
-    gp_weight, r1_gamma = config.loss.kw.gp_weight, config.loss.kw.r1_gamma
-    n_critic, latent_dim = config.train.n_critic, config.model.latent_dim
     num_steps, skip = config.train.num_steps, config.train.skip_nonfinite
-    optimizers = {
-        "generator": optim.make_optimizer(config.optim, num_steps, skip),
-        # The discriminator's schedule runs over its own n_critic * num_steps updates.
-        "discriminator": optim.make_optimizer(config.optim_d, num_steps * n_critic, skip),
+    n_critic = config.train.n_critic
+    return Setup(
+        generator=generator,
+        discriminator=discriminator,
+        gan_loss=losses.LOSSES.get(config.loss.name),
+        optimizers={
+            "generator": train_state.make_optimizer(config.optim, num_steps, skip),
+            # The discriminator's schedule runs over its own n_critic * num_steps updates.
+            "discriminator": train_state.make_optimizer(config.optim_d, num_steps * n_critic, skip),
+        },
+        latent_dim=config.model.latent_dim,
+        num_classes=num_classes,
+        n_critic=n_critic,
+        gp_weight=config.loss.kw.gp_weight,
+        r1_gamma=config.loss.kw.r1_gamma,
+        axis_name=axis_name,
+    )
+
+
+def draw_latents(setup: Setup, rng, batch_size, axis_name=None):
+    """Per-example noise z [B, D], fake labels [B] and interpolation weights [B]."""
+
+    def one(key):
+        z_rng, label_rng, mix_rng = jax.random.split(key, 3)
+        z = jax.random.normal(z_rng, (setup.latent_dim,))
+        label = jax.random.randint(label_rng, (), 0, max(setup.num_classes, 1))
+        return z, label, jax.random.uniform(mix_rng)
+
+    return jax.vmap(one)(example_rngs(rng, batch_size, axis_name))
+
+
+def run_network(module, params, state, *args):
+    """A network in train mode: (outputs, its updated non-parameter state)."""
+    if not state:
+        return module.apply({"params": params}, *args, train=True), state
+    return module.apply({"params": params, **state}, *args, train=True, mutable=list(state))
+
+
+def step_rngs(state: GANState) -> jax.Array:
+    """(discriminator rng, generator rng) of this step; the step advances after G."""
+    return jax.random.split(jax.random.fold_in(state.rng, state.step))
+
+
+def init(rng, batch, *, setup: Setup) -> GANState:
+    g_rng, d_rng, state_rng = jax.random.split(rng, 3)
+    image = jnp.asarray(batch["image"][:1])
+    label = jnp.zeros((1,), jnp.int32)
+    variables = {
+        "generator": setup.generator.init(
+            g_rng, jnp.zeros((1, setup.latent_dim)), label, train=False
+        ),
+        "discriminator": setup.discriminator.init(d_rng, image, label, train=False),
     }
-    g_schedule = optim.learning_rate(config.optim, num_steps)
-    d_schedule = optim.learning_rate(config.optim_d, num_steps * n_critic)
-    ema_decay = config.optim.ema_decay
+    params = {name: variables[name]["params"] for name in PLAYERS}
+    ema = setup.optimizers["generator"].ema_decay > 0
+    return GANState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state={name: setup.optimizers[name].transform.init(params[name]) for name in PLAYERS},
+        model_state={
+            name: {k: v for k, v in variables[name].items() if k != "params"} for name in PLAYERS
+        },
+        ema_params={"generator": jax.tree.map(jnp.copy, params["generator"])} if ema else {},
+        rng=state_rng,
+    )
 
-    def draw(rng, batch_size, axis=axis_name):
-        """Per-example noise z [B, D], fake labels [B] and interpolation weights [B]."""
 
-        def one(key):
-            z_rng, label_rng, mix_rng = jax.random.split(key, 3)
-            z = jax.random.normal(z_rng, (latent_dim,))
-            label = jax.random.randint(label_rng, (), 0, max(num_classes, 1))
-            return z, label, jax.random.uniform(mix_rng)
+def discriminator_loss(params, model_state, real, fake, *, setup: Setup):
+    """(loss, (metrics, new model_state)) of D on real {"image", "label"} and fake
+    {"image", "label", "mix"} (mix: the interpolation weights of the gradient penalty)."""
+    discriminator = setup.discriminator
+    image, real_label = real["image"], real["label"]
+    real_logits, new_state = run_network(discriminator, params, model_state, image, real_label)
+    fake_logits, new_state = run_network(
+        discriminator, params, new_state, fake["image"], fake["label"]
+    )
+    loss, metrics = setup.gan_loss.discriminator(real_logits, fake_logits)
+    metrics = dict(metrics)
 
-        return jax.vmap(one)(example_rngs(rng, batch_size, axis))
+    def critic(x):  # C(x) per example; penalties ignore its state updates
+        return run_network(discriminator, params, model_state, x, real_label)[0]
 
-    def run(module, params, state, *args):
-        """A network in train mode: (outputs, its updated non-parameter state)."""
-        if not state:
-            return module.apply({"params": params}, *args, train=True), state
-        return module.apply({"params": params, **state}, *args, train=True, mutable=list(state))
+    if setup.gan_loss.gradient_penalty:
+        interpolates = losses.interpolate(image, fake["image"], fake["mix"])
+        gp, extra = losses.gradient_penalty(critic, interpolates)
+        loss, metrics = loss + setup.gp_weight * gp, metrics | extra | {"gp": gp}
+    if setup.r1_gamma:
+        r1, extra = losses.r1_penalty(critic, image)
+        loss, metrics = loss + 0.5 * setup.r1_gamma * r1, metrics | extra | {"r1": r1}
+    return loss, (metrics | {"d_loss": loss}, new_state)
 
-    def step_rngs(state):
-        """(discriminator rng, generator rng) of this step; the step advances after G."""
-        return jax.random.split(jax.random.fold_in(state.rng, state.step))
 
-    def init(rng, batch):
-        g_rng, d_rng, state_rng = jax.random.split(rng, 3)
-        image = jnp.asarray(batch["image"][:1])
-        label = jnp.zeros((1,), jnp.int32)
-        variables = {
-            "generator": generator.init(g_rng, jnp.zeros((1, latent_dim)), label, train=False),
-            "discriminator": discriminator.init(d_rng, image, label, train=False),
-        }
-        params = {name: variables[name]["params"] for name in PLAYERS}
-        return GANState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            opt_state={name: optimizers[name].init(params[name]) for name in PLAYERS},
-            model_state={
-                name: {k: v for k, v in variables[name].items() if k != "params"}
-                for name in PLAYERS
-            },
-            ema_params={"generator": jax.tree.map(jnp.copy, params["generator"])}
-            if ema_decay > 0
-            else {},
-            rng=state_rng,
+def discriminator_update(carry, inputs, *, g_params, g_state, setup: Setup):
+    """One discriminator update (a lax.scan body): carry (params, opt_state, model_state),
+    inputs (real slice {"image", "label"}, rng)."""
+    d_params, d_opt_state, d_state = carry
+    real, rng = inputs
+    z, fake_label, mix = draw_latents(setup, rng, real["image"].shape[0], setup.axis_name)
+    fake, _ = run_network(setup.generator, g_params, g_state, z, fake_label)  # G's state: kept
+    fake = {"image": fake, "label": fake_label, "mix": mix}
+    loss_of = functools.partial(discriminator_loss, setup=setup)
+    grads, (metrics, d_state) = jax.grad(loss_of, has_aux=True)(d_params, d_state, real, fake)
+    if setup.axis_name is not None:
+        grads, metrics = jax.lax.pmean((grads, metrics), setup.axis_name)
+    metrics["d_grad_norm"] = optax.global_norm(grads)
+    d_params, d_opt_state = train_state.optimizer_update(
+        setup.optimizers["discriminator"].transform, d_params, d_opt_state, grads
+    )
+    return (d_params, d_opt_state, d_state), metrics
+
+
+def discriminator_updates(state: GANState, batch: dict, *, setup: Setup):
+    """The n_critic discriminator updates, each on its own slice of the real batch."""
+    d_rng, _ = step_rngs(state)
+    real = split_microbatches({"image": batch["image"], "label": batch["label"]}, setup.n_critic)
+    one_update = functools.partial(
+        discriminator_update,
+        g_params=state.params["generator"],
+        g_state=state.model_state["generator"],
+        setup=setup,
+    )
+    carry = (
+        state.params["discriminator"],
+        state.opt_state["discriminator"],
+        state.model_state["discriminator"],
+    )
+    (d_params, d_opt_state, d_state), metrics = jax.lax.scan(
+        one_update, carry, (real, jax.random.split(d_rng, setup.n_critic))
+    )
+    metrics = jax.tree.map(jnp.mean, metrics)  # means over the n_critic updates
+    metrics["d_lr"] = setup.optimizers["discriminator"].lr(state.step * setup.n_critic)
+    state = state.replace(
+        params=state.params | {"discriminator": d_params},
+        opt_state=state.opt_state | {"discriminator": d_opt_state},
+        model_state=state.model_state | {"discriminator": d_state},
+    )
+    return state, metrics
+
+
+def generator_loss(params, model_state, z, fake_label, *, d_params, d_state, setup: Setup):
+    """(loss, (metrics, new model_state)) of G through a fixed D."""
+    fake, new_state = run_network(setup.generator, params, model_state, z, fake_label)
+    fake_logits, _ = run_network(setup.discriminator, d_params, d_state, fake, fake_label)
+    loss, metrics = setup.gan_loss.generator(fake_logits)
+    return loss, (dict(metrics) | {"g_loss": loss}, new_state)
+
+
+def generator_update(state: GANState, batch_size: int, *, setup: Setup):
+    """One generator update on batch_size fakes, its EMA, and step + 1."""
+    _, g_rng = step_rngs(state)
+    z, fake_label, _ = draw_latents(setup, g_rng, batch_size, setup.axis_name)
+    loss_of = functools.partial(
+        generator_loss,
+        d_params=state.params["discriminator"],
+        d_state=state.model_state["discriminator"],
+        setup=setup,
+    )
+    grads, (metrics, g_state) = jax.grad(loss_of, has_aux=True)(
+        state.params["generator"], state.model_state["generator"], z, fake_label
+    )
+    if setup.axis_name is not None:
+        grads, metrics = jax.lax.pmean((grads, metrics), setup.axis_name)
+    metrics["g_grad_norm"] = optax.global_norm(grads)
+    optimizer = setup.optimizers["generator"]
+    metrics["g_lr"] = optimizer.lr(state.step)
+    g_params, g_opt_state = train_state.optimizer_update(
+        optimizer.transform, state.params["generator"], state.opt_state["generator"], grads
+    )
+    ema_params = state.ema_params
+    if ema_params:
+        ema = train_state.ema_update(
+            g_params, ema_params["generator"], state.step, optimizer.ema_decay
         )
+        ema_params = ema_params | {"generator": ema}
+    state = state.replace(
+        step=state.step + 1,
+        params=state.params | {"generator": g_params},
+        opt_state=state.opt_state | {"generator": g_opt_state},
+        model_state=state.model_state | {"generator": g_state},
+        ema_params=ema_params,
+    )
+    return state, metrics
 
-    def update(name, params, opt_state, grads):
-        updates, opt_state = optimizers[name].update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
 
-    def discriminator_updates(state, batch):
-        d_rng, _ = step_rngs(state)
-        g_params, g_state = state.params["generator"], state.model_state["generator"]
-        real = split_microbatches({"image": batch["image"], "label": batch["label"]}, n_critic)
+def make_players(config: ConfigDict, info: Any, axis_name: str | None = None) -> Players:
+    setup = make_setup(config, info, axis_name)
+    return Players(
+        init=functools.partial(init, setup=setup),
+        discriminator_updates=functools.partial(discriminator_updates, setup=setup),
+        generator_update=functools.partial(generator_update, setup=setup),
+        generator=setup.generator,
+        discriminator=setup.discriminator,
+        draw=lambda rng, size, axis=axis_name: draw_latents(setup, rng, size, axis),
+    )
 
-        def one_update(carry, inputs):
-            d_params, d_opt_state, d_state = carry
-            real_slice, rng = inputs
-            image, real_label = real_slice["image"], real_slice["label"]
-            z, fake_label, mix = draw(rng, image.shape[0])
-            fake, _ = run(generator, g_params, g_state, z, fake_label)  # G's state: unchanged
 
-            def loss_of(params):
-                real_logits, new_state = run(discriminator, params, d_state, image, real_label)
-                fake_logits, new_state = run(discriminator, params, new_state, fake, fake_label)
-                loss, metrics = gan_loss.discriminator(real_logits, fake_logits)
-                metrics = dict(metrics)
+def train_step(state: GANState, batch: dict, *, setup: Setup):
+    state, metrics = discriminator_updates(state, batch, setup=setup)
+    batch_size = batch["image"].shape[0] // setup.n_critic
+    state, g_metrics = generator_update(state, batch_size, setup=setup)
+    return state, metrics | g_metrics | {"loss": metrics["d_loss"]}
 
-                def critic(x):  # C(x) per example; penalties ignore its state updates
-                    return run(discriminator, params, d_state, x, real_label)[0]
 
-                if gan_loss.gradient_penalty:
-                    interpolates = losses.interpolate(image, fake, mix)
-                    gp, extra = losses.gradient_penalty(critic, interpolates)
-                    loss, metrics = loss + gp_weight * gp, metrics | extra | {"gp": gp}
-                if r1_gamma:
-                    r1, extra = losses.r1_penalty(critic, image)
-                    loss, metrics = loss + 0.5 * r1_gamma * r1, metrics | extra | {"r1": r1}
-                return loss, (metrics | {"d_loss": loss}, new_state)
+def generator_variables(state: GANState) -> PyTree:
+    return {"params": state.generator_params, **state.model_state["generator"]}
 
-            grads, (metrics, d_state) = jax.grad(loss_of, has_aux=True)(d_params)
-            if axis_name is not None:
-                grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
-            metrics["d_grad_norm"] = optax.global_norm(grads)
-            d_params, d_opt_state = update("discriminator", d_params, d_opt_state, grads)
-            return (d_params, d_opt_state, d_state), metrics
 
-        carry = (
-            state.params["discriminator"],
-            state.opt_state["discriminator"],
-            state.model_state["discriminator"],
-        )
-        (d_params, d_opt_state, d_state), metrics = jax.lax.scan(
-            one_update, carry, (real, jax.random.split(d_rng, n_critic))
-        )
-        metrics = jax.tree.map(jnp.mean, metrics)  # means over the n_critic updates
-        metrics["d_lr"] = d_schedule(state.step * n_critic)
-        state = state.replace(
-            params=state.params | {"discriminator": d_params},
-            opt_state=state.opt_state | {"discriminator": d_opt_state},
-            model_state=state.model_state | {"discriminator": d_state},
-        )
-        return state, metrics
+def discriminator_sums(state, batch, rng, *, setup: Setup):
+    """Sums of D's logits on real test images and on as many samples of the generator."""
+    image, mask, label = batch["image"], batch["mask"], batch["label"]
+    z, fake_label, _ = draw_latents(setup, rng, image.shape[0], None)
+    fake = sampling.generate(setup.generator, generator_variables(state), z, fake_label)
+    variables = {"params": state.params["discriminator"], **state.model_state["discriminator"]}
+    real_logits = setup.discriminator.apply(variables, image, label, train=False)
+    fake_logits = setup.discriminator.apply(variables, fake, fake_label, train=False)
+    return {
+        "d_real": jnp.sum(real_logits * mask),
+        "d_fake": jnp.sum(fake_logits * mask),
+        "count": jnp.sum(mask),
+    }
 
-    def generator_update(state, batch_size):
-        _, g_rng = step_rngs(state)
-        d_params, d_state = state.params["discriminator"], state.model_state["discriminator"]
-        z, fake_label, _ = draw(g_rng, batch_size)
 
-        def loss_of(params):
-            fake, new_state = run(generator, params, state.model_state["generator"], z, fake_label)
-            fake_logits, _ = run(discriminator, d_params, d_state, fake, fake_label)
-            loss, metrics = gan_loss.generator(fake_logits)
-            return loss, (dict(metrics) | {"g_loss": loss}, new_state)
+def sample_grid(state, batch, rng, *, setup: Setup, num_samples: int):
+    del batch
+    grid = sampling.sample_grid(
+        setup.generator,
+        generator_variables(state),
+        rng,
+        num_samples,
+        setup.latent_dim,
+        setup.num_classes,
+    )
+    return {"samples": grid}
 
-        g_params = state.params["generator"]
-        grads, (metrics, g_state) = jax.grad(loss_of, has_aux=True)(g_params)
-        if axis_name is not None:
-            grads, metrics = jax.lax.pmean((grads, metrics), axis_name)
-        metrics["g_grad_norm"] = optax.global_norm(grads)
-        metrics["g_lr"] = g_schedule(state.step)
-        g_params, g_opt_state = update("generator", g_params, state.opt_state["generator"], grads)
-        ema_params = state.ema_params
-        if ema_params:
-            # Warm-up as in train/state.py: early on the average follows the params.
-            step = state.step.astype(jnp.float32)
-            decay = jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
-            ema_params = ema_params | {
-                "generator": optax.incremental_update(
-                    g_params, ema_params["generator"], step_size=1.0 - decay
-                )
-            }
-        state = state.replace(
-            step=state.step + 1,
-            params=state.params | {"generator": g_params},
-            opt_state=state.opt_state | {"generator": g_opt_state},
-            model_state=state.model_state | {"generator": g_state},
-            ema_params=ema_params,
-        )
-        return state, metrics
 
-    return Players(init, discriminator_updates, generator_update, generator, discriminator, draw)
+def generate(state, rng, num, labels=None, *, setup: Setup):
+    """For the sample evaluators (FID, ...): G(z) with fresh noise; a conditional model
+    without given labels draws them uniformly."""
+    z_rng, label_rng = jax.random.split(rng)
+    z = jax.random.normal(z_rng, (num, setup.latent_dim))
+    if labels is None:  # all 0 for an unconditional model
+        labels = jax.random.randint(label_rng, (num,), 0, max(setup.num_classes, 1))
+    return sampling.generate(setup.generator, generator_variables(state), z, labels)
 
 
 def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> Steps:
-    players = make_players(config, info, axis_name)
-    generator, discriminator, draw = players.generator, players.discriminator, players.draw
-    n_critic, latent_dim = config.train.n_critic, config.model.latent_dim
-    num_classes = generator.num_classes
-
-    def train_step(state, batch):
-        state, metrics = players.discriminator_updates(state, batch)
-        state, g_metrics = players.generator_update(state, batch["image"].shape[0] // n_critic)
-        return state, metrics | g_metrics | {"loss": metrics["d_loss"]}
-
-    def generator_variables(state):
-        return {"params": state.generator_params, **state.model_state["generator"]}
-
-    def make_discriminator_eval(entry):
-        """Sums of D's logits on real test images and on as many samples of the generator."""
-
-        def discriminator_step(state, batch, rng):
-            image, mask, label = batch["image"], batch["mask"], batch["label"]
-            z, fake_label, _ = draw(rng, image.shape[0], None)
-            fake = sampling.generate(generator, generator_variables(state), z, fake_label)
-            variables = {
-                "params": state.params["discriminator"],
-                **state.model_state["discriminator"],
-            }
-            real_logits = discriminator.apply(variables, image, label, train=False)
-            fake_logits = discriminator.apply(variables, fake, fake_label, train=False)
-            return {
-                "d_real": jnp.sum(real_logits * mask),
-                "d_fake": jnp.sum(fake_logits * mask),
-                "count": jnp.sum(mask),
-            }
-
-        return discriminator_step
-
-    def sample(state, batch, rng):
-        del batch
-        grid = sampling.sample_grid(
-            generator,
-            generator_variables(state),
-            rng,
-            config.sample.num_samples,
-            latent_dim,
-            num_classes,
-        )
-        return {"samples": grid}
-
-    def generate(state, rng, num, labels=None):
-        """For the sample evaluators (FID, ...): G(z) with fresh noise; a conditional model
-        without given labels draws them uniformly."""
-        z_rng, label_rng = jax.random.split(rng)
-        z = jax.random.normal(z_rng, (num, latent_dim))
-        if labels is None:
-            labels = (
-                jax.random.randint(label_rng, (num,), 0, num_classes)
-                if num_classes
-                else jnp.zeros((num,), jnp.int32)
-            )
-        return sampling.generate(generator, generator_variables(state), z, labels)
-
+    setup = make_setup(config, info, axis_name)
+    discriminator = functools.partial(discriminator_sums, setup=setup)
     return Steps(
-        init=players.init,
-        train_step=train_step,
-        eval_steps={"discriminator": make_discriminator_eval},
-        sample=sample,
-        generate=generate,
+        init=functools.partial(init, setup=setup),
+        train_step=functools.partial(train_step, setup=setup),
+        eval_steps={"discriminator": lambda entry: discriminator},
+        sample=functools.partial(sample_grid, setup=setup, num_samples=config.sample.num_samples),
+        generate=functools.partial(generate, setup=setup),
     )
 
 

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgen import data, optim, samples
+from jaxgen import data, samples
 from jaxgen.config import ConfigDict, ConfigError
 from jaxgen.losses import gpt as losses
 from jaxgen.models import gpt as models
@@ -59,11 +59,7 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
     model = models.make_model(config.model, info.vocab_size)
     loss_fn = losses.LOSSES.get(config.loss.name)
     loss_kw = config.loss.kw.to_dict()
-    optimizer = optim.make_optimizer(
-        config.optim, config.train.num_steps, config.train.skip_nonfinite
-    )
-    schedule = optim.learning_rate(config.optim, config.train.num_steps)
-    ema_decay = config.optim.ema_decay
+    optimizer = train_state.from_config(config)
     microbatches = config.train.microbatches
     dropout = config.model.dropout > 0
 
@@ -80,7 +76,7 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
     def init(rng, batch):
         params_rng, state_rng = jax.random.split(rng)
         params = model.init(params_rng, batch["tokens"][:1, :-1])["params"]
-        return train_state.create(params, optimizer, state_rng, ema=ema_decay > 0)
+        return train_state.create(params, optimizer, state_rng)
 
     def train_step(state, batch):
         tokens = batch["tokens"]
@@ -96,8 +92,8 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
         grads, metrics = grads_and_metrics(
             loss_of, state.params, step_batch, microbatches, axis_name
         )
-        metrics["lr"] = schedule(state.step)
-        return train_state.apply_gradients(state, grads, optimizer, ema_decay), metrics
+        metrics["lr"] = optimizer.lr(state.step)
+        return train_state.apply_gradients(state, grads, optimizer), metrics
 
     def make_loss_eval(entry):
         """Sums of the token NLL (nats) over the real windows of an eval batch."""

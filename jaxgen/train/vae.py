@@ -6,12 +6,12 @@ device count or the number of microbatches. Dynamic binarisation happens in the
 data pipeline, not here.
 """
 
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from jaxgen import optim
 from jaxgen.config import ConfigDict, ConfigError
 from jaxgen.losses import vae as losses
 from jaxgen.models import vae as models
@@ -19,7 +19,6 @@ from jaxgen.parallel import example_rngs
 from jaxgen.sampling import vae as sampling
 from jaxgen.train import FAMILIES, Family, Steps
 from jaxgen.train import state as train_state
-from jaxgen.train.gradients import grads_and_metrics
 
 PyTree = Any
 
@@ -51,127 +50,154 @@ def validate(config: ConfigDict, info: Any) -> None:
             )
 
 
+def encode_decode(params, image, noise, *, model):
+    """(decoder outputs [B, K, H, W, C'], z [B, K, D], mean [B, D], logvar [B, D]) for K
+    reparameterised draws z = mean + σ noise, noise [B, K, D]."""
+    mean, logvar = model.apply({"params": params}, image, method=model.encode)  # [B, D] each
+    z = mean[:, None] + jnp.exp(0.5 * logvar)[:, None] * noise  # [B, K, D]
+    out = model.apply({"params": params}, z, method=model.decode)  # [B, K, H, W, C']
+    return out, z, mean, logvar
+
+
+def draw_noise(rng, batch_size, count, *, latent_dim, axis_name=None):
+    """ε [B, count, D], each example's from its own key (parallel.example_rngs)."""
+    keys = example_rngs(rng, batch_size, axis_name)
+    return jax.vmap(lambda key: jax.random.normal(key, (count, latent_dim)))(keys)
+
+
+def vae_loss(params, batch, *, model, loss_fn, likelihood, loss_kw):
+    """(loss, metrics) of `loss_fn` (ELBO or IWAE) on {"image", "noise" [B, K, D]}."""
+    out, z, mean, logvar = encode_decode(params, batch["image"], batch["noise"], model=model)
+    return loss_fn(batch["image"], out, z, mean, logvar, likelihood=likelihood, **loss_kw)
+
+
+def init(rng, batch, *, model, latent_dim, optimizer):
+    params_rng, state_rng = jax.random.split(rng)
+    image = batch["image"][:1]
+    params = model.init(params_rng, image, jnp.zeros((1, 1, latent_dim)))["params"]
+    return train_state.create(params, optimizer, state_rng)
+
+
+def train_step(
+    state, batch, *, loss_of, num_samples, latent_dim, optimizer, microbatches, axis_name
+):
+    """One update of `loss_of(params, {"image", "noise"})` with fresh encoder noise."""
+    noise_rng = jax.random.fold_in(state.rng, state.step)
+    image = batch["image"]
+    noise = draw_noise(
+        noise_rng, image.shape[0], num_samples, latent_dim=latent_dim, axis_name=axis_name
+    )
+    return train_state.gradient_step(
+        state,
+        {"image": image, "noise": noise},
+        loss_fn=loss_of,
+        optimizer=optimizer,
+        microbatches=microbatches,
+        axis_name=axis_name,
+    )
+
+
+def elbo_sums(params, batch, rng, *, model, likelihood, latent_dim):
+    """Sums of −ELBO, KL and reconstruction NLL (nats per example), one sample each."""
+    image, mask = batch["image"], batch["mask"]
+    noise = draw_noise(rng, image.shape[0], 1, latent_dim=latent_dim)
+    out, z, mean, logvar = encode_decode(params, image, noise, model=model)
+    recon = -losses.log_likelihood(image[:, None], out, likelihood)[:, 0]  # [B]
+    kl = losses.gaussian_kl(mean, logvar)  # [B]
+    return {
+        "neg_elbo": jnp.sum((recon + kl) * mask),
+        "kl": jnp.sum(kl * mask),
+        "recon": jnp.sum(recon * mask),
+        "count": jnp.sum(mask),
+    }
+
+
+def nll_sums(params, batch, rng, *, model, likelihood, latent_dim, num_samples, chunk):
+    """Sum of importance-sampled −log p(x) (Burda et al. 2016), `num_samples` draws in chunks."""
+    image, mask = batch["image"], batch["mask"]
+    mean, logvar = model.apply({"params": params}, image, method=model.encode)
+
+    def one_chunk(running, index):
+        key = jax.random.fold_in(rng, index)
+        noise = draw_noise(key, image.shape[0], chunk, latent_dim=latent_dim)
+        z = mean[:, None] + jnp.exp(0.5 * logvar)[:, None] * noise
+        out = model.apply({"params": params}, z, method=model.decode)
+        log_w = losses.log_weights(image, out, z, mean, logvar, likelihood)  # [B, chunk]
+        return jnp.logaddexp(running, jax.nn.logsumexp(log_w, axis=1)), None
+
+    start = jnp.full(image.shape[:1], -jnp.inf)
+    total, _ = jax.lax.scan(one_chunk, start, jnp.arange(num_samples // chunk))
+    log_px = total - jnp.log(num_samples)  # [B]
+    return {"nll": jnp.sum(-log_px * mask), "count": jnp.sum(mask)}
+
+
+def sample_grids(params, batch, rng, *, model, likelihood, settings):
+    """Prior samples, input/reconstruction pairs and latent interpolations of a fixed batch."""
+    num = settings.num_samples
+    image = batch["image"]
+    data_pixels = 2.0 * image - 1.0 if likelihood == "bernoulli" else image
+    pairs = max(8, min(64, image.shape[0]) // 8 * 8)  # a multiple of 8: rows of 16 images
+    pairs_image = jnp.resize(image, (pairs,) + image.shape[1:])
+    pairs_pixels = jnp.resize(data_pixels, (pairs,) + image.shape[1:])
+    reconstruction = jnp.stack(  # columns alternate input, reconstruction
+        [pairs_pixels, sampling.reconstructions(model, params, pairs_image)], axis=1
+    ).reshape((pairs // 8, 16) + image.shape[1:])
+    half = image.shape[0] // 2
+    rows = max(1, min(settings.num_interpolations, half))
+    return {
+        "prior": sampling.prior_samples(model, params, rng, num),
+        "reconstruction": reconstruction,
+        "interpolation": sampling.interpolations(
+            model,
+            params,
+            image[:rows],
+            image[half : half + rows],
+            settings.interpolation_steps,
+        ),
+    }
+
+
 def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> Steps:
     model = models.make_model(config.model, info.image_shape)
-    loss_fn = losses.LOSSES.get(config.loss.name)
-    loss_kw = config.loss.kw.to_dict()
-    likelihood = config.model.likelihood
-    num_samples = config.loss.num_samples
-    latent_dim = config.model.latent_dim
-    optimizer = optim.make_optimizer(
-        config.optim, config.train.num_steps, config.train.skip_nonfinite
+    likelihood, latent_dim = config.model.likelihood, config.model.latent_dim
+    optimizer = train_state.from_config(config)
+    loss_of = functools.partial(
+        vae_loss,
+        model=model,
+        loss_fn=losses.LOSSES.get(config.loss.name),
+        likelihood=likelihood,
+        loss_kw=config.loss.kw.to_dict(),
     )
-    schedule = optim.learning_rate(config.optim, config.train.num_steps)
-    ema_decay = config.optim.ema_decay
-    microbatches = config.train.microbatches
-
-    def encode_decode(params, image, noise):
-        mean, logvar = model.apply({"params": params}, image, method=model.encode)  # [B, D] each
-        z = mean[:, None] + jnp.exp(0.5 * logvar)[:, None] * noise  # [B, K, D]
-        out = model.apply({"params": params}, z, method=model.decode)  # [B, K, H, W, C']
-        return out, z, mean, logvar
-
-    def draw_noise(rng, batch_size, count, axis=None):
-        keys = example_rngs(rng, batch_size, axis)
-        return jax.vmap(lambda key: jax.random.normal(key, (count, latent_dim)))(keys)
-
-    def init(rng, batch):
-        params_rng, state_rng = jax.random.split(rng)
-        image = batch["image"][:1]
-        params = model.init(params_rng, image, jnp.zeros((1, 1, latent_dim)))["params"]
-        return train_state.create(params, optimizer, state_rng, ema=ema_decay > 0)
-
-    def train_step(state, batch):
-        noise_rng = jax.random.fold_in(state.rng, state.step)
-        image = batch["image"]
-        noise = draw_noise(noise_rng, image.shape[0], num_samples, axis_name)
-
-        def loss_of(params, mb):
-            out, z, mean, logvar = encode_decode(params, mb["image"], mb["noise"])
-            return loss_fn(mb["image"], out, z, mean, logvar, likelihood=likelihood, **loss_kw)
-
-        grads, metrics = grads_and_metrics(
-            loss_of, state.params, {"image": image, "noise": noise}, microbatches, axis_name
-        )
-        metrics["lr"] = schedule(state.step)
-        return train_state.apply_gradients(state, grads, optimizer, ema_decay), metrics
-
-    def make_elbo_eval(entry):
-        """Sums of −ELBO, KL and reconstruction NLL (nats per example), one sample each."""
-
-        def elbo_step(state, batch, rng):
-            image, mask = batch["image"], batch["mask"]
-            noise = draw_noise(rng, image.shape[0], 1)
-            out, z, mean, logvar = encode_decode(state.eval_params, image, noise)
-            recon = -losses.log_likelihood(image[:, None], out, likelihood)[:, 0]  # [B]
-            kl = losses.gaussian_kl(mean, logvar)  # [B]
-            return {
-                "neg_elbo": jnp.sum((recon + kl) * mask),
-                "kl": jnp.sum(kl * mask),
-                "recon": jnp.sum(recon * mask),
-                "count": jnp.sum(mask),
-            }
-
-        return elbo_step
+    decoding = dict(model=model, likelihood=likelihood)
+    sample = functools.partial(sample_grids, **decoding, settings=config.sample)
 
     def make_nll_eval(entry):
-        """Importance-sampled −log p(x) (Burda et al. 2016) with `num_samples` draws in chunks."""
         chunk = min(entry.chunk, entry.num_samples)
-        num_chunks = entry.num_samples // chunk
-
-        def nll_step(state, batch, rng):
-            image, mask = batch["image"], batch["mask"]
-            params = state.eval_params
-            mean, logvar = model.apply({"params": params}, image, method=model.encode)
-
-            def one_chunk(running, index):
-                noise = draw_noise(jax.random.fold_in(rng, index), image.shape[0], chunk)
-                z = mean[:, None] + jnp.exp(0.5 * logvar)[:, None] * noise
-                out = model.apply({"params": params}, z, method=model.decode)
-                log_w = losses.log_weights(image, out, z, mean, logvar, likelihood)  # [B, chunk]
-                return jnp.logaddexp(running, jax.nn.logsumexp(log_w, axis=1)), None
-
-            start = jnp.full(image.shape[:1], -jnp.inf)
-            total, _ = jax.lax.scan(one_chunk, start, jnp.arange(num_chunks))
-            log_px = total - jnp.log(entry.num_samples)  # [B]
-            return {"nll": jnp.sum(-log_px * mask), "count": jnp.sum(mask)}
-
-        return nll_step
-
-    def sample(state, batch, rng):
-        params = state.eval_params
-        num = config.sample.num_samples
-        image = batch["image"]
-        data_pixels = 2.0 * image - 1.0 if likelihood == "bernoulli" else image
-        pairs = max(8, min(64, image.shape[0]) // 8 * 8)  # a multiple of 8: rows of 16 images
-        pairs_image = jnp.resize(image, (pairs,) + image.shape[1:])
-        pairs_pixels = jnp.resize(data_pixels, (pairs,) + image.shape[1:])
-        reconstruction = jnp.stack(  # columns alternate input, reconstruction
-            [pairs_pixels, sampling.reconstructions(model, params, pairs_image)], axis=1
-        ).reshape((pairs // 8, 16) + image.shape[1:])
-        half = image.shape[0] // 2
-        rows = max(1, min(config.sample.num_interpolations, half))
-        return {
-            "prior": sampling.prior_samples(model, params, rng, num),
-            "reconstruction": reconstruction,
-            "interpolation": sampling.interpolations(
-                model,
-                params,
-                image[:rows],
-                image[half : half + rows],
-                config.sample.interpolation_steps,
-            ),
-        }
+        nll = functools.partial(
+            nll_sums, **decoding, latent_dim=latent_dim, num_samples=entry.num_samples, chunk=chunk
+        )
+        return train_state.on_eval_params(nll)
 
     def generate(state, rng, num, labels=None):
         del labels  # an unconditional model
         return sampling.prior_samples(model, state.eval_params, rng, num)
 
+    elbo = train_state.on_eval_params(
+        functools.partial(elbo_sums, **decoding, latent_dim=latent_dim)
+    )
     return Steps(
-        init=init,
-        train_step=train_step,
-        eval_steps={"elbo": make_elbo_eval, "nll": make_nll_eval},
-        sample=sample,
+        init=functools.partial(init, model=model, latent_dim=latent_dim, optimizer=optimizer),
+        train_step=functools.partial(
+            train_step,
+            loss_of=loss_of,
+            num_samples=config.loss.num_samples,
+            latent_dim=latent_dim,
+            optimizer=optimizer,
+            microbatches=config.train.microbatches,
+            axis_name=axis_name,
+        ),
+        eval_steps={"elbo": lambda entry: elbo, "nll": make_nll_eval},
+        sample=lambda state, batch, rng: sample(state.eval_params, batch, rng),
         generate=generate,
     )
 

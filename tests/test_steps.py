@@ -1,0 +1,155 @@
+"""The module-level pieces of the train steps, each alone: losses of params against NumPy,
+the per-example input draws, the shared optimizer update and EMA."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgen import diffusion
+from jaxgen.config import base_config
+from jaxgen.losses import ddpm as ddpm_losses
+from jaxgen.losses import gan as gan_losses
+from jaxgen.train import ddpm, gan
+from jaxgen.train import state as train_state
+
+
+class ScaledInput:
+    """A stand-in denoiser: output = w * x_t (its only param is the scalar w)."""
+
+    def apply(self, variables, x, t, label=None, dropout_rng=None):
+        return variables["params"]["w"] * x
+
+
+class LinearCritic:
+    """A stand-in critic C(x) = <w, x> per example: ||∇_x C|| = ||w|| everywhere."""
+
+    def apply(self, variables, x, label, train):
+        return jnp.sum(variables["params"]["w"] * x, axis=(1, 2, 3))
+
+
+def test_denoise_loss_and_its_gradient_match_numpy():
+    rng = np.random.default_rng(0)
+    schedule = diffusion.make_schedule("linear", 20)
+    alpha_bar = np.asarray(schedule.alphas_cumprod, np.float64)
+    image = rng.uniform(-1, 1, (3, 4, 4, 1))
+    noise = rng.normal(size=image.shape)
+    t = np.array([0, 7, 19])
+    batch = {
+        "image": jnp.asarray(image, jnp.float32),
+        "noise": jnp.asarray(noise, jnp.float32),
+        "t": jnp.asarray(t),
+        "dropout_rng": jax.random.split(jax.random.PRNGKey(0), 3),
+    }
+    loss_of = lambda params: ddpm.denoise_loss(  # noqa: E731
+        params,
+        batch,
+        model=ScaledInput(),
+        schedule=schedule,
+        parameterisation="eps",
+        loss_fn=ddpm_losses.LOSSES.get("mse"),
+        loss_kw={"weighting": "none"},
+    )
+    w = 0.7
+    (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)({"w": jnp.float32(w)})
+    a = alpha_bar[t][:, None, None, None]
+    xt = np.sqrt(a) * image + np.sqrt(1 - a) * noise
+    residual = w * xt - noise  # the ε-target is the noise
+    np.testing.assert_allclose(loss, np.mean(residual**2), rtol=1e-5)
+    np.testing.assert_allclose(metrics["mse"], np.mean(residual**2), rtol=1e-5)
+    np.testing.assert_allclose(grads["w"], np.mean(2 * residual * xt), rtol=1e-4)
+
+
+def test_train_inputs_draw_per_example_and_apply_label_dropout_and_flips():
+    rng = np.random.default_rng(1)
+    batch = {
+        "image": jnp.asarray(rng.uniform(-1, 1, (8, 4, 4, 1)), jnp.float32),
+        "label": jnp.arange(8, dtype=jnp.int32),
+    }
+    key = jax.random.PRNGKey(3)
+    draw = dict(num_steps=50, num_classes=10, random_flip=True)
+    everything = ddpm.train_inputs(batch, key, label_dropout=1.0, **draw)
+    assert np.all(np.asarray(everything["label"]) == 10)  # all dropped to the null label
+    kept = ddpm.train_inputs(batch, key, label_dropout=0.0, **draw)
+    np.testing.assert_array_equal(kept["label"], batch["label"])
+    image, flipped = np.asarray(batch["image"]), np.asarray(kept["image"])
+    same = np.all(flipped == image, axis=(1, 2, 3))
+    mirrored = np.all(flipped == image[:, :, ::-1], axis=(1, 2, 3))
+    assert np.all(same | mirrored) and mirrored.any() and (~mirrored).any()
+    assert np.all((0 <= np.asarray(kept["t"])) & (np.asarray(kept["t"]) < 50))
+    # Each example's draws come from its index: the first half alone draws the same.
+    half = ddpm.train_inputs({k: v[:4] for k, v in batch.items()}, key, label_dropout=0.0, **draw)
+    for name in ("t", "noise", "image"):
+        np.testing.assert_array_equal(half[name], np.asarray(kept[name])[:4])
+
+
+def critic_setup(loss: str, gp_weight: float = 0.0, r1_gamma: float = 0.0) -> gan.Setup:
+    return gan.Setup(
+        generator=None,
+        discriminator=LinearCritic(),
+        gan_loss=gan_losses.LOSSES.get(loss),
+        optimizers={},
+        latent_dim=2,
+        num_classes=0,
+        n_critic=1,
+        gp_weight=gp_weight,
+        r1_gamma=r1_gamma,
+    )
+
+
+@pytest.mark.parametrize("r1_gamma", [0.0, 2.0])
+def test_wgan_gp_discriminator_loss_has_its_closed_form(r1_gamma):
+    rng = np.random.default_rng(2)
+    w = rng.normal(size=(3, 3, 1))
+    real, fake = rng.normal(size=(4, 3, 3, 1)), rng.normal(size=(4, 3, 3, 1))
+    setup = critic_setup("wgan_gp", gp_weight=10.0, r1_gamma=r1_gamma)
+    loss, (metrics, new_state) = gan.discriminator_loss(
+        {"w": jnp.asarray(w, jnp.float32)},
+        {},
+        {"image": jnp.asarray(real, jnp.float32), "label": jnp.zeros(4, jnp.int32)},
+        {
+            "image": jnp.asarray(fake, jnp.float32),
+            "label": jnp.zeros(4, jnp.int32),
+            "mix": jnp.asarray(rng.uniform(size=4), jnp.float32),
+        },
+        setup=setup,
+    )
+    norm = np.sqrt(np.sum(w**2))
+    critic = lambda x: np.sum(w * x, axis=(1, 2, 3))  # noqa: E731
+    expected = np.mean(critic(fake)) - np.mean(critic(real)) + 10.0 * (norm - 1.0) ** 2
+    expected += 0.5 * r1_gamma * norm**2
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    np.testing.assert_allclose(metrics["d_loss"], expected, rtol=1e-5)
+    np.testing.assert_allclose(metrics["gp"], (norm - 1.0) ** 2, rtol=1e-4)
+    assert ("r1" in metrics) == bool(r1_gamma) and new_state == {}
+
+
+def test_gradient_step_is_one_sgd_update_of_the_mean_loss():
+    optim = base_config().optim
+    optim.update(name="sgd", lr=0.1, b1=0.0)
+    optimizer = train_state.make_optimizer(optim, num_steps=10, skip_nonfinite=False)
+    params = {"w": jnp.array([1.0, -2.0])}
+    state = train_state.create(params, optimizer, jax.random.PRNGKey(0))
+    batch = {"x": jnp.array([1.0, 3.0])}
+
+    def loss_fn(params, batch):  # mean over the batch of x * |w|^2 / 2
+        loss = jnp.mean(batch["x"]) * 0.5 * jnp.sum(params["w"] ** 2)
+        return loss, {}
+
+    new_state, metrics = train_state.gradient_step(
+        state, batch, loss_fn=loss_fn, optimizer=optimizer, microbatches=2
+    )
+    # ∇ = mean(x) w = 2 w; w' = w - 0.1 * 2 w = 0.8 w.
+    np.testing.assert_allclose(new_state.params["w"], [0.8, -1.6], rtol=1e-6)
+    np.testing.assert_allclose(metrics["loss"], 2.0 * 0.5 * 5.0, rtol=1e-6)
+    np.testing.assert_allclose(metrics["grad_norm"], 2.0 * np.sqrt(5.0), rtol=1e-6)
+    np.testing.assert_allclose(metrics["lr"], 0.1, rtol=1e-6)
+    assert int(new_state.step) == 1 and new_state.ema_params == {}
+
+
+@pytest.mark.parametrize("step,decay", [(0, 0.1), (90, 0.91), (10_000, 0.999)])
+def test_ema_update_warms_up_as_tf_num_updates(step, decay):
+    params, ema = {"w": jnp.array([1.0])}, {"w": jnp.array([5.0])}
+    new = train_state.ema_update(params, ema, jnp.asarray(step), 0.999)
+    # decay_eff = min(0.999, (1 + step) / (10 + step)); ema' = decay_eff ema + (1 - decay_eff) w
+    np.testing.assert_allclose(new["w"], [decay * 5.0 + (1 - decay) * 1.0], rtol=1e-6)
