@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from tensorboardX.proto import event_pb2
 
-from jaxgen import data, optim, runs
+from jaxgen import data, runs
 from jaxgen.config import ConfigDict, ConfigError, base_config
 from jaxgen.registry import Registry
 from jaxgen.train import FAMILIES, Family, Steps, check_loss_kw, get_family, loop
@@ -96,17 +96,17 @@ def _register_toy_kind_and_family():
         del config, info
 
     def make_steps(config, info, axis_name=None):
-        optimizer = optim.make_optimizer(config.optim, config.train.num_steps, False)
+        optimizer = train_state.make_optimizer(config.optim, config.train.num_steps, False)
 
         def init(rng, batch):
-            return train_state.create({"mu": jnp.zeros(info.image_shape)}, optimizer, rng, False)
+            return train_state.create({"mu": jnp.zeros(info.image_shape)}, optimizer, rng)
 
         def train_step(state, batch):
             def loss_of(params):
                 return jnp.mean(jnp.sum(jnp.square(batch["x"] - params["mu"]), -1))
 
             loss, grads = jax.value_and_grad(loss_of)(state.params)
-            return train_state.apply_gradients(state, grads, optimizer, 0.0), {"loss": loss}
+            return train_state.apply_gradients(state, grads, optimizer), {"loss": loss}
 
         def sample(state, batch, rng):
             del batch
