@@ -10,6 +10,7 @@ from jaxgen import diffusion
 from jaxgen.config import base_config
 from jaxgen.losses import ddpm as ddpm_losses
 from jaxgen.losses import gan as gan_losses
+from jaxgen.metrics import likelihood
 from jaxgen.train import ddpm, gan
 from jaxgen.train import state as train_state
 
@@ -153,3 +154,38 @@ def test_ema_update_warms_up_as_tf_num_updates(step, decay):
     new = train_state.ema_update(params, ema, jnp.asarray(step), 0.999)
     # decay_eff = min(0.999, (1 + step) / (10 + step)); ema' = decay_eff ema + (1 - decay_eff) w
     np.testing.assert_allclose(new["w"], [decay * 5.0 + (1 - decay) * 1.0], rtol=1e-6)
+
+
+class Oracle:
+    """A stand-in ε-model that knows x_0: it returns the exact noise of x_t."""
+
+    def __init__(self, image, schedule):
+        self.image, self.schedule = image, schedule
+
+    def apply(self, variables, xt, t, label=None):
+        a = diffusion.at(self.schedule.alphas_cumprod, t)
+        return (xt - jnp.sqrt(a) * self.image) / jnp.sqrt(1.0 - a)
+
+
+@pytest.mark.parametrize("num_timesteps", [0, 5])
+def test_bits_per_dim_of_an_exact_denoiser_is_prior_plus_decoder(num_timesteps):
+    """With x̂_0 = x_0 and the posterior variance β̃, every KL term L_{t-1}, t > 1 is 0:
+    the bound is L_T + L_0 only, whether all T terms are summed or k of them sampled."""
+    schedule = diffusion.make_schedule("linear", 50)
+    image = jnp.asarray(np.random.default_rng(4).uniform(-1, 1, (3, 4, 4, 1)), jnp.float32)
+    sums = likelihood.bits_per_dim(
+        {},
+        {"image": image, "mask": jnp.array([1.0, 1.0, 0.0])},
+        jax.random.PRNGKey(0),
+        num_timesteps=num_timesteps,
+        conditional=False,
+        model=Oracle(image, schedule),
+        schedule=schedule,
+        parameterisation="eps",
+        variance="beta_tilde",
+        clip=False,
+    )
+    assert float(sums["count"]) == 2
+    expected = float(sums["prior_bpd"]) + float(sums["decoder_bpd"])
+    assert float(sums["bpd"]) == pytest.approx(expected, rel=1e-4)
+    assert float(sums["decoder_bpd"]) > 0 and float(sums["prior_bpd"]) >= 0
