@@ -22,6 +22,7 @@ from jaxgen.train import (
     autoencoder,
     check_loss_kw,
     classifier,
+    clip,
     ddpm,
     gan,
     get_family,
@@ -31,7 +32,7 @@ from jaxgen.train import (
 
 PyTree = Any
 # The built-in families: importing their modules registers them in jaxgen.train.FAMILIES.
-BUILT_IN_FAMILIES = (autoencoder, classifier, ddpm, gan, gpt, vae)
+BUILT_IN_FAMILIES = (autoencoder, classifier, clip, ddpm, gan, gpt, vae)
 DTYPES = ("float32", "bfloat16", "float16")
 INTERVALS = ("log_every", "eval_every", "ckpt_every", "sample_every")
 
