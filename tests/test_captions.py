@@ -266,3 +266,32 @@ def test_tfds_catalog_captions_on_mock_data(tmp_path, monkeypatch):
     texts = {text for batch in train for text in _decode_all(tokenizer, batch)}
     assert any(text.endswith("take 1") for text in texts)  # several captions drawn
     assert ("coco_captions", "train") in calls
+
+
+def test_shift_scale_matches_a_per_pixel_bilinear_reference():
+    rng = np.random.default_rng(3)
+    images = rng.uniform(-1, 1, (2, 6, 5, 2)).astype(np.float32)
+    out = emoji.shift_scale(images, np.random.default_rng(4), 1.5, 0.3)
+    draws = np.random.default_rng(4)  # the same draws: scale, dy, dx
+    scale = draws.uniform(0.7, 1.3, (2, 1))
+    dy, dx = draws.uniform(-1.5, 1.5, (2, 1)), draws.uniform(-1.5, 1.5, (2, 1))
+
+    def pixel(i, y, x, c):  # white off the image
+        inside = 0 <= y < 6 and 0 <= x < 5
+        return images[i, y, x, c] if inside else 1.0
+
+    for i in range(2):
+        for y in range(6):
+            for x in range(5):
+                sy = (y - 2.5 - dy[i, 0]) / scale[i, 0] + 2.5
+                sx = (x - 2.0 - dx[i, 0]) / scale[i, 0] + 2.0
+                y0, x0 = int(np.floor(sy)), int(np.floor(sx))
+                wy, wx = sy - y0, sx - x0
+                for c in range(2):
+                    expected = (
+                        (1 - wy) * (1 - wx) * pixel(i, y0, x0, c)
+                        + (1 - wy) * wx * pixel(i, y0, x0 + 1, c)
+                        + wy * (1 - wx) * pixel(i, y0 + 1, x0, c)
+                        + wy * wx * pixel(i, y0 + 1, x0 + 1, c)
+                    )
+                    assert out[i, y, x, c] == pytest.approx(expected, abs=1e-5)

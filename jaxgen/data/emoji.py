@@ -8,7 +8,8 @@ size (109) with embedded_color=True, so each glyph is drawn at 109 px on a trans
 cropped to its bounding box, centred in a square, resized (Lanczos) to fit inside the image with a
 margin of size/16 px, and composited on white. Captions are the lowercased Unicode names.
 
-`shift_scale` augments a batch per example: zoom by a factor in [1 - s, 1 + s] about the centre and
+`shift_scale` augments a batch per example (two batched matrix products: the map is separable):
+zoom by a factor in [1 - s, 1 + s] about the centre and
 shift by up to +-m pixels, bilinear, white outside the image; the factors come from the rng it is
 given (the kind draws it from (seed, host, step)).
 """
@@ -87,29 +88,28 @@ def render(font_file: str, size: int) -> tuple[np.ndarray, tuple[str, ...]]:
     return np.stack(images), tuple(names)
 
 
+def _tent_weights(source: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear weights [b, n, size] of reading positions `source` [b, n] from `size` pixels:
+    max(0, 1 - |source - j|); a position off the image puts weight on no pixel."""
+    return np.maximum(0.0, 1.0 - np.abs(source[:, :, None] - np.arange(size)[None, None, :]))
+
+
 def shift_scale(
     images: np.ndarray, rng: np.random.Generator, max_shift: float, max_scale: float
 ) -> np.ndarray:
     """float32 images [b, H, W, C] in [-1, 1], each zoomed and shifted (white fill).
 
-    Output pixel (y, x) reads input ((y - cy - dy) / s + cy, (x - cx - dx) / s + cx), bilinear.
+    Output pixel (y, x) reads input ((y - cy - dy) / s + cy, (x - cx - dx) / s + cx), bilinear,
+    white where it falls off the image. The map is separable, so it is two batched matrix
+    products on (image - 1), whose off-image value is 0: out = Wy (image - 1) Wx^T + 1.
     """
-    b, height, width, _ = images.shape
-    scale = rng.uniform(1 - max_scale, 1 + max_scale, (b, 1, 1))
-    dy, dx = (rng.uniform(-max_shift, max_shift, (b, 1, 1)) for _ in range(2))
+    b, height, width, channels = images.shape
+    scale = rng.uniform(1 - max_scale, 1 + max_scale, (b, 1))
+    dy, dx = (rng.uniform(-max_shift, max_shift, (b, 1)) for _ in range(2))
     cy, cx = (height - 1) / 2, (width - 1) / 2
-    ys = (np.arange(height)[None, :, None] - cy - dy) / scale + cy  # [b, H, 1]
-    xs = (np.arange(width)[None, None, :] - cx - dx) / scale + cx  # [b, 1, W]
-    ys, xs = np.broadcast_to(ys, (b, height, width)), np.broadcast_to(xs, (b, height, width))
-    y0, x0 = np.floor(ys).astype(np.int64), np.floor(xs).astype(np.int64)
-    wy, wx = (ys - y0)[..., None], (xs - x0)[..., None]
-    batch = np.arange(b)[:, None, None]
-
-    def at(y, x):
-        inside = ((y >= 0) & (y < height) & (x >= 0) & (x < width))[..., None]
-        pixels = images[batch, np.clip(y, 0, height - 1), np.clip(x, 0, width - 1)]
-        return np.where(inside, pixels, np.float32(1.0))  # white
-
-    top = at(y0, x0) * (1 - wx) + at(y0, x0 + 1) * wx
-    bottom = at(y0 + 1, x0) * (1 - wx) + at(y0 + 1, x0 + 1) * wx
-    return (top * (1 - wy) + bottom * wy).astype(np.float32)
+    rows = _tent_weights((np.arange(height)[None] - cy - dy) / scale + cy, height)  # [b, H, H]
+    cols = _tent_weights((np.arange(width)[None] - cx - dx) / scale + cx, width)  # [b, W, W]
+    centred = (images - np.float32(1.0)).reshape(b, height, width * channels)
+    h = np.matmul(rows.astype(np.float32), centred).reshape(b, height, width, channels)
+    h = np.matmul(cols.astype(np.float32)[:, None], h)  # [b, 1, W, W] @ [b, H, W, C]
+    return (h + np.float32(1.0)).astype(np.float32)
