@@ -164,7 +164,7 @@ def test_a_kind_claims_catalog_names_before_the_catch_all_images_kind():
     _register_toy_kind_and_family()
     assert data.KINDS.get("images").accepts("titanic")  # in the TFDS catalog
     assert data.kind_of("titanic").name == "vectors"
-    assert data.kind_of("coco_captions").name == "images"
+    assert data.kind_of("coco_captions").name == "captions"  # claimed by the captions kind
 
 
 def test_text_fields_live_with_the_text_kind_only():

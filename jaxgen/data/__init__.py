@@ -26,7 +26,7 @@ else changes. The next two fit as follows:
       side: the run saves and reloads each), `accepts` for TFDS catalog translation datasets
       (wmt14_translate/de-en: asked before the catch-all images kind), and batches
       {"source": int32 [b, S], "target": int32 [b, T + 1]} with a "mask" in eval;
-  images with captions (text-to-image): its own datasets (captioned MNIST, emoji, a folder
+  images with captions (text-to-image; captions_kind.py, captions.py, emoji.py): its own datasets (captioned MNIST, emoji, a folder
       with captions.jsonl), `accepts` for catalog ones (coco_captions), image fields plus a
       caption tokenizer and caption_len, tokenizer_fields = ("tokenizer",), and batches
       {"image": f32 [b, H, W, C], "caption": int32 [b, L]} (augmentation inside the kind).
@@ -35,8 +35,9 @@ vocabulary size of the shared tokenizer. A family then writes its samples its ow
 (jaxgen.train.Family.write_sample), and the loop stays as it is.
 """
 
-from jaxgen.data import image_kind, text_kind  # noqa: F401 (register the kinds)
+from jaxgen.data import captions_kind, image_kind, text_kind  # noqa: F401 (register the kinds)
 from jaxgen.data.builders import DATASETS
+from jaxgen.data.captions import CAPTION_DATASETS
 from jaxgen.data.errors import DataError
 from jaxgen.data.kinds import (
     KINDS,
@@ -52,6 +53,7 @@ from jaxgen.data.pipeline import make_iterator
 from jaxgen.data.text import TEXT_DATASETS
 
 __all__ = [
+    "CAPTION_DATASETS",
     "DATASETS",
     "KINDS",
     "TEXT_DATASETS",

@@ -5,7 +5,8 @@ schedule, the parameterisation, the starting noise x_T [B, H, W, C] and a key; i
 loop is one `lax.scan`, so the caller jits it once. Step k's noise is drawn from
 fold_in(rng, k), so given x_T and rng a sample is reproducible, and DDIM with eta = 0
 uses no noise after x_T at all. `guided` wraps a class-conditional model into such a
-closure with classifier-free guidance (Ho & Salimans 2022). Predicted x_0 are clipped
+closure with classifier-free guidance (Ho & Salimans 2022); `guided_on` does the same for
+any condition array, e.g. a text encoding. Predicted x_0 are clipped
 to [-1, 1] when `clip` is set, as Ho et al. do when sampling. Writing PNGs is left to
 the caller.
 """
@@ -30,11 +31,18 @@ def guided(apply: Callable, label: jax.Array, null_label: int, scale: float) -> 
     the same whether the network predicts ε, x_0 or v. Scale 1 is the conditional model;
     use `conditional` to skip the unconditional half then.
     """
-    null = jnp.full_like(label, null_label)
+    return guided_on(apply, label, jnp.full_like(label, null_label), scale)
+
+
+def guided_on(apply: Callable, condition: jax.Array, null: jax.Array, scale: float) -> Denoise:
+    """`guided` for any condition array [B, ...] (a text encoding [B, L, D]) and its null value
+    (the empty prompt's encoding, broadcast to the condition's shape). Scale s is diffusers'
+    guidance_scale: 0 the unconditional model, 1 the conditional one."""
+    null = jnp.broadcast_to(null, condition.shape).astype(condition.dtype)
 
     def denoise(x, t):
         out = apply(
-            jnp.concatenate([x, x]), jnp.concatenate([t, t]), jnp.concatenate([label, null])
+            jnp.concatenate([x, x]), jnp.concatenate([t, t]), jnp.concatenate([condition, null])
         )
         cond, uncond = jnp.split(out, 2)
         return uncond + scale * (cond - uncond)

@@ -1,0 +1,90 @@
+"""CLIP family: contrastive image-caption training (Radford et al. 2021) on a captions dataset.
+
+The step is the symmetric InfoNCE over the whole global batch (losses/clip.py): under the default
+jit path the batch is one array sharded over devices, so every image meets every caption of the
+batch whatever the device count. The pmap path and microbatches would contrast only within a
+device's or a microbatch's share, a different loss, so validate refuses them.
+
+Evaluation "clip_score": over the eval split, the CLIP score (metrics/clip_score.py) of each
+image with its own caption and, as the chance baseline, with the next example's caption, and
+the in-batch top-1 retrieval accuracy (image -> caption) among the batch's real examples.
+The trained text tower is what a latent diffusion model conditions on (encode_text's hidden).
+"""
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.losses import clip as losses
+from jaxgen.metrics.clip_score import clip_score
+from jaxgen.models import clip as models
+from jaxgen.train import FAMILIES, Family, Steps
+from jaxgen.train import state as train_state
+
+
+def validate(config: ConfigDict, info: Any) -> None:
+    if not info.vocab_size or "caption_len" not in config.data:
+        raise ConfigError(
+            f"config.data.name: {config.data.name!r} has no captions; CLIP trains on a captions "
+            "dataset (captioned_mnist, emoji, captions_folder, ...)"
+        )
+    models.check_config(config.model)
+    losses.LOSSES.get(config.loss.name)
+    if config.train.microbatches != 1:
+        raise ConfigError("config.train.microbatches: CLIP contrasts the whole batch; use 1")
+    if config.mesh.backend != "jit":
+        raise ConfigError("config.mesh.backend: CLIP contrasts the global batch; use 'jit'")
+
+
+def clip_loss(params, batch, *, model, loss_fn):
+    out = model.apply({"params": params}, batch["image"], batch["caption"])
+    return loss_fn(out.image_embeds, out.text_embeds, out.logit_scale)
+
+
+def init(rng, batch, *, model, optimizer):
+    params_rng, state_rng = jax.random.split(rng)
+    params = model.init(params_rng, batch["image"][:1], batch["caption"][:1])["params"]
+    return train_state.create(params, optimizer, state_rng)
+
+
+def train_step(state, batch, *, loss_of, optimizer):
+    batch = {"image": batch["image"], "caption": batch["caption"]}
+    return train_state.gradient_step(state, batch, loss_fn=loss_of, optimizer=optimizer)
+
+
+def clip_score_sums(params, batch, rng, *, model):
+    """Sums of the matched and mismatched CLIP scores and of top-1 retrieval, with "count"."""
+    del rng
+    mask = batch["mask"]
+    out = model.apply({"params": params}, batch["image"], batch["caption"])
+    matched = clip_score(out.image_embeds, out.text_embeds)  # [B]
+    mismatched = clip_score(out.image_embeds, jnp.roll(out.text_embeds, 1, axis=0))
+    cosines = out.image_embeds @ out.text_embeds.T  # [B images, B captions]
+    cosines = jnp.where(mask[None, :] > 0, cosines, -jnp.inf)  # padding is never retrieved
+    hits = jnp.argmax(cosines, axis=1) == jnp.arange(cosines.shape[0])
+    return {
+        "score": jnp.sum(matched * mask),
+        "mismatched_score": jnp.sum(mismatched * mask),
+        "retrieval": jnp.sum(hits * mask),
+        "count": jnp.sum(mask),
+    }
+
+
+def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> Steps:
+    del axis_name  # validate admits the jit path only
+    model = models.make_model(config.model, info.vocab_size, config.data.caption_len)
+    optimizer = train_state.from_config(config)
+    loss_of = functools.partial(clip_loss, model=model, loss_fn=losses.LOSSES.get(config.loss.name))
+    scores = train_state.on_eval_params(functools.partial(clip_score_sums, model=model))
+    return Steps(
+        init=functools.partial(init, model=model, optimizer=optimizer),
+        train_step=functools.partial(train_step, loss_of=loss_of, optimizer=optimizer),
+        eval_steps={"clip_score": lambda entry: scores},
+        sample=lambda state, batch, rng: {},
+    )
+
+
+FAMILIES.register("clip")(Family(validate, make_steps, losses=losses.LOSSES))
