@@ -35,7 +35,7 @@ vocabulary size of the shared tokenizer. A family then writes its samples its ow
 (jaxgen.train.Family.write_sample), and the loop stays as it is.
 """
 
-from jaxgen.data import image_kind, text_kind  # noqa: F401 (register the kinds)
+from jaxgen.data import image_kind, pairs_kind, text_kind  # noqa: F401 (register the kinds)
 from jaxgen.data.builders import DATASETS
 from jaxgen.data.errors import DataError
 from jaxgen.data.kinds import (
