@@ -16,11 +16,22 @@ import numpy as np
 from jaxgen import checkpoint, data, optim, parallel
 from jaxgen.config import ConfigDict, ConfigError
 from jaxgen.tokenizers import Tokenizer
-from jaxgen.train import Family, Steps, check_loss_kw, classifier, ddpm, gan, get_family, gpt, vae
+from jaxgen.train import (
+    Family,
+    Steps,
+    check_loss_kw,
+    classifier,
+    ddpm,
+    gan,
+    get_family,
+    gpt,
+    seq2seq,
+    vae,
+)
 
 PyTree = Any
 # The built-in families: importing their modules registers them in jaxgen.train.FAMILIES.
-BUILT_IN_FAMILIES = (classifier, ddpm, gan, gpt, vae)
+BUILT_IN_FAMILIES = (classifier, ddpm, gan, gpt, seq2seq, vae)
 DTYPES = ("float32", "bfloat16", "float16")
 INTERVALS = ("log_every", "eval_every", "ckpt_every", "sample_every")
 
