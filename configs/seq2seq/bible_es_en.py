@@ -68,7 +68,14 @@ def get_config(arg: str = "") -> ConfigDict:
     config.train.ckpt_every = 2000
     config.train.sample_every = 2000
 
-    config.evals = ConfigDict({"val": {"type": "loss", "batch_size": 64, "num_examples": 0}})
+    config.evals = ConfigDict(
+        {
+            "val": {"type": "loss", "batch_size": 64, "num_examples": 0},
+            # sacreBLEU / chrF of beam-search translations (metrics/text.py); the final
+            # numbers: python -m experiments.evaluate --workdir=W --config.evals.bleu.split=test
+            "bleu": {"type": "bleu", "split": "validation", "batch_size": 64, "num_examples": 0},
+        }
+    )
 
     config.sample.num_samples = 8  # verses of the eval split translated at each sample
     config.sample.source = ""  # "|"-separated sources to translate instead (experiments.sample)
@@ -107,7 +114,9 @@ def get_config(arg: str = "") -> ConfigDict:
             config,
             batch_size=8,
             warmup_steps=5,
-            evals=dict(val=dict(batch_size=8, num_examples=16)),
+            evals=dict(
+                val=dict(batch_size=8, num_examples=16), bleu=dict(batch_size=8, num_examples=16)
+            ),
             sample=dict(num_samples=4, max_new_tokens=12, num_beams=2),
         )
     return config
