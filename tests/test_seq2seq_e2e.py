@@ -6,12 +6,16 @@ tests write a small TSV of their own and point data.text_file at it (data.name="
 
 import json
 import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
 
-from tests.e2e import run_script, stderr_lines
-from tests.helpers import SHARED_DATA
+from tests.e2e import run_script, script_env, stderr_lines
+from tests.helpers import ROOT, SHARED_DATA
 
 pytestmark = pytest.mark.slow
 SMOKE = "configs/seq2seq/bible_es_en.py:smoke"
@@ -85,3 +89,55 @@ def test_bad_tsv_is_one_line_naming_file_and_line(tmp_path):
     assert result.returncode == 2
     lines = stderr_lines(result)
     assert len(lines) == 1 and f"{bad}:3: empty cell in column 'es'" in lines[0]
+
+
+def _post(url, payload):
+    request = urllib.request.Request(url, data=payload, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_export_then_serve_over_http(smoke_run, tmp_path):
+    workdir, _ = smoke_run
+    out = tmp_path / "export"
+    run_script("export", f"--workdir={workdir}", f"--out={out}", "--num_beams=1,2")
+    assert sorted(os.listdir(out)) == [
+        "export.json",
+        "params.msgpack",
+        "tokenizer.json",
+        "translate_beams1.bin",
+        "translate_beams2.bin",
+    ]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "experiments.serve", f"--export={out}", "--port=0"],
+        cwd=ROOT,
+        env=script_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        line = server.stdout.readline()  # "serving E on http://127.0.0.1:PORT/translate"
+        url = line.split()[-1]
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/translate")
+        sources = ["En el principio crió Dios los cielos", "Y dijo Dios", "Sea la luz"]
+        status, reply = _post(url, json.dumps({"source": sources, "num_beams": 2}).encode())
+        assert status == 200 and len(reply["translation"]) == 3 and reply["num_beams"] == 2
+        for bad, reason in [
+            (b"not json", "not UTF-8 JSON"),
+            (b'{"source": []}', "non-empty list"),
+            (b'{"source": ["a"], "num_beams": 3}', "exported: [1, 2]"),
+        ]:
+            status, reply = _post(url, bad)
+            assert status == 400 and reason in reply["error"] and "\n" not in reply["error"]
+        # Still serving; greedy is deterministic, and a row's translation does not depend on
+        # the other rows of its request.
+        status, one = _post(url, json.dumps({"source": sources[:1]}).encode())
+        status, three = _post(url, json.dumps({"source": sources, "num_beams": 1}).encode())
+        assert status == 200 and one["translation"][0] == three["translation"][0]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
