@@ -155,3 +155,11 @@ def test_catalog_route_with_tfds_mock_data(tmp_path):
     bad = _config(tmp_path, name="wmt14_translate/de-en", source="fr", target="en")
     with tfds.testing.mock_data(num_examples=8), pytest.raises(ConfigError, match="data.source"):
         data.get_info(bad)
+
+
+def test_without_an_id_column_the_row_texts_key_the_split(tmp_path):
+    path = _write_tsv(tmp_path / "a.tsv", [r[1:] for r in _ROWS], header="es\ten")
+    split = pairs.read_pairs(_config(tmp_path), path)
+    for source, target in split["validation"]:
+        assert pairs.split_of(f"{source}\t{target}", 0.1, 0.1) == "validation"
+    assert sum(map(len, split.values())) == len(_ROWS)

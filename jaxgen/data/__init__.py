@@ -12,6 +12,12 @@ Every dataset belongs to a registered kind of data (kinds.py: the Kind interface
   "text" (text_kind.py): a token stream (TEXT_DATASETS: "tiny_shakespeare", "text_file";
       text.py), batches {"tokens": int32 [b, seq_len + 1]}, with its tokenizer
       (jaxgen.tokenizers) from load_tokenizer(config.data).
+  "pairs" (pairs_kind.py): sentence pairs for translation (PAIR_DATASETS: "bible_es_en",
+      "tsv": a UTF-8 TSV file with a header, pairs.py; and TFDS catalog translation datasets such
+      as "wmt14_translate/de-en"), split train/validation/test by a hash of each row's id,
+      one byte-level BPE shared by both sides plus a <pad> id, batches
+      {"source": int32 [b, S], "target": int32 [b, T + 1]} (eos-started and eos-ended, padded
+      with pairs.pad_id(tokenizer)) with a "mask" in eval.
 A kind owns its config.data fields beyond base_config's (a config takes them with
 `config.data.update(data.kind_fields("text"))`), their checks, preparation, batches, eval
 batches, tokenizers and DatasetInfo; the pipeline (pipeline.py), the loop and the run files
@@ -19,18 +25,12 @@ batches, tokenizers and DatasetInfo; the pipeline (pipeline.py), the loop and th
 to read any prepared one.
 
 A new kind is one module with a Kind subclass registered in KINDS, imported below; nothing
-else changes. The next two fit as follows:
-  text pairs (translation): its own registry of pair datasets (a TSV file, bible_es_en),
-      fields such as text_file, source, target, tokenizer, vocab_size and max lengths,
-      tokenizer_fields = ("tokenizer",) for one BPE shared by both sides (or one field per
-      side: the run saves and reloads each), `accepts` for TFDS catalog translation datasets
-      (wmt14_translate/de-en: asked before the catch-all images kind), and batches
-      {"source": int32 [b, S], "target": int32 [b, T + 1]} with a "mask" in eval;
+else changes. The next one fits as follows:
   images with captions (text-to-image): its own datasets (captioned MNIST, emoji, a folder
       with captions.jsonl), `accepts` for catalog ones (coco_captions), image fields plus a
       caption tokenizer and caption_len, tokenizer_fields = ("tokenizer",), and batches
       {"image": f32 [b, H, W, C], "caption": int32 [b, L]} (augmentation inside the kind).
-Either may add fields to DatasetInfo (with defaults) for what its families must know, e.g. the
+It may add fields to DatasetInfo (with defaults) for what its families must know, e.g. the
 vocabulary size of the shared tokenizer. A family then writes its samples its own way
 (jaxgen.train.Family.write_sample), and the loop stays as it is.
 """
