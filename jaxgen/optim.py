@@ -6,12 +6,13 @@ family gets the same optimizer from the same config lines.
 """
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from jaxgen.config import ConfigDict, ConfigError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "rsqrt")
 
 
 def check_config(optim: ConfigDict, field: str = "config.optim") -> None:
@@ -29,14 +30,34 @@ def check_config(optim: ConfigDict, field: str = "config.optim") -> None:
     for name in ("weight_decay", "grad_clip_norm", "warmup_steps", "min_lr_ratio"):
         if optim[name] < 0:
             raise ConfigError(f"{field}.{name}: must be >= 0, got {optim[name]}")
+    if optim.schedule == "rsqrt" and not optim.warmup_steps:
+        raise ConfigError(f"{field}.warmup_steps: the rsqrt schedule needs a warmup, got 0")
     if not 0 <= optim.ema_decay < 1:
         raise ConfigError(f"{field}.ema_decay: must be in [0, 1), got {optim.ema_decay}")
     if not (0 <= optim.b1 < 1 and 0 <= optim.b2 < 1):
         raise ConfigError(f"{field}.b1/b2: must be in [0, 1), got {optim.b1}, {optim.b2}")
 
 
+def rsqrt_schedule(lr: float, warmup_steps: int) -> optax.Schedule:
+    """Vaswani et al. 2017, eq. 3, peaking at `lr` after warmup: lr * min(s / w, sqrt(w / s)).
+
+    The paper's d_model^-0.5 * min(s^-0.5, s * w^-1.5) is this with lr = (d_model * w)^-0.5
+    (7.0e-4 for d_model 512 and w 4000); s is the update count (0 at the first update).
+    """
+
+    def schedule(count):
+        steps = jnp.maximum(jnp.asarray(count, jnp.float32), 1.0)
+        rate = jnp.minimum(steps / warmup_steps, jnp.sqrt(warmup_steps / steps))
+        return lr * jnp.where(count == 0, 0.0, rate)
+
+    return schedule
+
+
 def learning_rate(optim: ConfigDict, num_steps: int) -> optax.Schedule:
-    """Linear warmup to `lr`, then constant or cosine decay to `min_lr_ratio * lr`."""
+    """Linear warmup to `lr`, then constant or cosine decay to `min_lr_ratio * lr`; or the
+    Transformer's inverse-square-root schedule ("rsqrt", rsqrt_schedule)."""
+    if optim.schedule == "rsqrt":
+        return rsqrt_schedule(optim.lr, optim.warmup_steps)
     if optim.schedule == "constant":
         decay = optax.constant_schedule(optim.lr)
     else:

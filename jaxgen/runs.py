@@ -27,12 +27,13 @@ from jaxgen.train import (
     gan,
     get_family,
     gpt,
+    seq2seq,
     vae,
 )
 
 PyTree = Any
 # The built-in families: importing their modules registers them in jaxgen.train.FAMILIES.
-BUILT_IN_FAMILIES = (autoencoder, classifier, clip, ddpm, gan, gpt, vae)
+BUILT_IN_FAMILIES = (autoencoder, classifier, clip, ddpm, gan, gpt, seq2seq, vae)
 DTYPES = ("float32", "bfloat16", "float16")
 INTERVALS = ("log_every", "eval_every", "ckpt_every", "sample_every")
 

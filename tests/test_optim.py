@@ -59,3 +59,18 @@ def test_a_second_optimizer_section_is_named_in_errors():
     config.warmup_steps = -1
     with pytest.raises(ConfigError, match=r"^config\.optim_d\.warmup_steps"):
         optim.check_config(config, "config.optim_d")
+
+
+def test_rsqrt_matches_the_transformer_paper():
+    config = base_config().optim
+    d_model, warmup = 512, 4000
+    config.update(lr=(d_model * warmup) ** -0.5, schedule="rsqrt", warmup_steps=warmup)
+    schedule = optim.learning_rate(config, num_steps=100_000)
+    assert float(schedule(0)) == 0.0
+    for step in (1, 100, 3999, 4000, 4001, 20_000, 100_000):
+        paper = d_model**-0.5 * min(step**-0.5, step * warmup**-1.5)  # Vaswani et al., eq. 3
+        assert float(schedule(step)) == pytest.approx(paper, rel=1e-5)
+    assert float(schedule(4000)) == pytest.approx(7.0e-4, rel=0.01)
+    config.warmup_steps = 0
+    with pytest.raises(ConfigError, match="config.optim.warmup_steps"):
+        optim.check_config(config)

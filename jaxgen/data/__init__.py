@@ -12,6 +12,18 @@ Every dataset belongs to a registered kind of data (kinds.py: the Kind interface
   "text" (text_kind.py): a token stream (TEXT_DATASETS: "tiny_shakespeare", "text_file";
       text.py), batches {"tokens": int32 [b, seq_len + 1]}, with its tokenizer
       (jaxgen.tokenizers) from load_tokenizer(config.data).
+  "pairs" (pairs_kind.py): sentence pairs for translation (PAIR_DATASETS: "bible_es_en",
+      "tsv": a UTF-8 TSV file with a header, pairs.py; and TFDS catalog translation datasets such
+      as "wmt14_translate/de-en"), split train/validation/test by a hash of each row's id,
+      one byte-level BPE shared by both sides plus a <pad> id, batches
+      {"source": int32 [b, S], "target": int32 [b, T + 1]} (eos-started and eos-ended, padded
+      with pairs.pad_id(tokenizer)) with a "mask" in eval.
+  "captions" (captions_kind.py): images with captions for text-to-image (CAPTION_DATASETS:
+      captioned MNIST / Fashion-MNIST from class names and templates, "emoji" rendered from
+      Noto Color Emoji, a folder with captions.jsonl; captions.py, emoji.py; and TFDS catalog
+      ones such as "coco_captions"), batches {"image": f32 [b, H, W, C], "caption": int32
+      [b, L]} with augmentation inside the kind.
+
 A kind owns its config.data fields beyond base_config's (a config takes them with
 `config.data.update(data.kind_fields("text"))`), their checks, preparation, batches, eval
 batches, tokenizers and DatasetInfo; the pipeline (pipeline.py), the loop and the run files
@@ -19,23 +31,12 @@ batches, tokenizers and DatasetInfo; the pipeline (pipeline.py), the loop and th
 to read any prepared one.
 
 A new kind is one module with a Kind subclass registered in KINDS, imported below; nothing
-else changes. The next two fit as follows:
-  text pairs (translation): its own registry of pair datasets (a TSV file, bible_es_en),
-      fields such as text_file, source, target, tokenizer, vocab_size and max lengths,
-      tokenizer_fields = ("tokenizer",) for one BPE shared by both sides (or one field per
-      side: the run saves and reloads each), `accepts` for TFDS catalog translation datasets
-      (wmt14_translate/de-en: asked before the catch-all images kind), and batches
-      {"source": int32 [b, S], "target": int32 [b, T + 1]} with a "mask" in eval;
-  images with captions (text-to-image; captions_kind.py, captions.py, emoji.py): its own datasets (captioned MNIST, emoji, a folder
-      with captions.jsonl), `accepts` for catalog ones (coco_captions), image fields plus a
-      caption tokenizer and caption_len, tokenizer_fields = ("tokenizer",), and batches
-      {"image": f32 [b, H, W, C], "caption": int32 [b, L]} (augmentation inside the kind).
-Either may add fields to DatasetInfo (with defaults) for what its families must know, e.g. the
-vocabulary size of the shared tokenizer. A family then writes its samples its own way
+else changes. A kind may add fields to DatasetInfo (with defaults) for what its families must
+know, e.g. the vocabulary size of a shared tokenizer; a family writes its samples its own way
 (jaxgen.train.Family.write_sample), and the loop stays as it is.
 """
 
-from jaxgen.data import captions_kind, image_kind, text_kind  # noqa: F401 (register the kinds)
+from jaxgen.data import captions_kind, image_kind, pairs_kind, text_kind  # noqa: F401 (register the kinds)
 from jaxgen.data.builders import DATASETS
 from jaxgen.data.captions import CAPTION_DATASETS
 from jaxgen.data.errors import DataError

@@ -3,7 +3,7 @@
 An entry's `type` names either an eval step the family provides (the VAE's
 "elbo" and "nll", the classifier's "accuracy") or an evaluator registered in
 EVALUATORS (metrics/evaluators.py; metrics/generative.py: "fid", "kid", "is",
-"class_accuracy"). A family eval step returns per-batch sums with a "count";
+"class_accuracy"; metrics/text.py: "bleu", "rouge"). A family eval step returns per-batch sums with a "count";
 `DatasetAverage` runs it over the eval split, divides, and applies the family's
 Steps.finalize of that type if it has one (GPT's perplexity). Results are keyed
 "<entry name>/<metric>".
@@ -25,11 +25,11 @@ import numpy as np
 
 from jaxgen import data, parallel
 from jaxgen.config import ConfigDict, ConfigError
-from jaxgen.metrics import generative
+from jaxgen.metrics import generative, text
 from jaxgen.metrics.evaluators import EVALUATORS
 from jaxgen.parallel import Placement
 
-__all__ = ["EVALUATORS", "DatasetAverage", "build", "check_config", "generative", "run"]
+__all__ = ["EVALUATORS", "DatasetAverage", "build", "check_config", "generative", "run", "text"]
 
 
 def check_config(

@@ -1,0 +1,201 @@
+"""Seq2seq family (translation): pure init / train / eval / sample steps for the generic loop.
+
+A batch is {"source": int32 [B, S], "target": int32 [B, T + 1]} (data/pairs_kind.py); the model
+reads (source, target[:, :-1]) and predicts target[:, 1:], the loss counting only non-padding
+target tokens. Dropout masks are drawn per example from the example's index in the global batch
+(parallel.example_rngs, as train/gpt.py), so an update does not depend on the device count or
+the number of microbatches. The "loss" eval sums the token NLL and correct argmaxes over the
+real target tokens of the eval split (nats, accuracy, and perplexity by finalize). Sampling
+translates config.sample.source ("|"-separated) or the lines of config.sample.source_file if
+set, else the sources of the fixed eval batch beside their references; the whole decode is one
+compiled call (sampling/seq2seq.py). BLEU/chrF evaluators live in jaxgen/metrics/text.py.
+"""
+
+import math
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgen import data, samples
+from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.data import pairs
+from jaxgen.losses import gpt as gpt_losses
+from jaxgen.losses import seq2seq as losses
+from jaxgen.models import seq2seq as models
+from jaxgen.parallel import example_rngs
+from jaxgen.sampling import decoding
+from jaxgen.sampling import seq2seq as sampling
+from jaxgen.train import FAMILIES, Family, Steps
+from jaxgen.train import state as train_state
+
+
+def pad_id_of(config: ConfigDict) -> tuple[int, Any]:
+    """(the padding id, the tokenizer) of the run's pairs data."""
+    tokenizer = data.load_tokenizer(config.data)
+    try:
+        return pairs.pad_id(tokenizer), tokenizer
+    except data.DataError as error:
+        raise ConfigError(f"config.data.tokenizer: {error}") from None
+
+
+def validate(config: ConfigDict, info: Any) -> None:
+    if data.kind_of(config.data.name).name != "pairs":
+        raise ConfigError(
+            f"config.data.name: {config.data.name!r} is not a pairs dataset (the seq2seq family "
+            "needs source/target pairs: bible_es_en, tsv or a TFDS translation dataset)"
+        )
+    models.check_config(config.model, config.data.source_len, config.data.target_len)
+    losses.LOSSES.get(config.loss.name)
+    settings = decoding.read_settings(config.sample)
+    sampling.check_length(config.model, settings.max_new_tokens)
+    del info
+    pad_id_of(config)
+    sample_sources(config)
+
+
+def sample_sources(config: ConfigDict) -> list[str]:
+    """The texts of config.sample.source ("|"-separated) or .source_file (one per line)."""
+    sample = config.sample
+    if sample.get("source_file"):
+        path = pathlib.Path(sample.source_file).expanduser()
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"config.sample.source_file: cannot read {path} ({error})") from None
+        texts = [line.strip() for line in lines if line.strip()]
+        if not texts:
+            raise ConfigError(f"config.sample.source_file: {path} has no non-empty line")
+        return texts
+    return [text.strip() for text in sample.get("source", "").split("|") if text.strip()]
+
+
+def logits_of(params, model, source, target_in, dropout_rngs=None):
+    """Training-mode logits [B, T, V]; with dropout, each example uses its own key."""
+    if dropout_rngs is None:
+        return model.apply({"params": params}, source, target_in, train=True)
+
+    def one(source_row, target_row, rng):
+        return model.apply(
+            {"params": params},
+            source_row[None],
+            target_row[None],
+            train=True,
+            rngs={"dropout": rng},
+        )
+
+    return jax.vmap(one)(source, target_in, dropout_rngs)[:, 0]
+
+
+def loss_of(params, batch, *, model, loss_fn, loss_kw, pad_id):
+    """(loss, metrics) of one (micro)batch with "source", "target" (and "dropout_rngs")."""
+    target = batch["target"]
+    logits = logits_of(params, model, batch["source"], target[:, :-1], batch.get("dropout_rngs"))
+    weights = (target[:, 1:] != pad_id).astype(jnp.float32)
+    return loss_fn(logits, target[:, 1:], weights, **loss_kw)
+
+
+def eval_sums(params, batch, *, model, pad_id):
+    """Sums of the token NLL (nats) and correct argmaxes over the real target tokens."""
+    target, mask = batch["target"], batch["mask"]
+    logits = model.apply({"params": params}, batch["source"], target[:, :-1])
+    weights = (target[:, 1:] != pad_id).astype(jnp.float32) * mask[:, None]
+    nll = gpt_losses.token_nll(logits, target[:, 1:])
+    correct = (jnp.argmax(logits, axis=-1) == target[:, 1:]).astype(jnp.float32)
+    return {
+        "loss": jnp.sum(nll * weights),
+        "accuracy": jnp.sum(correct * weights),
+        "count": jnp.sum(weights),
+    }
+
+
+def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> Steps:
+    pad_id, tokenizer = pad_id_of(config)
+    model = models.make_model(config.model, info.vocab_size, pad_id)
+    loss_fn = losses.LOSSES.get(config.loss.name)
+    optimizer = train_state.from_config(config)
+    microbatches = config.train.microbatches
+    dropout = config.model.dropout > 0
+    step_loss = dict(model=model, loss_fn=loss_fn, loss_kw=config.loss.kw.to_dict(), pad_id=pad_id)
+
+    def init(rng, batch):
+        params_rng, state_rng = jax.random.split(rng)
+        source, target = batch["source"][:1], batch["target"][:1, :-1]
+        params = model.init(params_rng, source, target)["params"]
+        return train_state.create(params, optimizer, state_rng)
+
+    def train_step(state, batch):
+        step_batch = {"source": batch["source"], "target": batch["target"]}
+        if dropout:
+            dropout_rng = jax.random.fold_in(state.rng, state.step)
+            size = batch["source"].shape[0]
+            step_batch["dropout_rngs"] = example_rngs(dropout_rng, size, axis_name)
+        return train_state.gradient_step(
+            state,
+            step_batch,
+            loss_fn=lambda params, mb: loss_of(params, mb, **step_loss),
+            optimizer=optimizer,
+            microbatches=microbatches,
+            axis_name=axis_name,
+        )
+
+    def make_loss_eval(entry):
+        del entry
+        return train_state.on_eval_params(
+            lambda params, batch, rng: eval_sums(params, batch, model=model, pad_id=pad_id)
+        )
+
+    translate = sampling.make_translate(model, config.sample, tokenizer.eos_id, pad_id)
+    texts = sample_sources(config)
+
+    def sample(state, batch, rng):
+        """{"source", "translation"[, "reference"]}: int32 rows, -1 where there is no token."""
+        if texts:
+            source = jnp.asarray(
+                sampling.encode_sources(tokenizer, texts, config.data.source_len, pad_id)
+            )
+        else:
+            source = batch["source"]
+        output = translate(state.eval_params, source, rng)
+        returned = output.tokens.shape[0] // source.shape[0]  # num_return_sequences
+        source = jnp.repeat(source, returned, axis=0)
+        keep = (source != pad_id) & (source != tokenizer.eos_id)
+        out = {
+            "source": jnp.where(keep, source, -1),
+            "translation": sampling.output_rows(output, tokenizer.eos_id),
+        }
+        if not texts:
+            reference = jnp.repeat(batch["target"][:, 1:], returned, axis=0)
+            keep = (reference != pad_id) & (reference != tokenizer.eos_id)
+            out["reference"] = jnp.where(keep, reference, -1)
+        return out
+
+    return Steps(
+        init=init,
+        train_step=train_step,
+        eval_steps={"loss": make_loss_eval},
+        sample=sample,
+        finalize={"loss": add_perplexity},
+    )
+
+
+def add_perplexity(means: dict[str, float]) -> dict[str, float]:
+    """The "loss" eval's averages with the perplexity, exp(mean token NLL in nats)."""
+    return means | {"perplexity": math.exp(min(means["loss"], 700.0))}
+
+
+def write_sample(config: ConfigDict, name: str, tokens: np.ndarray, stem: str) -> str:
+    """Token rows [N, L] (-1 where there is no token) -> `stem`.txt, one text a line."""
+    texts = samples.decode_rows(data.load_tokenizer(config.data), tokens)
+    path = pathlib.Path(stem + ".txt")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(" ".join(text.split()) + "\n" for text in texts), encoding="utf-8")
+    del name
+    return str(path)
+
+
+FAMILIES.register("seq2seq")(
+    Family(validate, make_steps, losses=losses.LOSSES, write_sample=write_sample)
+)

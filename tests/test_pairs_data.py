@@ -1,0 +1,165 @@
+"""The "pairs" kind: TSV parsing and errors, hash splits, shared BPE, batches, catalog route."""
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from jaxgen import data
+from jaxgen.config import ConfigError, base_config
+from jaxgen.data import DataError, pairs, pairs_kind
+
+_ROWS = [
+    (f"r{i}", f"hola mundo numero {i} casa", f"hello world number {i} house") for i in range(300)
+]
+
+
+def _write_tsv(path, rows=_ROWS, header="id\tes\ten"):
+    path.write_text(header + "\n" + "".join("\t".join(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _config(tmp_path, **overrides):
+    config = base_config().data
+    config.update(data.kind_fields("pairs"))
+    config.update(
+        name="tsv",
+        train_split="train",
+        eval_split="validation",
+        tfds_dir=str(tmp_path / "tfds"),
+        vocab_size=300,
+        source_len=12,
+        target_len=10,
+        val_fraction=0.1,
+        test_fraction=0.1,
+    )
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture(autouse=True)
+def _fresh():
+    pairs_kind.clear_cache()
+    yield
+    pairs_kind.clear_cache()
+
+
+def test_split_of_is_a_hash_of_the_id_only():
+    splits = [pairs.split_of(f"r{i}", 0.1, 0.2) for i in range(3000)]
+    counts = {s: splits.count(s) for s in pairs.SPLITS}
+    assert abs(counts["validation"] / 3000 - 0.1) < 0.03 and abs(counts["test"] / 3000 - 0.2) < 0.03
+    # Independent re-computation: the first 8 bytes of sha256, big-endian, over 2**64.
+    position = int.from_bytes(hashlib.sha256(b"r7").digest()[:8], "big") / 2.0**64
+    expected = "validation" if position < 0.1 else "test" if position < 0.3 else "train"
+    assert pairs.split_of("r7", 0.1, 0.2) == expected
+
+
+def test_rows_never_move_when_the_file_grows(tmp_path):
+    small = pairs.read_pairs(_config(tmp_path), _write_tsv(tmp_path / "a.tsv", _ROWS[:200]))
+    big = pairs.read_pairs(_config(tmp_path), _write_tsv(tmp_path / "b.tsv"))
+    for split in pairs.SPLITS:
+        assert big[split][: len(small[split])] == small[split]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "a.tsv:1: no header row"),
+        (b"id\tes\tfr\nx\thola\tsalut\n", "a.tsv:1: no column 'en' (config.data.target)"),
+        (b"id\tes\ten\nx\thola\thello\ny\t\thi\n", "a.tsv:3: empty cell in column 'es'"),
+        (b"id\tes\ten\nx\thola\n", "a.tsv:2: 2 cells, the header has 3"),
+        (
+            b"id\tes\ten\nx\thola\thello\ny\thol\xe1\thi\n",
+            "a.tsv:3: not UTF-8 text: invalid byte 0xe1",
+        ),
+    ],
+)
+def test_bad_files_are_one_line_errors_naming_file_and_line(tmp_path, content, message):
+    (tmp_path / "a.tsv").write_bytes(content)
+    config = _config(tmp_path, text_file=str(tmp_path / "a.tsv"))
+    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")) as error:
+        data.get_info(config)
+    assert "\n" not in str(error.value)
+
+
+def test_missing_file_and_bad_fields(tmp_path):
+    with pytest.raises(DataError, match="no such TSV file"):
+        data.get_info(_config(tmp_path, text_file=str(tmp_path / "none.tsv")))
+    with pytest.raises(ConfigError, match="config.data.text_file"):
+        data.check_config(_config(tmp_path))
+    with pytest.raises(ConfigError, match="config.data.source_len"):
+        data.check_config(_config(tmp_path, text_file="x", source_len=1))
+    with pytest.raises(ConfigError, match="config.data.eval_split"):
+        data.check_config(_config(tmp_path, text_file="x", eval_split="dev"))
+
+
+def test_batches_tokenizer_and_padding(tmp_path):
+    config = _config(tmp_path, text_file=str(_write_tsv(tmp_path / "a.tsv")))
+    info = data.get_info(config)
+    assert data.kind_of("tsv").name == "pairs"
+    tokenizer = data.load_tokenizer(config)
+    pad, eos = pairs.pad_id(tokenizer), tokenizer.eos_id
+    assert info.vocab_size == tokenizer.vocab_size == pad + 1 and eos == 0
+    split = pairs.read_pairs(config, tmp_path / "a.tsv")
+    assert sum(info.num_examples.values()) == len(split["train"]) + len(split["validation"])
+    batches = list(data.make_iterator(config, "validation", 8, 0, train=False))
+    n = len(split["validation"])
+    assert sum(b["mask"].sum() for b in batches) == n
+    source = np.concatenate([b["source"] for b in batches])[:n]
+    target = np.concatenate([b["target"] for b in batches])[:n]
+    assert source.shape[1] == 12 and target.shape[1] == 11 and source.dtype == np.int32
+    for row, (es, en) in zip(range(n), split["validation"], strict=True):
+        ids = tokenizer.encode(es).tolist() + [eos]
+        np.testing.assert_array_equal(source[row], (ids + [pad] * 12)[:12])
+        ids = [eos] + tokenizer.encode(en).tolist() + [eos]
+        np.testing.assert_array_equal(target[row], (ids + [pad] * 11)[:11])
+        assert tokenizer.decode(target[row][1 : target[row].tolist().index(eos, 1)]) == en
+    train = data.make_iterator(config, "train", 16, 0, train=True)
+    again = data.make_iterator(config, "train", 16, 0, train=True)
+    for _ in range(3):
+        a, b = next(train), next(again)
+        np.testing.assert_array_equal(a["target"], b["target"])
+        assert a["source"].shape == (16, 12) and "mask" not in a
+
+
+def test_bible_is_found_and_split(tmp_path):
+    if not os.environ.get("JAXGEN_DATA_DIR") or not os.path.isfile(
+        os.path.join(os.environ["JAXGEN_DATA_DIR"], pairs.BIBLE_FILE)
+    ):
+        pytest.skip("no bible_es_en.tsv")
+    config = _config(tmp_path, name="bible_es_en", vocab_size=2000)
+    path = pairs.find_file(config)
+    rows = pairs.read_pairs(config, path)
+    assert sum(map(len, rows.values())) == 30120
+    assert (
+        rows["train"][0]
+        == (
+            "EN el principio crió Dios los cielos y la tierra.",
+            "In the beginning God created the heaven and the earth.",
+        )
+        or len(rows["train"]) > 20000
+    )
+
+
+def test_catalog_route_with_tfds_mock_data(tmp_path):
+    config = _config(tmp_path, name="wmt14_translate/de-en", source="de", target="en")
+    config.update(vocab_size=400, eval_split="test")
+    assert data.kind_of(config.name).name == "pairs"
+    with tfds.testing.mock_data(num_examples=40):
+        info = data.get_info(config)
+        batch = next(data.make_iterator(config, "train", 8, 0, train=True))
+    assert info.num_examples == {"train": 40, "test": 40}
+    assert batch["source"].shape == (8, 12) and batch["target"].shape == (8, 11)
+    bad = _config(tmp_path, name="wmt14_translate/de-en", source="fr", target="en")
+    with tfds.testing.mock_data(num_examples=8), pytest.raises(ConfigError, match="data.source"):
+        data.get_info(bad)
+
+
+def test_without_an_id_column_the_row_texts_key_the_split(tmp_path):
+    path = _write_tsv(tmp_path / "a.tsv", [r[1:] for r in _ROWS], header="es\ten")
+    split = pairs.read_pairs(_config(tmp_path), path)
+    for source, target in split["validation"]:
+        assert pairs.split_of(f"{source}\t{target}", 0.1, 0.1) == "validation"
+    assert sum(map(len, split.values())) == len(_ROWS)

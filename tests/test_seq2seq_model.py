@@ -1,0 +1,126 @@
+"""The Transformer encoder-decoder: shapes, dtypes, masks, positions and the cached decode path."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.models import seq2seq
+
+PAD = 30
+
+
+def model_config(**overrides):
+    config = ConfigDict(
+        dict(
+            num_layers=2,
+            num_decoder_layers=2,
+            num_heads=2,
+            width=16,
+            ff_width=32,
+            dropout=0.0,
+            norm="post",
+            max_len=16,
+            dtype="float32",
+            param_dtype="float32",
+        )
+    )
+    config.update(overrides)
+    return config
+
+
+def _init(config, source, target):
+    model = seq2seq.make_model(config, 31, PAD)
+    params = model.init(jax.random.key(0), source, target)["params"]
+    return model, params
+
+
+def _batch():
+    rng = np.random.default_rng(0)
+    source = rng.integers(0, PAD, (3, 7)).astype(np.int32)
+    source[1, 5:] = PAD
+    target = rng.integers(0, PAD, (3, 6)).astype(np.int32)
+    return jnp.asarray(source), jnp.asarray(target)
+
+
+def test_sinusoids_match_the_paper():
+    table = seq2seq.sinusoids(10, 6)
+    for p in range(10):
+        for i in range(3):
+            assert np.isclose(table[p, 2 * i], np.sin(p / 10000 ** (2 * i / 6)))
+            assert np.isclose(table[p, 2 * i + 1], np.cos(p / 10000 ** (2 * i / 6)))
+
+
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_shapes_dtypes_and_tied_embedding(norm):
+    source, target = _batch()
+    config = model_config(norm=norm, dtype="bfloat16")
+    model, params = _init(config, source, target)
+    logits = model.apply({"params": params}, source, target)
+    assert logits.shape == (3, 6, 31) and logits.dtype == jnp.float32
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+    assert "embed" in params and not any("head" in k for k in params)  # output tied
+
+
+def test_causal_and_padding_masks():
+    source, target = _batch()
+    model, params = _init(model_config(), source, target)
+    logits = model.apply({"params": params}, source, target)
+    # Later target tokens do not change earlier logits.
+    changed = target.at[:, 4:].set(3)
+    np.testing.assert_allclose(
+        model.apply({"params": params}, source, changed)[:, :4], logits[:, :4], atol=1e-5
+    )
+    # Extra source padding changes nothing.
+    padded = jnp.concatenate([source, jnp.full((3, 3), PAD, jnp.int32)], axis=1)
+    np.testing.assert_allclose(model.apply({"params": params}, padded, target), logits, atol=1e-5)
+    # A real source token does.
+    other = source.at[:, 0].set((source[:, 0] + 1) % PAD)
+    assert not np.allclose(model.apply({"params": params}, other, target), logits, atol=1e-3)
+
+
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_cached_decode_matches_the_full_forward(norm):
+    source, target = _batch()
+    model, params = _init(model_config(norm=norm), source, target)
+    variables = {"params": params}
+    full = model.apply(variables, source, target)
+    memory = model.apply(variables, source, method=seq2seq.Transformer.encode)
+    cache = model.apply(variables, source, memory, 8, method=seq2seq.Transformer.start_cache)
+    assert cache.keys.shape == (3, 2, 8, 2, 8) and cache.cross_keys.shape == (3, 2, 7, 2, 8)
+    steps = []
+    for t in range(target.shape[1]):
+        logits, cache = model.apply(
+            variables, target[:, t : t + 1], cache, method=seq2seq.Transformer.extend
+        )
+        steps.append(logits[:, 0])
+    np.testing.assert_allclose(jnp.stack(steps, 1), full, atol=1e-4)
+    assert int(cache.length) == target.shape[1]
+
+
+def test_dropout_only_in_training():
+    source, target = _batch()
+    model, params = _init(model_config(dropout=0.5), source, target)
+    variables = {"params": params}
+    a = model.apply(variables, source, target, train=True, rngs={"dropout": jax.random.key(1)})
+    b = model.apply(variables, source, target, train=True, rngs={"dropout": jax.random.key(2)})
+    assert not np.allclose(a, b)
+    np.testing.assert_allclose(
+        model.apply(variables, source, target), model.apply(variables, source, target)
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"width": 15}, "width"),
+        ({"norm": "sandwich"}, "norm"),
+        ({"num_layers": 0}, "num_layers"),
+        ({"max_len": 4}, "max_len"),
+        ({"dropout": 1.0}, "dropout"),
+    ],
+)
+def test_check_config_names_the_field(overrides, field):
+    with pytest.raises(ConfigError, match=f"config.model.{field}"):
+        seq2seq.check_config(model_config(**overrides), 8, 8)
