@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from jaxgen.config import ConfigDict, ConfigError
 
 POSITIONS = ("learned", "rope")
-ATTENTION = ("auto", "xla", "cudnn")
+ATTENTION = ("auto", "xla", "cudnn", "einsum")
 
 
 @flax.struct.dataclass
@@ -122,13 +122,14 @@ class CausalSelfAttention(nn.Module):
             key, value, new_kv = keys, values, (keys, values)
 
         use_dropout = train and self.dropout > 0
-        if use_dropout:  # explicit softmax so the attention weights can be dropped
+        explicit = use_dropout or _attention_impl(self.attention, self.dtype) == "einsum"
+        if explicit:  # explicit softmax: droppable weights, and what CPU runs fastest
             scores = jnp.einsum("bthd,bshd->bhts", query, key) / math.sqrt(head_dim)
             if mask is None:
                 mask = jnp.tril(jnp.ones((steps, key.shape[1]), bool))[None, None]
             scores = jnp.where(mask, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
             weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-            weights = nn.Dropout(self.dropout)(weights, deterministic=False)
+            weights = nn.Dropout(self.dropout)(weights, deterministic=not use_dropout)
             y = jnp.einsum("bhts,bshd->bthd", weights, value)  # [B, T, heads, head_dim]
         else:
             y = jax.nn.dot_product_attention(
