@@ -88,7 +88,9 @@ def main():
         row = {
             "benchmark": "cpu_vs_reference",
             "config": args.config,
-            "variant": f"{args.compare.partition('=')[0]}={variant['value']}" if args.compare else "",
+            "variant": f"{args.compare.partition('=')[0]}={variant['value']}"
+            if args.compare
+            else "",
             "devices": jax.device_count(),
             "steps": variant["i"],
             "step_ms_median": round(1e3 * statistics.median(variant["times"]), 2),
