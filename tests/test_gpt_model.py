@@ -149,7 +149,7 @@ def test_last_only_gives_the_last_positions_logits():
 
 
 def test_einsum_attention_is_the_xla_path_in_values_and_gradients():
-    """attention="einsum" (what "auto" runs on CPU) computes the same function as "xla"."""
+    """attention="einsum" (the explicit softmax) computes the same function as "xla"."""
     config = model_config(attention="xla")
     model, params, tokens = init(config)
     einsum = gpt.make_model(model_config(attention="einsum"), 37)

@@ -11,9 +11,10 @@ head tied to the token embedding; learned absolute positions (GPT-2) or rotary o
 N(0, 0.02 / sqrt(2 * num_layers)), zero biases.
 
 Attention goes through `jax.nn.dot_product_attention` (cuDNN flash kernels on GPU in bf16, XLA
-elsewhere) except on CPU, where "auto" picks the explicit einsum/softmax ("einsum": faster there,
-the same maths). Attention dropout, which that function does not do, uses the explicit softmax
-path; nanoGPT applies it too (`dropout_p` of its flash call), so dropout > 0 trains the same model.
+elsewhere); "einsum" picks the explicit softmax (the same maths; on CPU within noise of the XLA
+path, benchmarks/README.md). Attention dropout, which that function does not do, uses the
+explicit softmax path; nanoGPT applies it too (`dropout_p` of its flash call), so dropout > 0
+trains the same model.
 
 Decoding with a cache: rows may be left-padded (prompts of different lengths in one batch);
 `cache.start[b]` is the first real slot of row b, positions count from there and keys before it
@@ -77,8 +78,6 @@ def rotate(x: jax.Array, positions: jax.Array) -> jax.Array:
 
 def _attention_impl(choice: str, dtype: Any) -> str | None:
     if choice == "auto":
-        if jax.default_backend() == "cpu":
-            return "einsum"  # ~0.85x the step time of the XLA path on CPU (benchmarks/README.md)
         fast = jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
         return "cudnn" if fast else "xla"
     return choice
