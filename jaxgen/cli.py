@@ -15,6 +15,7 @@ import sys
 import traceback
 from collections.abc import Callable
 
+import jax
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
@@ -23,9 +24,37 @@ from jaxgen import distributed
 from jaxgen.checkpoint import CheckpointReadError, CheckpointWriteError
 from jaxgen.config import ConfigDict, ConfigError, load_workdir_config
 from jaxgen.data import DataError
+from jaxgen.metrics.networks import cache_root
 from jaxgen.train.loop import NonFiniteLossError
 
 EXIT_BAD_INPUT = 2
+
+flags.DEFINE_bool(
+    "compilation_cache",
+    True,
+    "Keep compiled XLA programs on disk (persistent compilation cache) and reuse them in the "
+    "next run; --nocompilation_cache (or JAXGEN_COMPILATION_CACHE=0) turns it off.",
+)
+
+
+def use_compilation_cache(enabled: bool = True) -> str | None:
+    """Turn on jax's persistent compilation cache; returns its folder (None when off).
+
+    The folder: $JAX_COMPILATION_CACHE_DIR if set, else <$JAXGEN_CACHE_DIR or
+    ~/.cache/jaxgen>/xla. Every program is kept, however small or quick to compile
+    (a :smoke run is mostly many small compiles). Call before the first compile.
+    """
+    if not enabled or os.environ.get("JAXGEN_COMPILATION_CACHE", "1").lower() in (
+        "0",
+        "false",
+        "off",
+    ):
+        return None
+    path = os.environ.get("JAX_COMPILATION_CACHE_DIR") or os.path.join(cache_root(), "xla")
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    return path
 
 
 def fail(message: object) -> None:
@@ -151,6 +180,7 @@ def run(main: Callable[[list[str]], None], *, takes_arguments: bool = False) -> 
         # Libraries (Orbax above all) log every save at INFO: keep their warnings only.
         absl_logging.set_verbosity(absl_logging.WARNING)
         logging.getLogger("jaxgen").setLevel(logging.INFO)
+        use_compilation_cache(flags.FLAGS.compilation_cache)
         try:
             distributed.initialize()  # join a multi-process job named by JAXGEN_*; else no-op
             main(argv)

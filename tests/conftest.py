@@ -3,7 +3,8 @@
 XLA_FLAGS must be set before jax is imported, so it is done here at import
 time: every test process sees 4 CPU devices (for correctness, not speed).
 Raw data comes from ../shared/data when it is there (JAXGEN_DATA_DIR); TFDS
-preparations are shared by the whole session in build/tfds.
+preparations are shared by the whole session in build/tfds, compiled XLA programs in
+build/xla_cache (the persistent compilation cache, as experiments/*.py use it).
 """
 
 import os
@@ -19,3 +20,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if SHARED_DATA.is_dir():
     os.environ.setdefault("JAXGEN_DATA_DIR", str(SHARED_DATA))
 os.environ.setdefault("JAXGEN_TFDS_DIR", str(ROOT / "build" / "tfds"))
+# One persistent XLA compilation cache for the whole suite (and the next run of it), so the
+# many identical small programs of the smoke runs compile once; results never depend on it.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(ROOT / "build" / "xla_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")

@@ -146,3 +146,20 @@ def test_last_only_gives_the_last_positions_logits():
     last = model.apply({"params": params}, tokens, last_only=True)
     assert last.shape == (3, 1, 37)
     np.testing.assert_allclose(np.asarray(last[:, 0]), np.asarray(full[:, -1]), atol=1e-6)
+
+
+def test_einsum_attention_is_the_xla_path_in_values_and_gradients():
+    """attention="einsum" (the explicit softmax) computes the same function as "xla"."""
+    config = model_config(attention="xla")
+    model, params, tokens = init(config)
+    einsum = gpt.make_model(model_config(attention="einsum"), 37)
+
+    def loss(params, model):
+        return jnp.mean(model.apply({"params": params}, tokens) ** 2)
+
+    np.testing.assert_allclose(
+        einsum.apply({"params": params}, tokens), model.apply({"params": params}, tokens), atol=1e-5
+    )
+    grads = [jax.grad(loss)(params, m) for m in (model, einsum)]
+    for a, b in zip(*map(jax.tree.leaves, grads), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4)

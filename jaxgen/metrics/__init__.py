@@ -12,7 +12,9 @@ A registered evaluator is `cls(config, entry, steps, placement)` -> callable
 `evaluator(state) -> {metric: float}`; it may define a classmethod
 `check(config, name, entry, num_devices)` for checks before compiling, and
 `needs_generate = True` if it draws samples with `steps.generate`, and a dict
-`defaults` of its entry fields (experiments.evaluate --evals starts from it). Errors that
+`defaults` of its entry fields (experiments.evaluate --evals starts from it); with
+`shares_samples = True` it also gets `shared=` (one dict per build) and may define
+`release()`, called after each `run`. Errors that
 only show when it is built (a missing domain network) name the field
 "config.evals.<name>.<field>"; `build` fills in the entry's name.
 """
@@ -120,7 +122,7 @@ def build(config: ConfigDict, steps: Any, placement: Placement) -> dict[str, Cal
     """
     num_devices = parallel.num_data_devices(config.mesh)
     check_config(config, set(steps.eval_steps), num_devices, steps.generate is not None)
-    evaluators = {}
+    evaluators, shared = {}, {}  # shared: the sample passes and references of equal entries
     for name, entry in config.evals.items():
         if entry.type in steps.eval_steps:
             finalize = steps.finalize.get(entry.type)
@@ -130,7 +132,9 @@ def build(config: ConfigDict, steps: Any, placement: Placement) -> dict[str, Cal
         else:
             _check_generate(name, entry, getattr(steps, "generate", None) is not None)
             try:
-                evaluators[name] = EVALUATORS.get(entry.type)(config, entry, steps, placement)
+                cls = EVALUATORS.get(entry.type)
+                kwargs = {"shared": shared} if getattr(cls, "shares_samples", False) else {}
+                evaluators[name] = cls(config, entry, steps, placement, **kwargs)
             except ConfigError as error:
                 # An evaluator does not know its entry's name; it writes config.evals.<name>.
                 message = str(error).replace("config.evals.<name>", f"config.evals.{name}")
@@ -143,4 +147,7 @@ def run(evaluators: dict[str, Callable], state: Any) -> dict[str, float]:
     for name, evaluator in evaluators.items():
         for metric, value in evaluator(state).items():
             results[f"{name}/{metric}"] = value
+    for evaluator in evaluators.values():
+        if hasattr(evaluator, "release"):
+            evaluator.release()  # a shared sample pass keeps its images only for this state
     return results

@@ -6,13 +6,18 @@ Each draws `num_samples` images with the family's `Steps.generate` (EMA params
 when the run keeps them; the same noise at every evaluation), embeds them with
 the entry's feature network ("domain": metrics/domain.py, "inception":
 metrics/inception.py) inside the same jit, and compares with the cached
-statistics of the real `split` (metrics/networks.py). Entry fields and their
+statistics of the real `split` (metrics/networks.py). Entries with the same
+generator settings (network, dataset, weights, seed, num_samples, batch_size;
+the labels and Steps.generate are the same for all) share one `SamplePass`:
+fid + kid + is draw and embed the images once per evaluation (metrics.build
+hands them one `shared` dict; metrics.run releases the pass afterwards). Entry fields and their
 defaults are in DEFAULTS; every entry states its type and, usually, network and
 num_samples. "class_accuracy" asks for labels i % num_classes and reports how
 often the domain classifier agrees ("did the model draw the digit it was
 asked for"); it only means something for class-conditional families.
 """
 
+import os
 from typing import Any
 
 import jax
@@ -52,10 +57,71 @@ def get_network(
     )
 
 
+def generator_key(config: ConfigDict, entry: ConfigDict) -> tuple:
+    """What decides an entry's generated images and features; equal keys share a SamplePass."""
+    weights = entry.weights or os.environ.get("JAXGEN_INCEPTION_WEIGHTS", "")
+    return (
+        entry.network,
+        entry.get("dataset", config.data.name),
+        weights if entry.network == "inception" else "",
+        entry.seed if entry.seed >= 0 else config.seed + 2,
+        entry.num_samples,
+        entry.batch_size,
+    )
+
+
+class SamplePass:
+    """num_samples generated images of one generator setting, embedded; kept for one state.
+
+    Calling it with the state it last saw returns the same arrays without drawing
+    again (identity, not equality: a new state after training draws anew).
+    """
+
+    def __init__(
+        self, config: ConfigDict, entry: ConfigDict, steps: Any, placement: Placement, field: str
+    ):
+        self.entry, self.placement = entry, placement
+        self.network = get_network(entry.network, config, entry, field)
+        self.num_classes = data.get_info(config.data).num_classes or 1
+        network, generate = self.network, steps.generate
+
+        def draw_and_embed(state, labels, rng, network_params):
+            images = generate(state, rng, labels.shape[0], labels)  # [b, H, W, C] in [-1, 1]
+            features, logits = network.apply(network_params, images)
+            return features, logits
+
+        self.draw_and_embed = placement.compile_eval(draw_and_embed)
+        self.rng = jax.random.PRNGKey(generator_key(config, entry)[3])
+        self.release()
+
+    def release(self) -> None:
+        self._state, self._samples = None, None
+
+    def __call__(self, state: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self._samples is not None and state is self._state:
+            return self._samples
+        num, batch = self.entry.num_samples, self.entry.batch_size
+        batch = min(batch, num) // self.placement.num_devices * self.placement.num_devices
+        labels = np.arange(num + batch, dtype=np.int32) % self.num_classes
+        features, logits = [], []
+        for index, start in enumerate(range(0, num, batch)):
+            sharded = self.placement.put_batch({"label": labels[start : start + batch]}, "jit")
+            out = self.draw_and_embed(
+                state, sharded["label"], jax.random.fold_in(self.rng, index), self.network.params
+            )
+            out = jax.device_get(out)
+            features.append(out[0])
+            logits.append(out[1])
+        self._state = state
+        self._samples = np.concatenate(features)[:num], np.concatenate(logits)[:num], labels[:num]
+        return self._samples
+
+
 class SampleEvaluator:
     """Shared by the sample evaluators: draw, embed, then `score` (per subclass)."""
 
     needs_generate = True
+    shares_samples = True  # metrics.build passes `shared` (see SamplePass)
     defaults = DEFAULTS  # what experiments.evaluate --evals=<type> starts an entry from
 
     @classmethod
@@ -88,29 +154,36 @@ class SampleEvaluator:
         if cls is ClassAccuracy and get("network") != "domain":
             raise ConfigError(f"{field}.network: class_accuracy needs the 'domain' classifier")
 
-    def __init__(self, config: ConfigDict, entry: ConfigDict, steps: Any, placement: Placement):
+    def __init__(
+        self,
+        config: ConfigDict,
+        entry: ConfigDict,
+        steps: Any,
+        placement: Placement,
+        shared: dict | None = None,
+    ):
+        """shared: a dict common to the evaluators of one metrics.build (None: share nothing)."""
         self.config, self.placement = config, placement
         self.entry = ConfigDict(DEFAULTS | entry.to_dict())
         self.field = "config.evals.<name>"  # metrics.build fills in the entry's name
-        self.network = get_network(self.entry.network, config, self.entry, self.field)
-        self.num_classes = data.get_info(config.data).num_classes or 1
-        self.apply = networks.compile_apply(self.network, placement)
-        network, generate = self.network, steps.generate
-
-        def draw_and_embed(state, labels, rng, network_params):
-            images = generate(state, rng, labels.shape[0], labels)  # [b, H, W, C] in [-1, 1]
-            features, logits = network.apply(network_params, images)
-            return features, logits
-
-        self.draw_and_embed = placement.compile_eval(draw_and_embed)
-        seed = self.entry.seed if self.entry.seed >= 0 else config.seed + 2
-        self.rng = jax.random.PRNGKey(seed)
-        self._reference = None
+        shared = {} if shared is None else shared
+        key = generator_key(config, self.entry)
+        if key not in shared:
+            shared[key] = SamplePass(config, self.entry, steps, placement, self.field)
+        self.pass_ = shared[key]
+        self.network = self.pass_.network
+        entry = self.entry
+        self._reference_key = key[:3] + (
+            entry.split or config.data.train_split,
+            entry.num_examples,
+            entry.batch_size,
+        )
+        self._shared = shared
 
     def reference(self) -> networks.Reference:
-        if self._reference is None:
+        if self._reference_key not in self._shared:
             entry = self.entry
-            self._reference = networks.reference(
+            self._shared[self._reference_key] = networks.reference(
                 self.network,
                 self.config.data,
                 entry.split or self.config.data.train_split,
@@ -118,23 +191,15 @@ class SampleEvaluator:
                 self.placement,
                 entry.num_examples,
             )
-        return self._reference
+        return self._shared[self._reference_key]
 
     def samples(self, state: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(features [N, D], logits [N, K], requested labels [N]) of num_samples generated images."""
-        num, batch = self.entry.num_samples, self.entry.batch_size
-        batch = min(batch, num) // self.placement.num_devices * self.placement.num_devices
-        labels = np.arange(num + batch, dtype=np.int32) % self.num_classes
-        features, logits = [], []
-        for index, start in enumerate(range(0, num, batch)):
-            sharded = self.placement.put_batch({"label": labels[start : start + batch]}, "jit")
-            out = self.draw_and_embed(
-                state, sharded["label"], jax.random.fold_in(self.rng, index), self.network.params
-            )
-            out = jax.device_get(out)
-            features.append(out[0])
-            logits.append(out[1])
-        return np.concatenate(features)[:num], np.concatenate(logits)[:num], labels[:num]
+        return self.pass_(state)
+
+    def release(self) -> None:
+        """Forget the shared pass's samples (metrics.run calls it after every evaluation)."""
+        self.pass_.release()
 
     def __call__(self, state: Any) -> dict[str, float]:
         return self.score(*self.samples(state))

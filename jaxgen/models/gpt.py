@@ -11,8 +11,10 @@ head tied to the token embedding; learned absolute positions (GPT-2) or rotary o
 N(0, 0.02 / sqrt(2 * num_layers)), zero biases.
 
 Attention goes through `jax.nn.dot_product_attention` (cuDNN flash kernels on GPU in bf16, XLA
-elsewhere). Attention dropout, which that function does not do, uses the explicit softmax path;
-nanoGPT applies it too (`dropout_p` of its flash call), so dropout > 0 trains the same model.
+elsewhere); "einsum" picks the explicit softmax (the same maths; on CPU within noise of the XLA
+path, benchmarks/README.md). Attention dropout, which that function does not do, uses the
+explicit softmax path; nanoGPT applies it too (`dropout_p` of its flash call), so dropout > 0
+trains the same model.
 
 Decoding with a cache: rows may be left-padded (prompts of different lengths in one batch);
 `cache.start[b]` is the first real slot of row b, positions count from there and keys before it
@@ -30,7 +32,7 @@ import jax.numpy as jnp
 from jaxgen.config import ConfigDict, ConfigError
 
 POSITIONS = ("learned", "rope")
-ATTENTION = ("auto", "xla", "cudnn")
+ATTENTION = ("auto", "xla", "cudnn", "einsum")
 
 
 @flax.struct.dataclass
@@ -122,13 +124,14 @@ class CausalSelfAttention(nn.Module):
             key, value, new_kv = keys, values, (keys, values)
 
         use_dropout = train and self.dropout > 0
-        if use_dropout:  # explicit softmax so the attention weights can be dropped
+        explicit = use_dropout or _attention_impl(self.attention, self.dtype) == "einsum"
+        if explicit:  # explicit softmax: droppable weights, and what CPU runs fastest
             scores = jnp.einsum("bthd,bshd->bhts", query, key) / math.sqrt(head_dim)
             if mask is None:
                 mask = jnp.tril(jnp.ones((steps, key.shape[1]), bool))[None, None]
             scores = jnp.where(mask, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
             weights = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-            weights = nn.Dropout(self.dropout)(weights, deterministic=False)
+            weights = nn.Dropout(self.dropout)(weights, deterministic=not use_dropout)
             y = jnp.einsum("bhts,bshd->bthd", weights, value)  # [B, T, heads, head_dim]
         else:
             y = jax.nn.dot_product_attention(
@@ -164,13 +167,14 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         dense = dict(dtype=self.dtype, param_dtype=self.param_dtype, use_bias=self.bias)
-        width = x.shape[-1]
+        shape, width = x.shape, x.shape[-1]
+        x = x.reshape(-1, width)  # [B * T, C]: plain 2-D dots and weight gradients (fast on CPU)
         h = nn.Dense(4 * width, kernel_init=nn.initializers.normal(0.02), name="fc", **dense)(x)
         h = nn.gelu(h, approximate=True)  # GPT-2's tanh approximation
         residual_std = 0.02 / math.sqrt(2 * self.num_layers)
         h = nn.Dense(width, kernel_init=nn.initializers.normal(residual_std), name="proj", **dense)(
             h
-        )
+        ).reshape(shape)
         return nn.Dropout(self.dropout)(h, deterministic=not train)
 
 
