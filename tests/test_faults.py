@@ -369,6 +369,12 @@ def directory_snapshot(root):
     return snapshot
 
 
+def process_state(pid):
+    """The state letter of a process from /proc (R running, S sleeping, T stopped, ...)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
 def test_sampling_a_live_run_leaves_it_untouched(reference, tmp_path):
     trainer = start(tmp_path)
     checkpoints = tmp_path / "checkpoints"
@@ -380,6 +386,8 @@ def test_sampling_a_live_run_leaves_it_untouched(reference, tmp_path):
     assert wait_for(saving_after_a_commit, trainer)
     trainer.send_signal(signal.SIGSTOP)  # freeze the save in flight
     try:
+        # The signal is delivered asynchronously: snapshot only once the trainer is stopped.
+        assert wait_for(lambda: process_state(trainer.pid) == "T", trainer, timeout=30)
         before = directory_snapshot(checkpoints)
         assert any("tmp" in name for name in before)
         result = run_script("sample", f"--workdir={tmp_path}", check=False)
