@@ -154,5 +154,49 @@ def record_changes(workdir: str, step: int, allowed: Mapping) -> None:
     if not allowed:
         return
     row = {"step": step, "time": time.time(), "changes": {k: list(v) for k, v in allowed.items()}}
-    with open(os.path.join(workdir, CHANGES_FILE), "a", encoding="utf-8") as f:
+    path = os.path.join(workdir, CHANGES_FILE)
+    with writing(path), open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(row) + "\n")
+
+
+class RunWriteError(OSError):
+    """A file of a run could not be written (disk full, read-only, quota...); one line."""
+
+
+def _reason(error: OSError) -> str:
+    text = error.strerror or str(error) or type(error).__name__
+    return text[:1].lower() + text[1:]
+
+
+@contextlib.contextmanager
+def writing(path: str) -> Iterator[None]:
+    """Turns an OSError raised while the body writes `path` into RunWriteError:
+    'could not write PATH: no space left on device'. Other errors pass through."""
+    try:
+        yield
+    except RunWriteError:
+        raise
+    except OSError as error:
+        raise RunWriteError(
+            f"could not write {error.filename or path}: {_reason(error)}"
+        ) from error
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write `text` to `path` through path.tmp + os.replace: a reader sees the old file or
+    the new one, never half of one, and a failed write leaves no .tmp behind."""
+    tmp = path + ".tmp"
+    with writing(path):
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def has_checkpoint(workdir: str) -> bool:
+    """Whether W/checkpoints holds a committed step (a folder named by a number)."""
+    folder = os.path.join(workdir, "checkpoints")
+    return os.path.isdir(folder) and any(name.isdigit() for name in os.listdir(folder))

@@ -14,6 +14,8 @@ import numpy as np
 from PIL import Image
 from tensorboardX import SummaryWriter
 
+from jaxgen.workdir import write_atomic, writing
+
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -28,12 +30,10 @@ class MetricWriter:
                 kept = [
                     line for line in f if line.strip() and json.loads(line)["step"] <= start_step
                 ]
-            with open(self.path + ".tmp", "w") as f:
-                f.writelines(kept)
-            os.replace(self.path + ".tmp", self.path)
-        self.tensorboard = SummaryWriter(
-            os.path.join(workdir, "tensorboard"), purge_step=start_step + 1
-        )
+            write_atomic(self.path, "".join(kept))
+        tensorboard = os.path.join(workdir, "tensorboard")
+        with writing(tensorboard):
+            self.tensorboard = SummaryWriter(tensorboard, purge_step=start_step + 1)
 
     def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
         if not self.enabled:
@@ -43,7 +43,7 @@ class MetricWriter:
             value = float(value)
             row[name] = value if math.isfinite(value) else str(value)
             self.tensorboard.add_scalar(f"{split}/{name}", value, step)
-        with open(self.path, "a") as f:
+        with writing(self.path), open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
 
