@@ -133,9 +133,14 @@ def config_changes(saved: Mapping, new: Mapping) -> tuple[dict, dict]:
     return allowed, refused
 
 
-def describe(changes: Mapping) -> str:
-    """'model.hidden: [256, 256] -> [128], train.batch_size: 128 -> 64'."""
-    return ", ".join(f"{name}: {old!r} -> {new!r}" for name, (old, new) in changes.items())
+def describe(changes: Mapping, limit: int = 8) -> str:
+    """'model.hidden: [256, 256] -> [128], train.batch_size: 128 -> 64'; past `limit` fields,
+    '... and N more'. A change of family is named first (it explains all the others)."""
+    names = sorted(changes, key=lambda name: name != "family")
+    text = ", ".join(
+        f"{name}: {changes[name][0]!r} -> {changes[name][1]!r}" for name in names[:limit]
+    )
+    return text + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def check_resume(saved: Mapping, new: Mapping, workdir: str) -> dict:

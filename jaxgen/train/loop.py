@@ -166,7 +166,6 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
         if config.init_from:
             log_file = os.path.join(workdir, checkpoint.LOG_FILE)
             params = checkpoint.restore_params(config.init_from, abstract.params, log_file)
-            check_init_params(abstract.params, params, config.init_from)
             state = start_from_params(state, params)
             log.info("params from %s", config.init_from)
 
@@ -258,6 +257,17 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
     return placement.get_state(state)
 
 
+def start_from_params(state: PyTree, params: PyTree) -> PyTree:
+    """`state` with another run's params; its EMA restarts from them.
+
+    The EMA covers the top-level entries of params that the family's EMA covers (all of
+    them for a VAE, {"generator"} for a GAN, none when ema_params is {}). It gets its own
+    buffers: the step donates both, and a buffer cannot be donated twice.
+    """
+    ema = jax.tree.map(jnp.copy, {key: params[key] for key in state.ema_params})
+    return state.replace(params=params, ema_params=ema)
+
+
 def _start_workdir(config: ConfigDict, workdir: str) -> dict:
     """The allowed config changes of a resume, or {} for a new run, whose config.json it writes.
 
@@ -289,41 +299,3 @@ def window_from_json(rows: list[dict]) -> list[dict]:
         {key: np.asarray(float(value), jnp.dtype(dtype)) for key, (value, dtype) in row.items()}
         for row in rows
     ]
-
-
-def check_init_params(expected: PyTree, params: PyTree, path: str) -> None:
-    """ConfigError naming config.init_from when `params` do not fit this run's model."""
-    want = {
-        jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(expected)
-    }
-    got = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(params)}
-    if want == got:
-        return
-    missing, extra = sorted(want.keys() - got.keys()), sorted(got.keys() - want.keys())
-    shapes = [
-        f"{k}: {got[k]} vs {want[k]}" for k in sorted(want.keys() & got.keys()) if got[k] != want[k]
-    ]
-    detail = "; ".join(
-        part
-        for part in (
-            missing and f"missing {', '.join(missing[:3])}",
-            extra and f"unexpected {', '.join(extra[:3])}",
-            shapes and f"shapes differ: {', '.join(shapes[:3])}",
-        )
-        if part
-    )
-    raise ConfigError(
-        f"config.init_from: the params of {path} do not fit this model ({detail}); "
-        "init_from needs a run of the same family and model shape"
-    )
-
-
-def start_from_params(state: PyTree, params: PyTree) -> PyTree:
-    """`state` with another run's params; its EMA restarts from them.
-
-    The EMA covers the top-level entries of params that the family's EMA covers (all of
-    them for a VAE, {"generator"} for a GAN, none when ema_params is {}). It gets its own
-    buffers: the step donates both, and a buffer cannot be donated twice.
-    """
-    ema = jax.tree.map(jnp.copy, {key: params[key] for key in state.ema_params})
-    return state.replace(params=params, ema_params=ema)
