@@ -168,7 +168,8 @@ class RunWriteError(OSError):
     """A file of a run could not be written (disk full, read-only, quota...); one line."""
 
 
-def _reason(error: OSError) -> str:
+def reason(error: OSError) -> str:
+    """'no space left on device': an OSError's reason, as the rest of an error line."""
     text = error.strerror or str(error) or type(error).__name__
     return text[:1].lower() + text[1:]
 
@@ -182,9 +183,7 @@ def writing(path: str) -> Iterator[None]:
     except RunWriteError:
         raise
     except OSError as error:
-        raise RunWriteError(
-            f"could not write {error.filename or path}: {_reason(error)}"
-        ) from error
+        raise RunWriteError(f"could not write {error.filename or path}: {reason(error)}") from error
 
 
 def write_atomic(path: str, text: str) -> None:
