@@ -63,6 +63,12 @@ class Interrupted(Exception):
     """Ctrl-C (SIGINT) stopped training after the current step was saved; exit 130."""
 
 
+CHECKPOINT_NOTE = (
+    "the latest committed checkpoint is kept whole (an unfinished save is only a tmp folder, "
+    "which the next start removes)"
+)
+
+
 class _Preemption:
     """Turns SIGTERM and SIGINT (Ctrl-C) into a flag the loop checks between steps.
 
@@ -73,9 +79,9 @@ class _Preemption:
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self, saved_step: int | None = None):
+    def __init__(self):
         self.requested: int | None = None  # the signal received, if any
-        self.saved_step = saved_step
+        self.saved_step: int | None = None  # the step of the last save begun
         self._previous = {}
 
     def __enter__(self):
@@ -90,8 +96,7 @@ class _Preemption:
         name = signal.Signals(signum).name
         if self.requested is not None:
             print(
-                f"error: second {name}: exiting now without saving; the latest checkpoint is "
-                f"step {self.saved_step}",
+                f"error: second {name}: exiting now without saving; {CHECKPOINT_NOTE}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -188,8 +193,9 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
         mininterval=2.0,
         dynamic_ncols=True,
     )
-    try:
-        with _Preemption(ckpt.latest_step()) as preemption:
+    # Also while the last save commits (finally): a second signal then exits at once.
+    with _Preemption() as preemption:
+        try:
             for step in range(start, num_steps):
                 host_batch = next(train_iter)
                 if step + 1 == config.train.fault_nan_step:
@@ -243,12 +249,12 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
                     preemption.saved_step = done
                 if stopping:
                     break
-    finally:
-        # Also on errors: let an in-flight async save commit before the process
-        # exits, so the last good checkpoint is always complete.
-        bar.close()
-        ckpt.close()
-        writer.close()
+        finally:
+            # Also on errors: let an in-flight async save commit before the process
+            # exits, so the last good checkpoint is always complete.
+            bar.close()
+            ckpt.close()
+            writer.close()
     if preemption.requested == signal.SIGINT:
         raise Interrupted(
             f"interrupted (Ctrl-C): saved step {preemption.saved_step} in {ckpt.directory}; "
