@@ -9,6 +9,9 @@ blocks its rerun. Readers (sample, evaluate, report) take no lock.
 fields that only steer the rest of the run (lr, num_steps, eval and sample
 settings...) may change, by name; anything that changes what the checkpoint or
 the data stream mean (model, data, batch size, family, seed) may not.
+
+`writing` and `write_atomic` are how a run's files are written: a failure (disk full, quota,
+read-only) is a RunWriteError naming the file, which the scripts print as one line.
 """
 
 import contextlib
@@ -177,13 +180,18 @@ def reason(error: OSError) -> str:
 @contextlib.contextmanager
 def writing(path: str) -> Iterator[None]:
     """Turns an OSError raised while the body writes `path` into RunWriteError:
-    'could not write PATH: no space left on device'. Other errors pass through."""
+    'could not write PATH: no space left on device'. Other errors pass through.
+
+    A `path` ending in ".*" (a stem whose extension the body chooses) is replaced by the
+    file name the error carries, if any.
+    """
     try:
         yield
     except RunWriteError:
         raise
     except OSError as error:
-        raise RunWriteError(f"could not write {error.filename or path}: {reason(error)}") from error
+        name = error.filename if path.endswith(".*") and error.filename else path
+        raise RunWriteError(f"could not write {name}: {reason(error)}") from error
 
 
 def write_atomic(path: str, text: str) -> None:
