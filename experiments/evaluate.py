@@ -21,6 +21,7 @@ from absl import flags
 
 from jaxgen import cli, metrics, runs
 from jaxgen.config import ConfigDict
+from jaxgen.workdir import write_atomic
 
 flags.DEFINE_string("workdir", None, "Run directory written by experiments.train.")
 flags.DEFINE_list("evals", [], "Standard evaluators to add, e.g. fid,kid,is.")
@@ -64,8 +65,7 @@ def main(argv):
     results["perf/seconds"] = time.perf_counter() - start
     path = os.path.join(workdir, f"eval_{run.step}.json")
     if jax.process_index() == 0:
-        with open(path, "w") as f:
-            json.dump({"step": run.step, **results}, f, indent=2)
+        write_atomic(path, json.dumps({"step": run.step, **results}, indent=2))
         print(json.dumps({"step": run.step, **results}, indent=2))
         print(f"written: {path}")
 

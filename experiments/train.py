@@ -39,4 +39,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, stopped="while starting up or compiling; nothing was trained or saved")

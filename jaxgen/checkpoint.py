@@ -260,6 +260,28 @@ def _find_checkpoints(path: str) -> tuple[str, int | None]:
     return directory, int(name)
 
 
+def _check_params_fit(expected: PyTree, params: PyTree, path: str) -> None:
+    """CheckpointReadError naming config.init_from when `params` do not fit the model."""
+    leaves = jax.tree_util.tree_leaves_with_path
+    want = {jax.tree_util.keystr(k): v.shape for k, v in leaves(expected)}
+    got = {jax.tree_util.keystr(k): v.shape for k, v in leaves(params)}
+    if want == got:
+        return
+    missing, extra = sorted(want.keys() - got.keys()), sorted(got.keys() - want.keys())
+    shapes = [
+        f"{k} {got[k]} not {want[k]}" for k in sorted(want.keys() & got.keys()) if got[k] != want[k]
+    ]
+    parts = [
+        f"{label} {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+        for label, names in (("missing", missing), ("unexpected", extra), ("shapes:", shapes))
+        if names
+    ]
+    raise CheckpointReadError(
+        f"config.init_from: the params of {path} do not fit this model ({'; '.join(parts)}); "
+        "init_from needs a run of the same family and model shape"
+    )
+
+
 def restore_params(path: str, abstract_params: PyTree, log_file: str | None = None) -> PyTree:
     """Params of another run, for `config.init_from` (fine-tuning); read-only.
 
@@ -287,6 +309,7 @@ def restore_params(path: str, abstract_params: PyTree, log_file: str | None = No
         restored, error = _try_restore(manager, candidate, target, log_file, with_data=False)
         if error is None:
             manager.close()
+            _check_params_fit(abstract_params, restored.state["params"], path)
             return jax.tree.map(
                 lambda want, value: value.astype(want.dtype),
                 abstract_params,

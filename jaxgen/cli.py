@@ -11,6 +11,7 @@ an error inside a config file (its path and line).
 
 import logging
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -25,7 +26,8 @@ from jaxgen.checkpoint import CheckpointReadError, CheckpointWriteError
 from jaxgen.config import ConfigDict, ConfigError, load_workdir_config
 from jaxgen.data import DataError
 from jaxgen.metrics.networks import cache_root
-from jaxgen.train.loop import NonFiniteLossError
+from jaxgen.train.loop import Interrupted, NonFiniteLossError
+from jaxgen.workdir import RunWriteError
 
 EXIT_BAD_INPUT = 2
 
@@ -55,6 +57,19 @@ def use_compilation_cache(enabled: bool = True) -> str | None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
     return path
+
+
+class Stopped(BaseException):
+    """SIGTERM or SIGINT before the training loop took over the signals (start-up, compiling,
+    sampling, evaluating). A BaseException, so that no library's `except Exception` eats it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped(signum)
 
 
 def fail(message: object) -> None:
@@ -170,10 +185,18 @@ def define_workdir_config(
         fail(f"--config: bad override: {str(error).strip().splitlines()[-1]}")
 
 
-def run(main: Callable[[list[str]], None], *, takes_arguments: bool = False) -> None:
+def run(
+    main: Callable[[list[str]], None],
+    *,
+    takes_arguments: bool = False,
+    stopped: str = "before it finished; nothing was written",
+) -> None:
     """absl's app.run with one-line errors and exit status 2 for bad input.
 
     Positional arguments are refused unless `takes_arguments` (main gets them in argv[1:]).
+    A write that fails (disk full...) is one line and exit 1. SIGTERM or SIGINT outside the
+    training loop (which saves first, see jaxgen.train.loop) is one line, `error: stopped by
+    SIGTERM <stopped>`, and exit 128 + the signal's number (143, 130).
     """
 
     def guarded(argv):
@@ -181,13 +204,23 @@ def run(main: Callable[[list[str]], None], *, takes_arguments: bool = False) -> 
         absl_logging.set_verbosity(absl_logging.WARNING)
         logging.getLogger("jaxgen").setLevel(logging.INFO)
         use_compilation_cache(flags.FLAGS.compilation_cache)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, _raise_stopped)
         try:
             distributed.initialize()  # join a multi-process job named by JAXGEN_*; else no-op
             main(argv)
         except (ConfigError, DataError, CheckpointReadError) as error:
             fail(error)
-        except (NonFiniteLossError, CheckpointWriteError) as error:
+        except (NonFiniteLossError, CheckpointWriteError, RunWriteError) as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(1)
+        except Interrupted as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(128 + signal.SIGINT)
+        except Stopped as stop:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the line below is the last word
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            print(f"error: stopped by {stop} {stopped}", file=sys.stderr, flush=True)
+            os._exit(128 + stop.signum)
 
     app.run(guarded, flags_parser=_parse if takes_arguments else _parse_without_arguments)

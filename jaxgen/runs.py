@@ -30,6 +30,7 @@ from jaxgen.train import (
     seq2seq,
     vae,
 )
+from jaxgen.workdir import writing
 
 PyTree = Any
 # The built-in families: importing their modules registers them in jaxgen.train.FAMILIES.
@@ -56,7 +57,8 @@ def save_tokenizers(data_config: ConfigDict, workdir: str) -> list[str]:
     paths = []
     for field, tokenizer in data.get_tokenizers(data_config).items():
         paths.append(os.path.join(workdir, f"{field}.json"))
-        tokenizer.save(paths[-1])
+        with writing(paths[-1]):
+            tokenizer.save(paths[-1])
     return paths
 
 
@@ -156,8 +158,10 @@ def write_samples(
         return []
     paths, folder = [], os.path.join(workdir, "samples")
     if outputs:  # family writers may assume the folder
-        os.makedirs(folder, exist_ok=True)
+        with writing(folder):
+            os.makedirs(folder, exist_ok=True)
     for name, array in outputs.items():
         stem = os.path.join(folder, f"{name}_{step:07d}{tag}")
-        paths.append(family.write_sample(config, name, np.asarray(array), stem))
+        with writing(stem + ".*"):
+            paths.append(family.write_sample(config, name, np.asarray(array), stem))
     return paths

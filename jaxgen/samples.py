@@ -13,12 +13,14 @@ import numpy as np
 from jaxgen import images
 from jaxgen.config import ConfigDict
 from jaxgen.tokenizers import Tokenizer
+from jaxgen.workdir import writing
 
 
 def write_image_grid(config: ConfigDict, name: str, array: np.ndarray, stem: str) -> str:
     """Images [N, H, W, C] or [rows, cols, H, W, C] in [-1, 1] -> `stem`.png."""
     del config, name
-    return images.save_grid(array, stem + ".png")
+    with writing(stem + ".png"):
+        return images.save_grid(array, stem + ".png")
 
 
 def decode_rows(tokenizer: Tokenizer, tokens: np.ndarray) -> list[str]:
@@ -28,7 +30,8 @@ def decode_rows(tokenizer: Tokenizer, tokens: np.ndarray) -> list[str]:
 
 def write_text(texts: list[str], path: str) -> str:
     """Write samples separated by a rule line; returns the path."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
+    with writing(os.path.dirname(path)):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    with writing(path), open(path, "w", encoding="utf-8") as f:
         f.write("\n---------------\n".join(texts) + "\n")
     return path

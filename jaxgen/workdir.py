@@ -9,6 +9,9 @@ blocks its rerun. Readers (sample, evaluate, report) take no lock.
 fields that only steer the rest of the run (lr, num_steps, eval and sample
 settings...) may change, by name; anything that changes what the checkpoint or
 the data stream mean (model, data, batch size, family, seed) may not.
+
+`writing` and `write_atomic` are how a run's files are written: a failure (disk full, quota,
+read-only) is a RunWriteError naming the file, which the scripts print as one line.
 """
 
 import contextlib
@@ -133,9 +136,14 @@ def config_changes(saved: Mapping, new: Mapping) -> tuple[dict, dict]:
     return allowed, refused
 
 
-def describe(changes: Mapping) -> str:
-    """'model.hidden: [256, 256] -> [128], train.batch_size: 128 -> 64'."""
-    return ", ".join(f"{name}: {old!r} -> {new!r}" for name, (old, new) in changes.items())
+def describe(changes: Mapping, limit: int = 8) -> str:
+    """'model.hidden: [256, 256] -> [128], train.batch_size: 128 -> 64'; past `limit` fields,
+    '... and N more'. A change of family is named first (it explains all the others)."""
+    names = sorted(changes, key=lambda name: name != "family")
+    text = ", ".join(
+        f"{name}: {changes[name][0]!r} -> {changes[name][1]!r}" for name in names[:limit]
+    )
+    return text + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def check_resume(saved: Mapping, new: Mapping, workdir: str) -> dict:
@@ -154,5 +162,53 @@ def record_changes(workdir: str, step: int, allowed: Mapping) -> None:
     if not allowed:
         return
     row = {"step": step, "time": time.time(), "changes": {k: list(v) for k, v in allowed.items()}}
-    with open(os.path.join(workdir, CHANGES_FILE), "a", encoding="utf-8") as f:
+    path = os.path.join(workdir, CHANGES_FILE)
+    with writing(path), open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(row) + "\n")
+
+
+class RunWriteError(OSError):
+    """A file of a run could not be written (disk full, read-only, quota...); one line."""
+
+
+def reason(error: OSError) -> str:
+    """'no space left on device': an OSError's reason, as the rest of an error line."""
+    text = error.strerror or str(error) or type(error).__name__
+    return text[:1].lower() + text[1:]
+
+
+@contextlib.contextmanager
+def writing(path: str) -> Iterator[None]:
+    """Turns an OSError raised while the body writes `path` into RunWriteError:
+    'could not write PATH: no space left on device'. Other errors pass through.
+
+    A `path` ending in ".*" (a stem whose extension the body chooses) is replaced by the
+    file name the error carries, if any.
+    """
+    try:
+        yield
+    except RunWriteError:
+        raise
+    except OSError as error:
+        name = error.filename if path.endswith(".*") and error.filename else path
+        raise RunWriteError(f"could not write {name}: {reason(error)}") from error
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write `text` to `path` through path.tmp + os.replace: a reader sees the old file or
+    the new one, never half of one, and a failed write leaves no .tmp behind."""
+    tmp = path + ".tmp"
+    with writing(path):
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def has_checkpoint(workdir: str) -> bool:
+    """Whether W/checkpoints holds a committed step (a folder named by a number)."""
+    folder = os.path.join(workdir, "checkpoints")
+    return os.path.isdir(folder) and any(name.isdigit() for name in os.listdir(folder))

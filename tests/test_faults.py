@@ -16,7 +16,16 @@ import time
 import numpy as np
 import pytest
 
-from tests.e2e import LONG, SMOKE, command, final_params, run_script, script_env, stderr_lines
+from tests.e2e import (
+    LONG,
+    SMOKE,
+    command,
+    comparable_metrics,
+    final_params,
+    run_script,
+    script_env,
+    stderr_lines,
+)
 from tests.helpers import ROOT, SHARED_DATA
 
 pytestmark = pytest.mark.slow
@@ -134,10 +143,12 @@ def test_sigterm_saves_the_current_step_and_exits_zero(reference, tmp_path):
     assert time.time() - sent < 30
     saved = sorted(int(n) for n in os.listdir(tmp_path / "checkpoints") if n.isdigit())
     last_row = max(r["step"] for r in metric_rows(tmp_path))
-    assert saved and saved[-1] == last_row, "the preemption step itself is checkpointed"
-    assert saved[-1] < 60
+    assert saved and saved[-1] >= last_row and saved[-1] < 60
+    assert last_row % 5 == 0, "no train row at the preemption step, only where one is due"
     run_script("train", *LONG, f"--workdir={tmp_path}")
     assert_same_final_params(tmp_path, reference)
+    # The resumed run completes the window the preempted one began: the same rows.
+    assert comparable_metrics(tmp_path) == comparable_metrics(reference)
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path):

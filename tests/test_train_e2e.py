@@ -38,7 +38,9 @@ def smoke_run(tmp_path_factory):
 
 def test_smoke_run_leaves_config_metrics_checkpoint_and_samples(smoke_run):
     workdir, result, seconds = smoke_run
-    print(f"vae smoke run: {seconds:.0f}s")  # a figure, not a bound: speed targets live in benchmarks/
+    print(
+        f"vae smoke run: {seconds:.0f}s"
+    )  # a figure, not a bound: speed targets live in benchmarks/
     config = json.loads((workdir / "config.json").read_text())
     assert config["family"] == "vae" and config["train"]["num_steps"] == 20
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]

@@ -1,5 +1,6 @@
 """One trainer per workdir (the lock) and what a resume may change (config_changes)."""
 
+import errno
 import json
 import os
 import signal
@@ -140,3 +141,27 @@ def test_check_resume_is_one_line_naming_every_refused_field(tmp_path):
     assert len(rows) == 1 and rows[0]["step"] == 40
     assert rows[0]["changes"] == {"optim.lr": [saved["optim"]["lr"], 0.5]}
     assert time.time() - rows[0]["time"] < 60
+
+
+def test_a_failed_atomic_write_is_one_line_keeps_the_old_file_and_no_tmp(tmp_path, monkeypatch):
+    path = tmp_path / "config.json"
+    path.write_text("old")
+    real_replace = os.replace
+
+    def full_disk(src, dst):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), src)
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(workdir_lib.RunWriteError) as error:
+        workdir_lib.write_atomic(str(path), "new")
+    assert str(error.value) == f"could not write {path}: no space left on device"
+    assert path.read_text() == "old" and os.listdir(tmp_path) == ["config.json"]
+    monkeypatch.setattr(os, "replace", real_replace)
+    workdir_lib.write_atomic(str(path), "new")
+    assert path.read_text() == "new" and os.listdir(tmp_path) == ["config.json"]
+
+
+def test_describe_names_a_family_change_first_and_caps_the_list():
+    changes = {f"model.f{i}": (i, i + 1) for i in range(10)} | {"family": ("vae", "gpt")}
+    text = workdir_lib.describe(changes, limit=3)
+    assert text == "family: 'vae' -> 'gpt', model.f0: 0 -> 1, model.f1: 1 -> 2 and 8 more"

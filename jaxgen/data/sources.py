@@ -21,7 +21,9 @@ import collections
 import logging
 import math
 import os
+import socket
 import threading
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,12 +47,45 @@ logging.getLogger("absl").addFilter(_QuietUnprepared())
 
 _IN_MEMORY_MAX_BYTES = 1 << 30  # per shard; MNIST train is 47 MB, CIFAR-10 train 154 MB
 _CACHE_MAX_BYTES = 2 << 30  # decoded shards kept per process, least recently used dropped first
+_ONLINE_TIMEOUT_S = 5.0  # to open a connection to a dataset's site before downloading
 _READ_CHUNK = 1024  # records per batched read while loading a shard into memory
 
 
 def catalog_base_name(name: str) -> str:
     """The builder name in "cifar10:3.0.2" or "mnist_corrupted/shot_noise"."""
     return name.split(":")[0].split("/")[0]
+
+
+def _reachable(host: str, timeout: float) -> str | None:
+    """None if a TCP connection to host:443 opens within `timeout` s, else why not. Runs in a
+    daemon thread: a DNS lookup that hangs offline cannot hold the caller longer."""
+    outcome = []
+
+    def connect():
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as error:
+            outcome.append(f"{type(error).__name__}: {error}")
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return outcome[0] if outcome else f"no answer in {timeout:g} s"
+
+
+def _check_online(name: str, builder: tfds.core.DatasetBuilder, data_dir: os.PathLike) -> None:
+    """DataError at once when the machine cannot reach the dataset's site (offline), instead
+    of TFDS's minutes of download retries."""
+    host = urllib.parse.urlparse(builder.info.homepage or "").hostname or "storage.googleapis.com"
+    reason = _reachable(host, _ONLINE_TIMEOUT_S)
+    if reason is not None:
+        raise DataError(
+            f"config.data.name: TFDS dataset {name!r} is not prepared in {data_dir} and cannot "
+            f"be downloaded: {host} is unreachable ({reason}); offline? Prepare it on a "
+            f"connected machine with `tfds build {name} --file_format=array_record "
+            f"--data_dir=DIR` and copy DIR/{catalog_base_name(name)} there"
+        )
 
 
 class Dataset:
@@ -79,7 +114,10 @@ class Dataset:
                         name, data_dir=os.fspath(data_dir), file_format="array_record"
                     )
                     if not builder.is_prepared():
+                        _check_online(name, builder, data_dir)
                         builder.download_and_prepare(file_format="array_record")
+        except DataError:
+            raise
         except Exception as e:  # TFDS raises anything from ImportError to urllib errors
             raise DataError(
                 f"TFDS dataset {name!r} could not be prepared in {data_dir}: "

@@ -49,6 +49,9 @@ def check_config(
             raise ConfigError(
                 f"config.evals.{name}.type: unknown evaluator {entry.type!r}; choose from {', '.join(choices)}"
             )
+        for field in ("batch_size", "num_samples", "chunk"):
+            if field in entry and not (isinstance(entry[field], int) and entry[field] >= 1):
+                raise ConfigError(f"config.evals.{name}.{field}: must be >= 1, got {entry[field]}")
         if entry.get("batch_size", num_devices) % num_devices:
             raise ConfigError(
                 f"config.evals.{name}.batch_size: {entry.batch_size} is not divisible by the {num_devices} devices"

@@ -9,6 +9,7 @@ Metrics are fetched from the device once per `log_every` steps.
 import logging
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -18,10 +19,11 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxgen import checkpoint, data, metrics, parallel, runs
-from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.config import ConfigDict, ConfigError, load_workdir_config
 from jaxgen.runs import INTERVALS
 from jaxgen.train import get_family
 from jaxgen.train.writer import MetricWriter
+from jaxgen.workdir import check_resume, describe, has_checkpoint, record_changes, write_atomic
 
 PyTree = Any
 log = logging.getLogger("jaxgen")
@@ -57,27 +59,54 @@ def _check_writable(workdir: str) -> None:
         )
 
 
+class Interrupted(Exception):
+    """Ctrl-C (SIGINT) stopped training after the current step was saved; exit 130."""
+
+
+CHECKPOINT_NOTE = (
+    "the latest committed checkpoint is kept whole (an unfinished save is only a tmp folder, "
+    "which the next start removes)"
+)
+
+
 class _Preemption:
-    """Turns SIGTERM into a flag the loop checks between steps."""
+    """Turns SIGTERM and SIGINT (Ctrl-C) into a flag the loop checks between steps.
+
+    A second signal while the loop finishes its step exits at once (status 128 + signal):
+    Orbax writes a step into a temporary folder and renames it when complete, so the
+    latest committed checkpoint stays whole.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
-        self.requested = False
-        self._previous = None
+        self.requested: int | None = None  # the signal received, if any
+        self.saved_step: int | None = None  # the step of the last save begun
+        self._previous = {}
 
     def __enter__(self):
         try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
         except ValueError:  # not the main thread: leave signals alone
-            self._previous = None
+            self._previous = {}
         return self
 
     def _handle(self, signum, frame):
-        log.warning("SIGTERM: saving a checkpoint at the end of this step, then exiting")
-        self.requested = True
+        name = signal.Signals(signum).name
+        if self.requested is not None:
+            print(
+                f"error: second {name}: exiting now without saving; {CHECKPOINT_NOTE}",
+                file=sys.stderr,
+                flush=True,
+            )
+            os._exit(128 + signum)
+        log.warning("%s: saving a checkpoint at the end of this step, then exiting", name)
+        self.requested = signum
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 def _mean_metrics(window: list[dict], first_step: int, skip_nonfinite: bool) -> dict[str, float]:
@@ -117,11 +146,7 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
     placement = parallel.Placement(config.mesh)
     steps = family.make_steps(config, info, placement.axis_name)
     jit_steps = steps if placement.axis_name is None else family.make_steps(config, info, None)
-    os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
-        runs.save_tokenizers(config.data, workdir)  # the workdir alone decodes the run's tokens
+    changes = _start_workdir(config, workdir)  # before anything is written
 
     train_iter = data.make_iterator(
         config.data, config.data.train_split, config.train.batch_size, config.seed, train=True
@@ -132,14 +157,20 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
     abstract = placement.abstract_state(jax.eval_shape(jit_steps.init, rng, sample_batch))
 
     ckpt = checkpoint.Checkpointer(workdir, config.ckpt)
+    window = []  # per-step metrics since the last train row
     if ckpt.latest_step() is not None:
         state, data_state, start = ckpt.restore(abstract)
         train_iter.set_state(data_state["train"])
+        window = window_from_json(data_state.get("window", []))
         log.info("resumed from step %d of %s", start, ckpt.directory)
+        if changes and jax.process_index() == 0:
+            log.info("config changes from config.json: %s", describe(changes))
+            record_changes(workdir, start, changes)
     else:
         state, start = init(rng, sample_batch), 0
         if config.init_from:
-            params = checkpoint.restore_params(config.init_from, abstract.params)
+            log_file = os.path.join(workdir, checkpoint.LOG_FILE)
+            params = checkpoint.restore_params(config.init_from, abstract.params, log_file)
             state = start_from_params(state, params)
             log.info("params from %s", config.init_from)
 
@@ -153,7 +184,7 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
 
     every = {name: config.train[name] for name in INTERVALS}
     num_steps = config.train.num_steps
-    window, window_start, window_time = [], start, time.perf_counter()
+    window_start, window_time = start - len(window), time.perf_counter()
     bar = tqdm(
         total=num_steps,
         initial=start,
@@ -162,8 +193,9 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
         mininterval=2.0,
         dynamic_ncols=True,
     )
-    try:
-        with _Preemption() as preemption:
+    # Also while the last save commits (finally): a second signal then exits at once.
+    with _Preemption() as preemption:
+        try:
             for step in range(start, num_steps):
                 host_batch = next(train_iter)
                 if step + 1 == config.train.fault_nan_step:
@@ -177,12 +209,15 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
                     name: done % interval == 0 or done == num_steps
                     for name, interval in every.items()
                 }
-                # Read the flag once: a SIGTERM landing later in this iteration must not
+                # A row only where an uninterrupted run writes one: a preempted run keeps
+                # its partial window in the checkpoint and the resumed run completes it.
+                row_due = due["log_every"] or due["ckpt_every"]
+                # Read the flag once: a signal landing later in this iteration must not
                 # stop the loop after a step that was not saved.
                 stopping = preemption.requested
                 if stopping:  # save now and exit quickly: no eval or samples
                     due.update(ckpt_every=True, eval_every=False, sample_every=False)
-                if window and (due["log_every"] or due["ckpt_every"]):
+                if window and row_due:
                     means = _mean_metrics(window, window_start, config.train.skip_nonfinite)
                     elapsed = time.perf_counter() - window_time
                     means["perf/steps_per_sec"] = len(window) / elapsed
@@ -209,15 +244,22 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
                 # Saved last: a checkpoint at step s means everything logged for s is
                 # written, so a resumed run never skips an eval or a sample grid.
                 if due["ckpt_every"]:
-                    ckpt.save(done, placement.get_state(state), {"train": train_iter.get_state()})
+                    data_state = {"train": train_iter.get_state(), "window": window_to_json(window)}
+                    ckpt.save(done, placement.get_state(state), data_state)
+                    preemption.saved_step = done
                 if stopping:
                     break
-    finally:
-        # Also on errors: let an in-flight async save commit before the process
-        # exits, so the last good checkpoint is always complete.
-        bar.close()
-        ckpt.close()
-        writer.close()
+        finally:
+            # Also on errors: let an in-flight async save commit before the process
+            # exits, so the last good checkpoint is always complete.
+            bar.close()
+            ckpt.close()
+            writer.close()
+    if preemption.requested == signal.SIGINT:
+        raise Interrupted(
+            f"interrupted (Ctrl-C): saved step {preemption.saved_step} in {ckpt.directory}; "
+            "the same command resumes from it"
+        )
     return placement.get_state(state)
 
 
@@ -230,3 +272,36 @@ def start_from_params(state: PyTree, params: PyTree) -> PyTree:
     """
     ema = jax.tree.map(jnp.copy, {key: params[key] for key in state.ema_params})
     return state.replace(params=params, ema_params=ema)
+
+
+def _start_workdir(config: ConfigDict, workdir: str) -> dict:
+    """The allowed config changes of a resume, or {} for a new run, whose config.json it writes.
+
+    Runs before anything else is written: a resume whose config differs from W/config.json
+    in a field its checkpoints depend on is a ConfigError listing them, and W stays as it
+    was. A resume never rewrites config.json; its allowed changes go to config_changes.jsonl.
+    """
+    path = os.path.join(workdir, "config.json")
+    if os.path.exists(path) and has_checkpoint(workdir):
+        return check_resume(load_workdir_config(workdir), config, workdir)
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+        write_atomic(path, config.to_json_best_effort(indent=2))
+        runs.save_tokenizers(config.data, workdir)  # the workdir alone decodes the run's tokens
+    return {}
+
+
+def window_to_json(window: list[dict]) -> list[dict]:
+    """Per-step metrics as JSON for a checkpoint's data_state: {name: [value, dtype]}."""
+    rows = []
+    for row in jax.device_get(window):
+        rows.append({key: [str(float(v)), str(np.asarray(v).dtype)] for key, v in row.items()})
+    return rows
+
+
+def window_from_json(rows: list[dict]) -> list[dict]:
+    """The inverse of window_to_json, with each value in its original dtype."""
+    return [
+        {key: np.asarray(float(value), jnp.dtype(dtype)) for key, (value, dtype) in row.items()}
+        for row in rows
+    ]

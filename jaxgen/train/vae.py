@@ -44,6 +44,9 @@ def validate(config: ConfigDict, info: Any) -> None:
     if config.loss.num_samples < 1:
         raise ConfigError(f"config.loss.num_samples: must be >= 1, got {config.loss.num_samples}")
     for name, entry in config.evals.items():
+        for field in ("num_samples", "chunk") if entry.type == "nll" else ():
+            if entry[field] < 1:
+                raise ConfigError(f"config.evals.{name}.{field}: must be >= 1, got {entry[field]}")
         if entry.type == "nll" and entry.num_samples % min(entry.chunk, entry.num_samples):
             raise ConfigError(
                 f"config.evals.{name}.chunk: {entry.chunk} does not divide num_samples {entry.num_samples}"

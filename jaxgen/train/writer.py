@@ -2,19 +2,44 @@
 
 On resume from step s, lines logged after s by the interrupted run are dropped
 (from the JSON file, and from TensorBoard through purge_step), so the record
-matches an uninterrupted run.
+matches an uninterrupted run. A write that fails (disk full...) raises
+jaxgen.workdir.RunWriteError naming the file, also when TensorBoard's background
+thread is the one that failed.
 """
 
 import json
 import math
 import os
+import threading
 
 import jax
 import numpy as np
 from PIL import Image
 from tensorboardX import SummaryWriter
 
+from jaxgen.workdir import RunWriteError, reason, write_atomic, writing
+
 METRICS_FILE = "metrics.jsonl"
+
+
+class _ThreadWriteErrors:
+    """Collects the OSErrors that kill background writer threads (tensorboardX writes its
+    event file from one), which would otherwise print a traceback and leave the writer's
+    queue to fill up and block."""
+
+    def __init__(self):
+        self.errors: list[OSError] = []
+        self._previous = threading.excepthook
+        threading.excepthook = self._hook
+
+    def _hook(self, args) -> None:
+        if isinstance(args.exc_value, OSError):
+            self.errors.append(args.exc_value)
+        else:
+            self._previous(args)
+
+    def close(self) -> None:
+        threading.excepthook = self._previous
 
 
 class MetricWriter:
@@ -28,12 +53,16 @@ class MetricWriter:
                 kept = [
                     line for line in f if line.strip() and json.loads(line)["step"] <= start_step
                 ]
-            with open(self.path + ".tmp", "w") as f:
-                f.writelines(kept)
-            os.replace(self.path + ".tmp", self.path)
-        self.tensorboard = SummaryWriter(
-            os.path.join(workdir, "tensorboard"), purge_step=start_step + 1
-        )
+            write_atomic(self.path, "".join(kept))
+        self.events = os.path.join(workdir, "tensorboard")
+        self.thread_errors = _ThreadWriteErrors()
+        with writing(self.events):
+            self.tensorboard = SummaryWriter(self.events, purge_step=start_step + 1)
+
+    def _check_events(self) -> None:
+        if self.thread_errors.errors:
+            error = self.thread_errors.errors[0]
+            raise RunWriteError(f"could not write {error.filename or self.events}: {reason(error)}")
 
     def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
         if not self.enabled:
@@ -42,8 +71,9 @@ class MetricWriter:
         for name, value in metrics.items():
             value = float(value)
             row[name] = value if math.isfinite(value) else str(value)
+            self._check_events()
             self.tensorboard.add_scalar(f"{split}/{name}", value, step)
-        with open(self.path, "a") as f:
+        with writing(self.path), open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
 
@@ -58,12 +88,18 @@ class MetricWriter:
             with Image.open(path) as image:
                 pixels = np.asarray(image.convert("RGB"))  # [H, W, 3] uint8
             tag = os.path.basename(path)[: -len(".png")].rsplit("_", 1)[0]
+            self._check_events()
             self.tensorboard.add_image(f"samples/{tag}", pixels, step, dataformats="HWC")
+        self._check_events()
         self.tensorboard.flush()
 
     def close(self) -> None:
-        if self.enabled:
+        if not self.enabled:
+            return
+        if not self.thread_errors.errors:  # closing waits on the thread, which is gone
             self.tensorboard.close()
+        self.thread_errors.close()
+        self._check_events()
 
 
 def read_metrics(workdir: str) -> list[dict]:
