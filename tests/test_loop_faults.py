@@ -1,4 +1,4 @@
-"""Faults of the training loop and its writes, through the real experiments/ scripts (issue 15):
+"""Faults of the training loop and its writes, through the real experiments/ scripts:
 a changed config on resume, Ctrl-C (once and twice), signals during start-up, a full disk at
 every write of a run, and the bad inputs that used to give tracebacks."""
 

@@ -12,7 +12,7 @@ Stage 3 of text-to-image, after the autoencoder (train/autoencoder.py) and CLIP 
             guidance_scale), then the autoencoder's decoder on z / scale_factor. guidance_scale
             follows diffusers' convention: 0 the unconditional model, 1 the conditional one,
             > 1 guided.
-Left for the next session (issue 14): the Family registration that loads the autoencoder and CLIP
+Not here yet: the Family registration that loads the autoencoder and CLIP
 runs named by config.model.autoencoder / config.model.text_encoder (checking they exist and match
 the data), configs/latent_diffusion/, experiments.sample's prompts and generate().
 """
