@@ -17,6 +17,7 @@ anything under checkpoints/, so sampling a run that is still training is safe.
 """
 
 import contextlib
+import gc
 import logging
 import os
 import sys
@@ -90,6 +91,25 @@ def _write_log(log_file: str, header: str, lines: list[str]) -> str:
         return f.name
 
 
+# The log file of the latest unreadable step, for Orbax's reads that report after the restore.
+_late_log: list[str] = []
+_console_unraisablehook = sys.unraisablehook
+
+
+def _late_read_errors(unraisable) -> None:
+    """sys.unraisablehook while a failed restore's reads may still be finalised: Orbax's
+    array-read coroutines print "Exception ignored in <coroutine>" with TensorStore's whole spec
+    when garbage-collected; those go to the restore's log file, everything else to the console."""
+    code = getattr(unraisable.object, "cr_code", None)
+    if code is None or "orbax" not in code.co_filename or not _late_log:
+        _console_unraisablehook(unraisable)
+        return
+    lines = traceback.format_exception(
+        unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback
+    )
+    _write_log(_late_log[-1], f"late error of {code.co_name}", [line.rstrip() for line in lines])
+
+
 def _reason(error: Exception) -> str:
     text = str(error).split("See full TensorStore details")[0].strip().rstrip(".")
     return (text.splitlines()[0] if text else type(error).__name__)[:200]
@@ -131,18 +151,23 @@ def _try_restore(
             restored = manager.restore(step, args=ocp.args.Composite(**args))
             if checked:
                 verify(restored.state, restored.get("data"), restored.checksums)
-            error = None
+            reason = None
         except Exception as caught:  # noqa: BLE001 - any unreadable checkpoint falls back
-            restored, error = None, caught
+            restored, reason = None, _reason(caught)
             lines.extend(traceback.format_exception(caught))
-    if error is None and not checked:
+        # A failed read leaves Orbax's un-awaited array reads in reference cycles; collected
+        # later they print "Exception ignored in <coroutine>" with TensorStore's whole spec.
+        # Collect them now, into the log.
+        gc.collect()
+    if reason is None and not checked:
         logging.warning(
             "checkpoint %d in %s has no checksums: not verified", step, manager.directory
         )
-    if error is None:
+    if reason is None:
         return restored, None
     where = _write_log(log_file, f"checkpoint {step} in {manager.directory}", lines)
-    reason = _reason(error)
+    _late_log.append(where)
+    sys.unraisablehook = _late_read_errors
     logging.warning(
         "checkpoint %d in %s is unreadable (%s); details in %s",
         step,

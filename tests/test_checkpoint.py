@@ -4,6 +4,7 @@ checksums, read-only readers."""
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -325,3 +326,37 @@ def test_a_corrupt_checkpoint_is_one_line_on_stderr(tmp_path, damaged):
     assert "checkpoint 2" in lines[0] and "unreadable" in lines[0]
     assert "logs/checkpoint.log" in lines[0]
     assert "Traceback" in (tmp_path / "logs" / "checkpoint.log").read_text()
+
+
+def test_late_errors_of_orbax_reads_go_to_the_log_not_the_console(tmp_path, monkeypatch, capsys):
+    """Orbax's array-read coroutines of a failed restore can be finalised long after it and
+    print 'Exception ignored in <coroutine>' with TensorStore's whole spec: the unraisable hook
+    sends those to the restore's log file; anything else still reaches the console."""
+
+    async def read():
+        return None
+
+    read.__code__ = read.__code__.replace(
+        co_filename="/site-packages/orbax/checkpoint/_src/serialization/serialization.py"
+    )
+    log_file = str(tmp_path / "logs" / "checkpoint.log")
+    monkeypatch.setattr(checkpoint, "_late_log", [log_file])
+    seen = []
+    monkeypatch.setattr(checkpoint, "_console_unraisablehook", seen.append)
+
+    def unraisable(obj):
+        error = Exception("Encountered error while reading array index")
+        return types.SimpleNamespace(
+            exc_type=Exception, exc_value=error, exc_traceback=None, err_msg=None, object=obj
+        )
+
+    coroutine = read()
+    try:
+        checkpoint._late_read_errors(unraisable(coroutine))
+    finally:
+        coroutine.close()
+    assert "while reading array index" in open(log_file).read()
+    assert seen == [] and capsys.readouterr().err == ""
+    other = unraisable(object())
+    checkpoint._late_read_errors(other)
+    assert seen == [other]
