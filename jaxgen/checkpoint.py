@@ -37,6 +37,7 @@ PyTree = Any
 CHECKPOINT_DIR = "checkpoints"
 ITEMS = ("state", "data", "checksums")
 LOG_FILE = os.path.join("logs", "checkpoint.log")
+_FAILED_READ_DRAIN_SECONDS = 1.0
 
 
 class CheckpointWriteError(OSError):
@@ -155,6 +156,10 @@ def _try_restore(
         except Exception as caught:  # noqa: BLE001 - any unreadable checkpoint falls back
             restored, reason = None, _reason(caught)
             lines.extend(traceback.format_exception(caught))
+            # The reads still in flight finish on TensorStore's threads after Orbax closed its
+            # event loop, and print "Event loop is closed" tracebacks: let them land here,
+            # in the log (a failed restore is rare; a second is cheap).
+            time.sleep(_FAILED_READ_DRAIN_SECONDS)
         # A failed read leaves Orbax's un-awaited array reads in reference cycles; collected
         # later they print "Exception ignored in <coroutine>" with TensorStore's whole spec.
         # Collect them now, into the log.
