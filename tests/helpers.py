@@ -1,6 +1,7 @@
 """Shared test helpers (not fixtures)."""
 
 import importlib.util
+import os
 import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -65,3 +66,16 @@ def run_concurrently(fn, num_threads: int = 2) -> list:
     if errors:
         raise errors[0]
     return results
+
+
+def tree_snapshot(root):
+    """Every path under `root` with its bytes (None for folders)."""
+    snapshot = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            snapshot[os.path.relpath(os.path.join(folder, name), root)] = None
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                snapshot[os.path.relpath(path, root)] = f.read()
+    return snapshot

@@ -14,7 +14,7 @@ import pytest
 from jaxgen import checkpoint, checksums, parallel
 from jaxgen.config import base_config
 from tests.e2e import script_env
-from tests.helpers import ROOT
+from tests.helpers import ROOT, tree_snapshot
 
 
 def make_state(seed=0):
@@ -225,19 +225,6 @@ def test_a_step_without_checksums_still_restores(tmp_path):
 
 
 # --- Read-only readers ----------------------------------------------------------------------------
-
-
-def tree_snapshot(root):
-    """Every path under `root` with its bytes (None for folders)."""
-    snapshot = {}
-    for folder, dirs, files in os.walk(root):
-        for name in dirs:
-            snapshot[os.path.relpath(os.path.join(folder, name), root)] = None
-        for name in files:
-            path = os.path.join(folder, name)
-            with open(path, "rb") as f:
-                snapshot[os.path.relpath(path, root)] = f.read()
-    return snapshot
 
 
 def add_in_flight_save(checkpoints):

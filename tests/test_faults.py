@@ -26,7 +26,7 @@ from tests.e2e import (
     script_env,
     stderr_lines,
 )
-from tests.helpers import ROOT, SHARED_DATA
+from tests.helpers import ROOT, SHARED_DATA, tree_snapshot
 
 pytestmark = pytest.mark.slow
 
@@ -368,18 +368,6 @@ def test_every_checkpoint_corrupt_is_one_error_line(tmp_path, script):
     assert len(stderr_lines(result)) <= 5, result.stderr[-3000:]
 
 
-def directory_snapshot(root):
-    snapshot = {}
-    for folder, dirs, files in os.walk(root):
-        for name in dirs:
-            snapshot[os.path.relpath(os.path.join(folder, name), root)] = None
-        for name in files:
-            path = os.path.join(folder, name)
-            with open(path, "rb") as f:
-                snapshot[os.path.relpath(path, root)] = f.read()
-    return snapshot
-
-
 def process_state(pid):
     """The state letter of a process from /proc (R running, S sleeping, T stopped, ...)."""
     with open(f"/proc/{pid}/stat") as f:
@@ -399,11 +387,11 @@ def test_sampling_a_live_run_leaves_it_untouched(reference, tmp_path):
     try:
         # The signal is delivered asynchronously: snapshot only once the trainer is stopped.
         assert wait_for(lambda: process_state(trainer.pid) == "T", trainer, timeout=30)
-        before = directory_snapshot(checkpoints)
+        before = tree_snapshot(checkpoints)
         assert any("tmp" in name for name in before)
         result = run_script("sample", f"--workdir={tmp_path}", check=False)
         assert result.returncode == 0, result.stderr[-3000:]
-        assert directory_snapshot(checkpoints) == before
+        assert tree_snapshot(checkpoints) == before
     finally:
         trainer.send_signal(signal.SIGCONT)
     trainer.wait(timeout=300)
