@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -92,3 +93,25 @@ def final_params(workdir, step: int) -> dict:
     manager.close()
     leaves = jax.tree_util.tree_flatten_with_path(restored.state)[0]
     return {jax.tree_util.keystr(path): np.asarray(x) for path, x in leaves}
+
+
+def start_trainer(workdir, *extra: str) -> subprocess.Popen:
+    """experiments.train of the LONG smoke run in the background (stderr piped)."""
+    return subprocess.Popen(
+        command("train", *LONG, *extra, f"--workdir={workdir}"),
+        cwd=ROOT,
+        env=script_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(condition, process, timeout: float = 180.0) -> bool:
+    """Poll until `condition()` holds or the process ends; True if it held."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        if condition():
+            return True
+        time.sleep(0.005)
+    return False

@@ -19,14 +19,14 @@ import pytest
 from tests.e2e import (
     LONG,
     SMOKE,
-    command,
     comparable_metrics,
     final_params,
     run_script,
-    script_env,
+    start_trainer,
     stderr_lines,
+    wait_for,
 )
-from tests.helpers import ROOT, SHARED_DATA, tree_snapshot
+from tests.helpers import SHARED_DATA, tree_snapshot
 
 pytestmark = pytest.mark.slow
 
@@ -37,27 +37,6 @@ def reference(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("reference")
     run_script("train", *LONG, f"--workdir={workdir}")
     return workdir
-
-
-def start(workdir, *extra):
-    return subprocess.Popen(
-        command("train", *LONG, *extra, f"--workdir={workdir}"),
-        cwd=ROOT,
-        env=script_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_for(condition, process, timeout=120.0):
-    """Poll until `condition()` holds or the process ends; True if it held."""
-    deadline = time.time() + timeout
-    while time.time() < deadline and process.poll() is None:
-        if condition():
-            return True
-        time.sleep(0.005)
-    return False
 
 
 def metric_rows(workdir):
@@ -91,7 +70,7 @@ def test_sigkill_at_seeded_kill_points(reference, tmp_path):
     landed, lost = [], []
     for kind, value in triggers:
         before = len(metric_rows(workdir))
-        process = start(workdir)
+        process = start_trainer(workdir)
         checkpoints = workdir / "checkpoints"
         if kind == "row":
             ok = wait_for(
@@ -133,7 +112,7 @@ def test_sigkill_at_seeded_kill_points(reference, tmp_path):
 
 
 def test_sigterm_saves_the_current_step_and_exits_zero(reference, tmp_path):
-    process = start(tmp_path)
+    process = start_trainer(tmp_path)
     assert wait_for(lambda: any(r["step"] >= 5 for r in metric_rows(tmp_path)), process)
     time.sleep(0.3)
     sent = time.time()
@@ -298,7 +277,7 @@ def test_resume_on_fewer_devices_continues_the_four_device_run(four_device_run, 
 
 
 def test_a_second_trainer_is_refused_and_a_killed_one_does_not_block(reference, tmp_path):
-    first = start(tmp_path)
+    first = start_trainer(tmp_path)
     assert wait_for(lambda: any(r["step"] >= 5 for r in metric_rows(tmp_path)), first)
     first.send_signal(signal.SIGSTOP)  # holds the lock for as long as the test needs
     try:
@@ -375,7 +354,7 @@ def process_state(pid):
 
 
 def test_sampling_a_live_run_leaves_it_untouched(reference, tmp_path):
-    trainer = start(tmp_path)
+    trainer = start_trainer(tmp_path)
     checkpoints = tmp_path / "checkpoints"
 
     def saving_after_a_commit():

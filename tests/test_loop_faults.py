@@ -21,7 +21,9 @@ from tests.e2e import (
     final_params,
     run_script,
     script_env,
+    start_trainer,
     stderr_lines,
+    wait_for,
 )
 from tests.helpers import ROOT
 
@@ -190,26 +192,6 @@ def reference(tmp_path_factory):
     return workdir
 
 
-def start(workdir):
-    return subprocess.Popen(
-        command("train", *LONG, f"--workdir={workdir}"),
-        cwd=ROOT,
-        env=script_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def wait_for(condition, process, timeout=180.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline and process.poll() is None:
-        if condition():
-            return True
-        time.sleep(0.005)
-    return False
-
-
 def row_at_least(workdir, step):
     path = workdir / "metrics.jsonl"
     lines = path.read_text().splitlines() if path.exists() else []
@@ -218,7 +200,7 @@ def row_at_least(workdir, step):
 
 @pytest.mark.slow
 def test_ctrl_c_saves_the_step_exits_130_and_the_resumed_run_matches(reference, tmp_path):
-    process = start(tmp_path)
+    process = start_trainer(tmp_path)
     assert wait_for(lambda: row_at_least(tmp_path, 5), process)
     time.sleep(0.2)
     process.send_signal(signal.SIGINT)
@@ -236,7 +218,7 @@ def test_ctrl_c_saves_the_step_exits_130_and_the_resumed_run_matches(reference, 
 
 @pytest.mark.slow
 def test_a_second_ctrl_c_exits_at_once_and_the_latest_checkpoint_is_whole(reference, tmp_path):
-    process = start(tmp_path)
+    process = start_trainer(tmp_path)
     checkpoints = tmp_path / "checkpoints"
     # Right after a checkpoint step: the loop is busy with eval / samples / an async save.
     assert wait_for(lambda: row_at_least(tmp_path, 20) and committed(tmp_path), process)
@@ -263,7 +245,7 @@ def test_a_second_ctrl_c_exits_at_once_and_the_latest_checkpoint_is_whole(refere
 @pytest.mark.slow
 @pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_during_start_up_is_one_line(tmp_path, signum, status):
-    process = start(tmp_path)
+    process = start_trainer(tmp_path)
     # The lock is taken when training starts: data loading and compiling follow.
     assert wait_for(lambda: (tmp_path / ".lock").exists(), process)
     process.send_signal(signum)
