@@ -7,6 +7,11 @@ before anything is compiled; each problem is a ConfigError whose message names
 the field, which the scripts print as one line and exit with status 2.
 """
 
+import importlib.util
+import json
+import os
+import pathlib
+
 import ml_collections
 
 ConfigDict = ml_collections.ConfigDict
@@ -117,9 +122,6 @@ def base_config() -> ConfigDict:
 def sibling_config(config_file: str, name: str, arg: str = "") -> ConfigDict:
     """get_config(arg) of the config file `name` next to `config_file` (a config's __file__):
     how one recipe is reused on another dataset or for fine-tuning."""
-    import importlib.util
-    import pathlib
-
     path = pathlib.Path(config_file).with_name(name)
     spec = importlib.util.spec_from_file_location(f"config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
@@ -138,9 +140,6 @@ def _tuples(value):
 
 def load_workdir_config(workdir: str) -> ConfigDict:
     """The config a run stored in `workdir/config.json`; ConfigError naming the file if bad."""
-    import json
-    import os
-
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise ConfigError(f"--workdir: {path} does not exist (not a jaxgen run directory?)")
