@@ -28,8 +28,8 @@ def smoke_run(tmp_path_factory):
 
 def test_smoke_run_leaves_config_metrics_checkpoints_and_samples(smoke_run):
     workdir, result, seconds = smoke_run
-    # About 20 s of CPU time; the bound leaves room for a CPU shared with other jobs.
-    assert seconds < 90, f"smoke run took {seconds:.0f}s"
+    # A hang guard only (about 20 s of CPU time idle); speed lives in benchmarks/.
+    assert seconds < 300, f"smoke run took {seconds:.0f}s"
     config = json.loads((workdir / "config.json").read_text())
     assert config["family"] == "gan" and config["train"]["num_steps"] == 20
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]

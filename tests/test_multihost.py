@@ -165,7 +165,8 @@ def test_two_processes_train_like_one_process_on_the_same_global_batch(
     multihost_run, reference, logs
 ):
     workdir, seconds = multihost_run
-    assert seconds < 60, f"the 2-process run took {seconds:.0f}s"
+    # A hang guard only (a job that never forms waits forever); speed lives in benchmarks/.
+    assert seconds < 300, f"the 2-process run took {seconds:.0f}s"
     log = (logs / f"{workdir.name}.0.log").read_text(errors="replace")
     assert "process 0 of 2, 4 devices" in log  # the job really formed (see __main__ below)
     assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "20", "30"]
