@@ -113,7 +113,7 @@ def _tree_checksums(leaves: list[jax.Array]) -> list[np.ndarray]:
     groups, total = [], 0
     for x in leaves:
         words = _num_words(x)
-        if not groups or total + words > _GROUP_WORDS:  # a new group ([leaves], [their word counts])
+        if not groups or total + words > _GROUP_WORDS:  # a new ([leaves], [word counts])
             groups.append(([], []))
             total = 0
         groups[-1][0].append(x)
