@@ -114,8 +114,14 @@ def set_cpu_devices(
     except RuntimeError:  # the backend has started: its device count stays
         return None
     if cores is not None and cores > 1:
-        reason = "one per core" if count == cores else f"of {cores} cores: divides {sizes}"
-        log.info(f"CPU: {count} data-parallel devices ({reason}; --cpu_devices=1 for one)")
+        devices = f"CPU: {count} data-parallel device{'s' if count > 1 else ''}"
+        if count == cores:
+            log.info(f"{devices}, one per core (--cpu_devices=1 for one device)")
+        else:
+            log.info(
+                f"{devices} of {cores} cores: the largest count dividing the batch sizes "
+                f"{sizes} (--cpu_devices=N to choose)"
+            )
     return count
 
 

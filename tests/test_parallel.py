@@ -212,5 +212,5 @@ def test_experiments_split_the_cpu_before_checking_the_config(tmp_path):
     )
     assert result.returncode == 2, result.stderr
     count = parallel.choose_cpu_devices(parallel.physical_cores(), [12])
-    assert f"CPU: {count} data-parallel devices" in result.stderr
+    assert f"CPU: {count} data-parallel device" in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: config.train.num_steps")
