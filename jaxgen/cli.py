@@ -7,6 +7,10 @@ unknown key, a wrong type, a value that cannot work, bad data) is printed as
 one line naming the field or file, and the process exits with status 2. So is
 a positional argument to a script that takes none (absl would ignore it), and
 an error inside a config file (its path and line).
+
+Before anything starts jax's backend, `run` turns on the persistent compilation cache
+(--compilation_cache) and, on CPU, splits the host into one device per core for
+data-parallel steps (--cpu_devices; jaxgen.parallel.set_cpu_devices).
 """
 
 import logging
