@@ -96,12 +96,13 @@ def set_cpu_devices(
 ) -> int | None:
     """Split the CPU into devices before the backend starts; returns the count set, or None.
 
-    requested: 0 = automatic (one device per physical core, reduced to the largest count
-    that divides the batch sizes of `config` and the evaluators' `defaults`, see split_sizes), n >= 1 = exactly n (1 is one
-    device with XLA's intra-op threads, the behaviour before). Changes nothing when the
-    backend has started, when the user chose the count (XLA_FLAGS's
-    --xla_force_host_platform_device_count, JAX_NUM_CPU_DEVICES), in a multi-process job,
-    or when jax will run on a GPU/TPU (JAX_PLATFORMS, or an accelerator plugin installed).
+    requested: 0 = automatic: one device per physical core, reduced to the largest count
+    that divides the batch sizes of `config` (with the evaluators' `defaults`, see
+    split_sizes); n >= 1 = exactly n (1 is one device with XLA's intra-op threads, the
+    behaviour before). Changes nothing when the backend has started, when the user chose
+    the count (XLA_FLAGS's --xla_force_host_platform_device_count, JAX_NUM_CPU_DEVICES), in
+    a multi-process job, or when jax will run on a GPU/TPU (JAX_PLATFORMS, or an
+    accelerator plugin installed).
     """
     if _cpu_count_is_chosen_elsewhere():
         return None
