@@ -6,7 +6,8 @@
 
 Runs configs/gpt/shakespeare_char.py:cpu (4 layers, 4 heads, width 128, block 64, batch 12,
 fp32, AdamW with clipping, cosine schedule) on tiny Shakespeare batches from the data
-pipeline, on one device, and prints one JSON line per variant: the median ms of a step
+pipeline, on the CPU split the way experiments/*.py split it (`--cpu_devices`, default 0:
+one device per physical core dividing the batch; 1: one device), and prints one JSON line per variant: the median ms of a step
 (steady state, after compiling) and the training loss after `--steps` steps (mean of the last
 10). `--compare=section.field=A,B` builds one step per value and times them interleaved
 (A B A B ..., `--rounds` rounds of steps/rounds each), the only fair A/B on a shared machine.
@@ -59,6 +60,7 @@ def main():
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--compare", default="", help="section.field=A,B[,C]: interleaved A/B")
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--cpu_devices", type=int, default=0, help="0: one per core; 1: one")
     args = parser.parse_args()
 
     path, _, arg = args.config.partition(":")
@@ -66,6 +68,7 @@ def main():
     if args.compare:
         field, _, choices = args.compare.partition("=")
         values = choices.split(",")
+    parallel.set_cpu_devices(args.cpu_devices, load_config(path, arg))
     variants = []
     for value in values:
         config = load_config(path, arg)

@@ -18,7 +18,7 @@ import time
 import jax
 from jax import monitoring
 
-from jaxgen import cli
+from jaxgen import cli, parallel
 from jaxgen.train import loop
 from tests.helpers import load_config
 
@@ -33,6 +33,7 @@ EVENTS = {
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/ddpm/mnist.py:smoke")
+    parser.add_argument("--cpu_devices", type=int, default=0, help="0: one per core; 1: one")
     args = parser.parse_args()
     totals, counts = collections.defaultdict(float), collections.Counter()
 
@@ -44,9 +45,11 @@ def main():
     monitoring.register_event_duration_secs_listener(listen)
     cache = cli.use_compilation_cache()
     path, _, arg = args.config.partition(":")
+    config = load_config(path, arg)
+    parallel.set_cpu_devices(args.cpu_devices, config)  # as experiments.train splits the CPU
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as workdir:
-        loop.train(load_config(path, arg), workdir)
+        loop.train(config, workdir)
     row = {"benchmark": "smoke_compile", "config": args.config, "cache": cache is not None}
     row["wall_s"] = round(time.perf_counter() - start, 1)
     row |= {key: round(value, 1) for key, value in sorted(totals.items())}

@@ -7,6 +7,10 @@ unknown key, a wrong type, a value that cannot work, bad data) is printed as
 one line naming the field or file, and the process exits with status 2. So is
 a positional argument to a script that takes none (absl would ignore it), and
 an error inside a config file (its path and line).
+
+Before anything starts jax's backend, `run` turns on the persistent compilation cache
+(--compilation_cache) and, on CPU, splits the host into one device per core for
+data-parallel steps (--cpu_devices; jaxgen.parallel.set_cpu_devices).
 """
 
 import logging
@@ -21,10 +25,11 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from jaxgen import distributed
+from jaxgen import distributed, parallel
 from jaxgen.checkpoint import CheckpointReadError, CheckpointWriteError
 from jaxgen.config import ConfigDict, ConfigError, load_workdir_config
 from jaxgen.data import DataError
+from jaxgen.metrics import EVALUATORS
 from jaxgen.metrics.networks import cache_root
 from jaxgen.train.loop import Interrupted, NonFiniteLossError
 from jaxgen.workdir import RunWriteError
@@ -37,6 +42,24 @@ flags.DEFINE_bool(
     "Keep compiled XLA programs on disk (persistent compilation cache) and reuse them in the "
     "next run; --nocompilation_cache (or JAXGEN_COMPILATION_CACHE=0) turns it off.",
 )
+flags.DEFINE_integer(
+    "cpu_devices",
+    int(os.environ.get("JAXGEN_CPU_DEVICES", "0") or 0),
+    "On CPU: how many XLA devices the host is split into for data-parallel steps. 0 (the "
+    "default, or $JAXGEN_CPU_DEVICES) = one per physical core, reduced to the largest count "
+    "that divides the config's batch sizes; 1 = one device using XLA's intra-op threads. "
+    "An explicit --xla_force_host_platform_device_count in XLA_FLAGS, JAX_NUM_CPU_DEVICES "
+    "or a GPU/TPU backend wins.",
+    lower_bound=0,
+)
+
+
+def use_cpu_devices(requested: int) -> int | None:
+    """parallel.set_cpu_devices for the config of this script's --config flag (if any);
+    call before anything starts jax's backend."""
+    config = flags.FLAGS["config"].value if "config" in flags.FLAGS else None
+    defaults = {name: getattr(EVALUATORS.get(name), "defaults", {}) for name in EVALUATORS.names()}
+    return parallel.set_cpu_devices(requested, config, defaults)
 
 
 def use_compilation_cache(enabled: bool = True) -> str | None:
@@ -204,6 +227,7 @@ def run(
         absl_logging.set_verbosity(absl_logging.WARNING)
         logging.getLogger("jaxgen").setLevel(logging.INFO)
         use_compilation_cache(flags.FLAGS.compilation_cache)
+        use_cpu_devices(flags.FLAGS.cpu_devices)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, _raise_stopped)
         try:

@@ -16,10 +16,19 @@ makes them data-parallel:
 Per-example randomness (`example_rngs`) makes a step's result independent of
 how the batch is split over devices and microbatches, so 1 device, 4 devices
 under jit and 4 under pmap give the same update.
+
+On CPU the host is split into one XLA device per physical core before the backend starts
+(`set_cpu_devices`): a data-parallel step over 2 single-core devices uses a 2-core host
+better than one device with XLA's intra-op threads (benchmarks/README.md), and gives the
+same update.
 """
 
+import logging
 import math
+import os
+import re
 from collections.abc import Callable
+from importlib.metadata import distributions
 from typing import Any
 
 import jax
@@ -35,6 +44,97 @@ DATA_AXIS = "data"
 FSDP_AXIS = "fsdp"
 BACKENDS = ("jit", "pmap")
 _FSDP_MIN_SIZE = 1 << 14  # smaller arrays (biases, norms) stay replicated: not worth a gather
+_FORCE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+_ACCELERATOR_PLUGINS = re.compile(r"^(jax[-_](cuda|rocm|tpu)|libtpu)", re.IGNORECASE)
+log = logging.getLogger("jaxgen")
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (hyperthreads count once); os.cpu_count() if
+    /proc/cpuinfo does not say."""
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    cores, physical, threads = set(), "0", 0
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = (part.strip() for part in line.partition(":"))
+                threads += key == "processor"
+                if key == "physical id":
+                    physical = value
+                elif key == "core id":
+                    cores.add((physical, value))
+    except OSError:
+        pass
+    count = len(cores) if cores and threads else os.cpu_count() or 1
+    if allowed and threads:  # affinity counts threads: keep the cores' share of it
+        count = min(count, max(1, allowed * count // threads))
+    return max(1, count)
+
+
+def split_sizes(config: ConfigDict, defaults: dict[str, dict] | None = None) -> list[int]:
+    """Sizes the data axis must divide: the train batch (per microbatch, and per critic
+    slice for GANs), sample.num_samples and the evals' batch_size / num_samples, taken from
+    `defaults[entry.type]` where an entry leaves them out."""
+    train = config.train
+    slices = max(1, train.get("microbatches", 1) * train.get("n_critic", 1))
+    sizes = [train.batch_size // slices if train.batch_size % slices == 0 else 0]
+    sizes.append(config.sample.get("num_samples", 1))
+    for entry in config.get("evals", {}).values():
+        entry_defaults = (defaults or {}).get(entry.get("type"), {})
+        for key in ("batch_size", "num_samples"):
+            sizes.append(entry.get(key, entry_defaults.get(key, 1)))
+    return [size for size in sizes if isinstance(size, int) and size > 1]
+
+
+def choose_cpu_devices(cores: int, sizes: list[int]) -> int:
+    """The largest device count <= cores that divides every size (at least 1)."""
+    return next(n for n in range(max(cores, 1), 0, -1) if all(size % n == 0 for size in sizes))
+
+
+def set_cpu_devices(
+    requested: int, config: ConfigDict | None = None, defaults: dict[str, dict] | None = None
+) -> int | None:
+    """Split the CPU into devices before the backend starts; returns the count set, or None.
+
+    requested: 0 = automatic: one device per physical core, reduced to the largest count
+    that divides the batch sizes of `config` (with the evaluators' `defaults`, see
+    split_sizes); n >= 1 = exactly n (1 is one device with XLA's intra-op threads, the
+    behaviour before). Changes nothing when the backend has started, when the user chose
+    the count (XLA_FLAGS's --xla_force_host_platform_device_count, JAX_NUM_CPU_DEVICES), in
+    a multi-process job, or when jax will run on a GPU/TPU (JAX_PLATFORMS, or an
+    accelerator plugin installed).
+    """
+    if _cpu_count_is_chosen_elsewhere():
+        return None
+    count, cores, sizes = requested, None, []
+    if requested < 1:
+        cores, sizes = physical_cores(), split_sizes(config, defaults) if config is not None else []
+        count = choose_cpu_devices(cores, sizes)
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:  # the backend has started: its device count stays
+        return None
+    if cores is not None and cores > 1:
+        devices = f"CPU: {count} data-parallel device{'s' if count > 1 else ''}"
+        if count == cores:
+            log.info(f"{devices}, one per core (--cpu_devices=1 for one device)")
+        else:
+            log.info(
+                f"{devices} of {cores} cores: the largest count dividing the batch sizes "
+                f"{sizes} (--cpu_devices=N to choose)"
+            )
+    return count
+
+
+def _cpu_count_is_chosen_elsewhere() -> bool:
+    if jax.config.jax_num_cpu_devices >= 0 or _FORCE_COUNT_FLAG in os.environ.get("XLA_FLAGS", ""):
+        return True
+    if os.environ.get("JAXGEN_COORDINATOR") or os.environ.get("JAXGEN_DISTRIBUTED"):
+        return True
+    platforms = jax.config.jax_platforms or os.environ.get("JAX_PLATFORMS", "")
+    if platforms:
+        return platforms.split(",")[0].strip().lower() != "cpu"
+    return any(_ACCELERATOR_PLUGINS.match(d.metadata["Name"] or "") for d in distributions())
 
 
 def check_config(config: ConfigDict) -> None:

@@ -28,8 +28,8 @@ LONG = [
 def script_env(devices: int = 1, **overrides: str) -> dict:
     env = dict(os.environ) | overrides
     flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
-    if devices > 1:
-        flags.append(f"--xla_force_host_platform_device_count={devices}")
+    # Pinned even at 1: otherwise experiments/*.py split the CPU one device per core.
+    flags.append(f"--xla_force_host_platform_device_count={devices}")
     env["XLA_FLAGS"] = " ".join(flags)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env

@@ -347,3 +347,30 @@ def test_late_errors_of_orbax_reads_go_to_the_log_not_the_console(tmp_path, monk
     other = unraisable(object())
     checkpoint._late_read_errors(other)
     assert seen == [other]
+
+
+@pytest.mark.parametrize("group_words", [1 << 26, 40])
+def test_state_checksums_are_the_leaf_checksums_in_groups(monkeypatch, group_words):
+    """checksums() sums groups of leaves in one program: the numbers stay leaf_checksum's for
+    every dtype, empty and scalar leaves, keys, sharded leaves, and groups split by size."""
+    monkeypatch.setattr(checksums, "_GROUP_WORDS", group_words)
+    rng = np.random.default_rng(1)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:4]), ("data",))
+    sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    state = {
+        "a": jnp.asarray(rng.normal(size=(8, 12)), jnp.float32),
+        "b": jnp.asarray(rng.normal(size=(5, 3)) * 50).astype(jnp.bfloat16),
+        "c": jnp.asarray(rng.integers(-100, 100, (7,)), jnp.int8),
+        "d": jnp.asarray(rng.random(9) < 0.5),
+        "empty": jnp.zeros((0, 4), jnp.float32),
+        "step": jnp.asarray(7, jnp.int32),
+        "key": jax.random.key(3),
+        "sharded": jax.device_put(jnp.asarray(rng.normal(size=(16, 6)), jnp.float32), sharded),
+        "big": jnp.asarray(rng.integers(0, 2**31, (61,)), jnp.uint32),
+    }
+    table = checksums.checksums(state, None)["state"]
+    for name, x in state.items():
+        expected = [int(v) for v in checksums.leaf_checksum(x)]
+        assert table[name][2:] == expected, name
+        if name not in ("key", "empty"):
+            assert tuple(expected) == numpy_checksum(np.asarray(x))

@@ -1,5 +1,10 @@
 """1 device, 4 devices under jit and 4 under pmap give the same training; so do microbatches."""
 
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -7,7 +12,7 @@ import pytest
 from jaxgen import parallel
 from jaxgen.data import DatasetInfo
 from jaxgen.train import vae
-from tests.helpers import vae_smoke_config
+from tests.helpers import ROOT, vae_smoke_config
 
 INFO = DatasetInfo(image_shape=(28, 28, 1), num_classes=10, num_examples={"train": 64, "test": 64})
 
@@ -121,3 +126,91 @@ def test_runs_saved_before_the_fsdp_axis_still_load():
     config.mesh = parallel.ConfigDict(mesh)
     parallel.check_config(config)
     assert parallel.Placement(config.mesh).fsdp == 1
+
+
+# ----------------------------------------------------------------------------- CPU split
+
+
+@pytest.mark.parametrize(
+    "cores,sizes,expected",
+    [
+        (2, [12], 2),
+        (4, [12], 4),
+        (8, [12], 6),
+        (3, [12, 500], 2),
+        (5, [12], 4),
+        (2, [7], 1),
+        (1, [12], 1),
+        (16, [], 16),
+    ],
+)
+def test_choose_cpu_devices_is_the_largest_count_dividing_every_batch(cores, sizes, expected):
+    assert parallel.choose_cpu_devices(cores, sizes) == expected
+
+
+def test_split_sizes_count_microbatches_critic_slices_and_eval_defaults():
+    config = vae_smoke_config()
+    config.train.batch_size, config.train.microbatches, config.sample.num_samples = 24, 2, 10
+    config.evals = {"fid": {"type": "fid", "num_samples": 30}, "elbo": {"type": "elbo"}}
+    sizes = parallel.split_sizes(config, {"fid": {"batch_size": 500, "num_samples": 10_000}})
+    assert sorted(sizes) == [10, 12, 30, 500]
+    config.train.n_critic = 3  # a GAN's critic slices: 24 / (2 x 3) = 4 per device
+    assert parallel.split_sizes(config)[0] == 4
+
+
+SPLIT_SCRIPT = """
+import json, sys
+import jax
+from jaxgen import parallel
+from tests.helpers import ROOT, vae_smoke_config
+parallel.physical_cores = lambda: int(sys.argv[1])
+config = vae_smoke_config()
+config.train.batch_size = int(sys.argv[3])
+config.sample.num_samples = 12
+config.evals = {}
+chosen = parallel.set_cpu_devices(int(sys.argv[2]), config)
+print(json.dumps([chosen, jax.device_count()]))
+"""
+
+
+def _split(cores, requested, batch, xla_flags=""):
+    env = dict(os.environ, XLA_FLAGS=xla_flags, JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = str(ROOT)
+    env.pop("JAX_NUM_CPU_DEVICES", None)
+    result = subprocess.run(
+        [sys.executable, "-c", SPLIT_SCRIPT, str(cores), str(requested), str(batch)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_cpu_split_before_the_backend_starts():
+    assert _split(cores=8, requested=0, batch=12) == [6, 6]  # 12 and 12 samples: 6 divides
+    assert _split(cores=2, requested=0, batch=7) == [1, 1]  # odd batch: one device
+    assert _split(cores=2, requested=3, batch=12) == [3, 3]  # an explicit count is kept
+
+
+def test_cpu_split_leaves_an_explicit_xla_flag_alone():
+    flag = "--xla_force_host_platform_device_count=4"
+    assert _split(cores=2, requested=0, batch=12, xla_flags=flag) == [None, 4]
+
+
+@pytest.mark.skipif(parallel.physical_cores() < 2, reason="needs 2 cores to split")
+def test_experiments_split_the_cpu_before_checking_the_config(tmp_path):
+    args = ["--config=configs/gpt/shakespeare_char.py:cpu", f"--workdir={tmp_path}"]
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.train", *args, "--config.train.num_steps=0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert result.returncode == 2, result.stderr
+    count = parallel.choose_cpu_devices(parallel.physical_cores(), [12])
+    assert f"CPU: {count} data-parallel device" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: config.train.num_steps")

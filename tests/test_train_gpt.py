@@ -66,7 +66,7 @@ def test_loss_falls_on_a_learnable_pattern():
 
 @pytest.mark.parametrize(
     "backend,devices,microbatches,fsdp",
-    [("jit", 4, 1, 1), ("pmap", 4, 1, 1), ("jit", 1, 4, 1), ("jit", 4, 1, 2)],
+    [("jit", 4, 1, 1), ("jit", 2, 1, 1), ("pmap", 4, 1, 1), ("jit", 1, 4, 1), ("jit", 4, 1, 2)],
 )
 def test_split_does_not_change_the_update(backend, devices, microbatches, fsdp):
     """Dropout keys come per example, so even with dropout every split gives one update."""
