@@ -124,3 +124,30 @@ def test_dropout_only_in_training():
 def test_check_config_names_the_field(overrides, field):
     with pytest.raises(ConfigError, match=f"config.model.{field}"):
         seq2seq.check_config(model_config(**overrides), 8, 8)
+
+
+def test_beams_share_the_cross_attention_keys_of_their_source():
+    """A cache of N = B * R rows over one copy of each source's cross-attention keys gives the
+    logits of a cache whose cross-attention arrays are copied per row."""
+    source, target = _batch()
+    model, params = _init(model_config(), source, target)
+    variables = {"params": params}
+    memory = model.apply(variables, source, method=seq2seq.Transformer.encode)
+    shared = model.apply(variables, source, memory, 8, method=seq2seq.Transformer.start_cache)
+    rows = jnp.repeat(jnp.arange(3), 2)  # two beams per source
+    copied = jax.tree.map(lambda x: x[rows] if x.ndim else x, shared)
+    shared = shared.replace(keys=shared.keys[rows], values=shared.values[rows])
+    assert shared.cross_keys.shape[0] == 3 and copied.cross_keys.shape[0] == 6
+    tokens = jnp.asarray(np.random.default_rng(1).integers(0, PAD, (6, 3)), jnp.int32)
+    for t in range(tokens.shape[1]):  # one token per step, as decoding feeds them
+        a, shared = model.apply(
+            variables, tokens[:, t : t + 1], shared, method=seq2seq.Transformer.extend
+        )
+        b, copied = model.apply(
+            variables, tokens[:, t : t + 1], copied, method=seq2seq.Transformer.extend
+        )
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    # Several tokens a row at once (a prefill of a longer prefix) group the same way.
+    a, _ = model.apply(variables, tokens, shared, method=seq2seq.Transformer.extend)
+    b, _ = model.apply(variables, tokens, copied, method=seq2seq.Transformer.extend)
+    np.testing.assert_allclose(a, b, atol=1e-5)

@@ -16,8 +16,10 @@ Attention goes through `jax.nn.dot_product_attention` (cuDNN flash kernels on GP
 elsewhere); the paper has no attention-weight dropout and neither has this module.
 
 Decoding: the encoder runs once; start_cache computes each layer's cross-attention keys and
-values of that output once, and an empty self-attention cache; extend appends tokens. Every
-array of the cache has the batch first (rows can be reordered by beam with x[rows]).
+values of that output once, and an empty self-attention cache; extend appends tokens. The
+self-attention cache may hold more rows than the encoder output (N = B * R: beam search's R
+beams of each source, rows b*R .. b*R + R - 1): cross-attention then groups the queries of a
+source's R rows against its one copy of keys and values, so beams never copy them.
 Not here: the loss (losses/seq2seq.py) and decoding (sampling/seq2seq.py).
 """
 
@@ -36,9 +38,10 @@ NORMS = ("post", "pre")
 
 @flax.struct.dataclass
 class Cache:
-    """Decoder state. keys, values: [B, layers, max_len, heads, head_dim], slots < length
-    written; cross_keys, cross_values: [B, layers, S, heads, head_dim]; source_mask: [B, S]
-    bool; length: int32 scalar, the same for every row."""
+    """Decoder state. keys, values: [N, layers, max_len, heads, head_dim], slots < length
+    written; cross_keys, cross_values: [B, layers, S, heads, head_dim] with N = B * R (row n
+    reads source n // R); source_mask: [B, S] bool; length: int32 scalar, the same for every
+    row. Reordering beams (rows of the same source) moves keys and values only."""
 
     keys: jax.Array
     values: jax.Array
@@ -80,12 +83,17 @@ class Attention(nn.Module):
         return self.key(context), self.value(context)
 
     def __call__(self, x, keys, values, mask):
-        """x [B, T, C]; keys, values [B, S, heads, head_dim]; mask [B, 1, T, S] bool."""
-        query = self.query(x)  # [B, T, heads, head_dim]
+        """x [N, T, C]; keys, values [B, S, heads, head_dim]; mask [B, 1, T, S] bool. N = B * R:
+        the R rows n = b*R .. b*R + R - 1 of x attend to keys[b] (beams sharing one source's
+        keys and values; R = 1 otherwise), and the mask then broadcasts over T (shape [B, 1, 1,
+        S])."""
+        rows, steps = x.shape[:2]
+        query = self.query(x)  # [N, T, heads, head_dim]
+        query = query.reshape(keys.shape[0], -1, *query.shape[2:])  # [B, R * T, heads, head_dim]
         y = jax.nn.dot_product_attention(
             query, keys.astype(query.dtype), values.astype(query.dtype), mask=mask
         )
-        return self.out(y)  # [B, T, C]
+        return self.out(y.reshape(rows, steps, *y.shape[2:]))  # [N, T, C]
 
 
 class FeedForward(nn.Module):
@@ -245,7 +253,8 @@ class Transformer(nn.Module):
         )
 
     def extend(self, tokens, cache: Cache):
-        """tokens [B, T] appended at slot cache.length -> (logits [B, T, V], new cache)."""
+        """tokens [N, T] appended at slot cache.length -> (logits [N, T, V], new cache); N is
+        the rows of the self-attention cache, a multiple of the encoder output's B."""
         steps, max_len = tokens.shape[1], cache.keys.shape[2]
         slots = cache.length + jnp.arange(steps)  # [T]
         mask = (jnp.arange(max_len)[None] <= slots[:, None])[None, None]  # [1, 1, T, max_len]
