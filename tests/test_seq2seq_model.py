@@ -88,7 +88,8 @@ def test_cached_decode_matches_the_full_forward(norm):
     full = model.apply(variables, source, target)
     memory = model.apply(variables, source, method=seq2seq.Transformer.encode)
     cache = model.apply(variables, source, memory, 8, method=seq2seq.Transformer.start_cache)
-    assert cache.keys.shape == (3, 2, 8, 2, 8) and cache.cross_keys.shape == (3, 2, 7, 2, 8)
+    assert len(cache.keys) == 2 and cache.keys[0].shape == (3, 2, 8, 8)  # [B, heads, slots, d]
+    assert len(cache.cross_keys) == 2 and cache.cross_keys[0].shape == (3, 2, 7, 8)
     steps = []
     for t in range(target.shape[1]):
         logits, cache = model.apply(
@@ -136,8 +137,10 @@ def test_beams_share_the_cross_attention_keys_of_their_source():
     shared = model.apply(variables, source, memory, 8, method=seq2seq.Transformer.start_cache)
     rows = jnp.repeat(jnp.arange(3), 2)  # two beams per source
     copied = jax.tree.map(lambda x: x[rows] if x.ndim else x, shared)
-    shared = shared.replace(keys=shared.keys[rows], values=shared.values[rows])
-    assert shared.cross_keys.shape[0] == 3 and copied.cross_keys.shape[0] == 6
+    shared = shared.replace(
+        keys=tuple(k[rows] for k in shared.keys), values=tuple(v[rows] for v in shared.values)
+    )
+    assert shared.cross_keys[0].shape[0] == 3 and copied.cross_keys[0].shape[0] == 6
     tokens = jnp.asarray(np.random.default_rng(1).integers(0, PAD, (6, 3)), jnp.int32)
     for t in range(tokens.shape[1]):  # one token per step, as decoding feeds them
         a, shared = model.apply(

@@ -194,7 +194,7 @@ def test_greedy_and_beam_decoding(tsv_config):
     decoder = sampling.make_decoder(model, eos, pad, config.sample.max_new_tokens + 1)
     _, state = decoder.prefill(params, jnp.asarray(source))
     moved = decoder.take_rows(state, jnp.asarray([2, 2, 0, 1]))
-    assert moved.keys.shape[0] == 4 and moved.cross_keys.shape[0] == 3
+    assert moved.keys[0].shape[0] == 4 and moved.cross_keys[0].shape[0] == 3
     copying = decoder._replace(take_rows=decoding.take_rows)
     settings = decoding.read_settings(config.sample)
     copied = jax.jit(lambda p, s: decoding.decode(copying, settings, eos, p, s, jax.random.key(0)))(

@@ -58,7 +58,10 @@ def make_decoder(model: nn.Module, eos_id: int, pad_id: int, max_len: int) -> de
 def take_rows(cache: seq2seq.Cache, rows: jax.Array) -> seq2seq.Cache:
     """The cache of decoder rows [N'] (beams of the sources they came from, in source order):
     the self-attention keys and values follow; the per-source cross-attention arrays stay."""
-    return cache.replace(keys=cache.keys[rows], values=cache.values[rows])
+    return cache.replace(
+        keys=tuple(keys[rows] for keys in cache.keys),
+        values=tuple(values[rows] for values in cache.values),
+    )
 
 
 def check_length(model_config: ConfigDict, max_new_tokens: int) -> None:
