@@ -56,7 +56,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.config import ConfigDict, ConfigError
-from jaxgen.sampling.filters import banned_ngrams, top_k_filter, top_p_filter
+from jaxgen.sampling.filters import banned_ngrams, top_k, top_k_filter, top_p_filter
 
 PyTree = Any
 
@@ -369,7 +369,7 @@ def beam_search(
             ban = banned_ngrams(carry.buffer, start, width + step, ngram, vocab)
             log_probs = jnp.where(ban, -jnp.inf, log_probs)
         candidates = carry.beam_scores.reshape(rows, 1) + log_probs  # [B * K, V]
-        top_scores, top = jax.lax.top_k(candidates.reshape(batch, beams * vocab), 2 * beams)
+        top_scores, top = top_k(candidates.reshape(batch, beams * vocab), 2 * beams)
         source, token = top // vocab, top % vocab  # [B, 2K] each, best first
         is_eos = jnp.zeros_like(token, bool) if eos_id is None else token == eos_id
 
