@@ -12,7 +12,9 @@ pytree: a KV cache, plus whatever else each row needs, e.g. an encoder's output 
       beam search copies each prompt's state K times after the prefill and reorders rows by
       beam at every step; every per-row array of the state must follow. The default indexes
       axis 0 of every array leaf that has one (scalars, e.g. a shared cache length, are kept);
-      a state with its batch elsewhere (GPT's KV cache: axis 1) passes its own.
+      a state with its batch elsewhere (GPT's KV cache: axis 1) passes its own. Row n of
+      what beam search asks for always comes from prompt n // K, so arrays per prompt (an
+      encoder's output: sampling/seq2seq.py) may stay [B, ...] and be left out.
 
 `decode` then runs the whole generation as one `lax.while_loop` (sampling, greedy or beam
 search), stopping as soon as every row has ended. Settings come from config.sample and are read
