@@ -8,6 +8,8 @@ Each batch size is one compiled translate call (sampling/seq2seq.py: encoder onc
 decoder, beam search in one lax.while_loop), timed on a second call after compiling on the
 first. Sources are the first verses of the eval split (real lengths); with random params rows
 rarely end early, so tokens/s then counts max_new_tokens per row: an upper bound on work.
+"step" is XLA's cost analysis of one compiled beam step of the largest batch (reorder the
+decoder state by beam, then extend every beam by one token): flops and bytes accessed.
 """
 
 import argparse
@@ -22,8 +24,26 @@ from jaxgen import data, runs
 from jaxgen.config import load_workdir_config
 from jaxgen.data import pairs
 from jaxgen.models import seq2seq as models
+from jaxgen.sampling import decoding
 from jaxgen.sampling import seq2seq as sampling
 from tests.helpers import load_config
+
+
+def step_cost(model, config, params, source, eos_id: int, pad_id: int) -> dict:
+    """XLA's flops and bytes accessed of one beam step (take_rows + extend) over source [B, S]."""
+    settings = decoding.read_settings(config.sample)
+    decoder = sampling.make_decoder(model, eos_id, pad_id, settings.max_new_tokens + 1)
+    _, state = jax.jit(decoder.prefill)(params, source)
+    rows = jnp.repeat(jnp.arange(source.shape[0]), settings.num_beams)  # [B * K]
+    state = decoder.take_rows(state, rows)
+
+    def step(params, state, rows, tokens):
+        return decoder.extend(params, tokens, decoder.take_rows(state, rows), jnp.int32(0))
+
+    tokens = jnp.zeros(rows.shape, jnp.int32)
+    cost = jax.jit(step).lower(params, state, rows, tokens).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost  # a list in older jax
+    return {"flops": cost["flops"], "bytes_accessed": cost["bytes accessed"]}
 
 
 def main() -> None:
@@ -70,6 +90,8 @@ def main() -> None:
             "seconds": round(seconds, 4),
             "compile_s": round(compile_s, 2),
         }
+    source = jnp.asarray(batch["source"][: max(sizes)])
+    result[f"step_batch{max(sizes)}"] = step_cost(model, config, params, source, eos_id, pad_id)
     print(json.dumps(result))
 
 

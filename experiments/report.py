@@ -6,6 +6,8 @@ Reads each workdir's metrics.jsonl, eval_<step>.json, config.json and
 samples/*.png; writes DIR/report.html (default W/report) with every image
 embedded as base64, plus the curve PNGs it draws (curves_train.png,
 curves_eval.png). Several workdirs are drawn on the same axes and side by side.
+A score logged with a signature ("<name>_signature" beside "<name>", e.g. sacrebleu's for
+bleu/bleu and bleu/chrf) shows in one cell of the final table with its signature under it.
 Needs matplotlib (a dependency of jaxgen).
 """
 
@@ -27,6 +29,7 @@ flags.DEFINE_string("out", None, "Output folder (default: <first workdir>/report
 
 SAMPLE = re.compile(r"(?P<name>.+)_(?P<step>\d{7})(?P<tag>.*)\.png$")
 MAX_GRIDS = 6  # sample grids per name and run: spread over the run
+SIGNATURE = "_signature"  # "<score>_signature": the string a score was logged with
 
 
 def load_run(workdir: str) -> dict:
@@ -88,7 +91,9 @@ def plot_curves(runs: list[dict], split: str, path: str) -> bool:
             for row in run["rows"]
             if row["split"] == split
             for key in row
-            if key not in ("step", "split") and not key.endswith("/count")
+            if key not in ("step", "split")
+            and not key.endswith("/count")
+            and not key.endswith(SIGNATURE)  # labels, not curves
         }
     )
     if not names:
@@ -134,6 +139,20 @@ def format_value(value) -> str:
     return html.escape(str(value))
 
 
+def signed(key: str, keys) -> bool:
+    """Whether `key` is the signature of a score in `keys` ("bleu/bleu_signature")."""
+    return key.endswith(SIGNATURE) and key[: -len(SIGNATURE)] in keys
+
+
+def format_cell(final: dict, key: str) -> str:
+    """The value of `key`, with the signature it was logged with (if any) under it."""
+    cell = format_value(final.get(key, ""))
+    signature = final.get(key + SIGNATURE)
+    if signature is not None and key in final:
+        cell += f"<br><small class='signature'>{html.escape(str(signature))}</small>"
+    return cell
+
+
 def render(runs: list[dict], out: str) -> str:
     os.makedirs(out, exist_ok=True)
     parts = [
@@ -142,7 +161,8 @@ def render(runs: list[dict], out: str) -> str:
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;"
         "font-size:13px;text-align:right}th{background:#eee}td:first-child{text-align:left}"
         ".runs{display:flex;gap:2em;flex-wrap:wrap}.grid figure{display:inline-block;margin:4px}"
-        "figcaption{font-size:11px;text-align:center}img{image-rendering:pixelated}</style>",
+        "figcaption{font-size:11px;text-align:center}img{image-rendering:pixelated}"
+        ".signature{color:#666;font-family:monospace}</style>",
         "</head><body>",
         f"<h1>jaxgen report: {html.escape(', '.join(run['name'] for run in runs))}</h1>",
         "<h2>Runs</h2><table><tr><th>run</th><th>workdir</th><th>family</th><th>data</th>"
@@ -169,13 +189,14 @@ def render(runs: list[dict], out: str) -> str:
     parts.append("</table>")
 
     finals = [final_metrics(run) for run in runs]
-    keys = sorted({key for final in finals for key in final if key != "split"})
+    keys = {key for final in finals for key in final if key != "split"}
+    keys = sorted(key for key in keys if not signed(key, keys))
     header = "".join(f"<th>{html.escape(run['name'])}</th>" for run in runs)
     parts.append(
         f"<h2>Final metrics</h2><table id='final-metrics'><tr><th>metric</th>{header}</tr>"
     )
     for key in keys:
-        cells = "".join(f"<td>{format_value(final.get(key, ''))}</td>" for final in finals)
+        cells = "".join(f"<td>{format_cell(final, key)}</td>" for final in finals)
         parts.append(f"<tr><td>{html.escape(key)}</td>{cells}</tr>")
     parts.append("</table>")
 

@@ -98,3 +98,65 @@ def test_smoke_helper_shrinks_the_schedule_and_updates_sections():
     smoke(config, warmup_steps=10, evals={"nll": {"chunk": 4}})
     assert config.optim.warmup_steps == 4  # never raised
     assert config.evals.nll.chunk == 4 and config.evals.nll.num_samples == 1000
+
+
+def _flat(tree, prefix=""):
+    out = {}
+    for key, value in tree.items():
+        nested = isinstance(value, dict)
+        out.update(_flat(value, f"{prefix}{key}.") if nested else {prefix + key: value})
+    return out
+
+
+def test_wmt14_is_the_papers_base_transformer_on_the_bible_recipe():
+    """configs/seq2seq/wmt14_de_en.py starts from bible_es_en.py: field by field, the base
+    model of Vaswani et al. 2017 (table 3, "base"; section 5.3-5.4 and 6.1), and it differs from
+    the Bible recipe only in the data, the dropout and the lengths it sets itself."""
+    config = load_config("configs/seq2seq/wmt14_de_en.py")
+    paper = {
+        "family": "seq2seq",
+        "model.name": "transformer",
+        "model.num_layers": 6,  # N
+        "model.num_decoder_layers": 6,
+        "model.width": 512,  # d_model
+        "model.ff_width": 2048,  # d_ff
+        "model.num_heads": 8,  # h
+        "model.dropout": 0.1,  # P_drop
+        "model.norm": "post",  # LayerNorm(x + Sublayer(x))
+        "loss.name": "cross_entropy",
+        "loss.kw.label_smoothing": 0.1,  # eps_ls
+        "optim.name": "adam",
+        "optim.b1": 0.9,
+        "optim.b2": 0.98,
+        "optim.eps": 1e-9,
+        "optim.schedule": "rsqrt",  # d_model^-0.5 * min(step^-0.5, step * warmup^-1.5)
+        "optim.warmup_steps": 4000,
+        "sample.num_beams": 4,  # beam size 4, length penalty alpha 0.6
+        "sample.length_penalty": 0.6,
+        "data.name": "wmt14_translate/de-en",
+        "data.source": "de",
+        "data.target": "en",
+        "data.vocab_size": 37_000,  # shared source-target BPE
+    }
+    flat = _flat(config.to_dict())
+    assert {key: flat[key] for key in paper} == paper
+    assert config.optim.lr == pytest.approx((512 * 4000) ** -0.5, rel=2e-3)  # the peak
+    bible = _flat(load_config("configs/seq2seq/bible_es_en.py").to_dict())
+    differ = {key for key in flat.keys() | bible.keys() if flat.get(key) != bible.get(key)}
+    assert differ == {
+        "data.name",
+        "data.source",
+        "data.vocab_size",
+        "data.source_len",
+        "data.target_len",
+        "model.dropout",
+        "model.max_len",
+        "train.num_steps",
+        "train.eval_every",
+        "train.ckpt_every",
+        "train.sample_every",
+        "evals.bleu.num_examples",
+        "sample.max_new_tokens",
+    }
+    smoke = load_config("configs/seq2seq/wmt14_de_en.py", "smoke")
+    assert smoke.model.width == 32 and smoke.data.name == "wmt14_translate/de-en"

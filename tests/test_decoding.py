@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
-from jaxgen.sampling import decoding
+from jaxgen.sampling import decoding, filters
 
 VOCAB, MARGIN = 9, 3.0
 SOURCES = np.array([[3, 1, 4, 1, 5], [2, 7, 1, 8, 2]], np.int32)
@@ -71,3 +71,19 @@ def test_every_row_copies_its_own_source_with_beams_and_greedy():
         np.testing.assert_allclose(output.scores[::returned], best, rtol=1e-5)
         if returned == 2:  # the runner-up differs from the copy in one token
             assert ((output.tokens[1::2] != SOURCES).sum(axis=1) == 1).all()
+
+
+def test_top_k_equals_lax_top_k_with_ties_and_infinities():
+    """filters.top_k (beam search's candidates) gives lax.top_k's values, indices and order."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(-5, 3, (6, 50)).astype(np.float32) / 2  # many ties
+    x[0] = -np.inf  # a prompt's K - 1 copies at step 0
+    x[1, :30] = -np.inf
+    x[2, 3], x[2, 5] = -0.0, 0.0
+    x[3, 7] = np.inf
+    for k in (1, 8, 50):
+        expected = jax.lax.top_k(jnp.asarray(x), k)
+        values, indices = jax.jit(filters.top_k, static_argnums=1)(jnp.asarray(x), k)
+        np.testing.assert_array_equal(values, expected[0])
+        np.testing.assert_array_equal(indices, expected[1])
+        assert indices.dtype == jnp.int32

@@ -54,3 +54,33 @@ def test_report_of_two_runs_embeds_curves_grids_and_the_final_table(tmp_path):
 def test_report_of_a_folder_without_metrics_is_one_line_error(tmp_path):
     result = run_script("report", str(tmp_path), check=False)
     assert result.returncode == 2 and "metrics.jsonl" in result.stderr
+
+
+def test_report_shows_bleu_and_chrf_with_their_sacrebleu_signatures(tmp_path):
+    """A seq2seq run logs bleu/bleu_signature beside bleu/bleu: one cell holds both."""
+    path = tmp_path / "bible"
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"family": "seq2seq"}))
+    signature = "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.5.1"
+    chrf_signature = "nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:2.5.1"
+    rows = [{"step": 10, "split": "train", "loss": 3.0}]
+    rows += [
+        {
+            "step": s,
+            "split": "eval",
+            "bleu/bleu": 10.0 + s,
+            "bleu/chrf": 30.0 + s,
+            "bleu/bleu_signature": signature,
+            "bleu/chrf_signature": chrf_signature,
+            "bleu/count": 16.0,
+        }
+        for s in (10, 20)
+    ]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_script("report", str(path), f"--out={tmp_path / 'out'}")
+    table = (tmp_path / "out" / "report.html").read_text().split("id='final-metrics'")[1]
+    table = table.split("</table>")[0]
+    small = "<br><small class='signature'>"
+    assert f"<td>bleu/bleu</td><td>30{small}{signature}</small></td>" in table
+    assert f"<td>bleu/chrf</td><td>50{small}{chrf_signature}</small></td>" in table
+    assert "<td>bleu/bleu_signature</td>" not in table  # shown with its score only

@@ -47,6 +47,8 @@ def test_smoke_run_writes_metrics_bleu_checkpoints_and_translations(smoke_run):
     assert {"val/loss", "val/accuracy", "val/perplexity", "bleu/bleu", "bleu/chrf"} <= set(last)
     np.testing.assert_allclose(last["val/perplexity"], np.exp(last["val/loss"]), rtol=1e-6)
     assert "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:" in result.stdout
+    assert last["bleu/bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp")
+    assert last["bleu/chrf_signature"].startswith("nrefs:1|case:mixed|eff:yes|nc:6|nw:0")
     assert (workdir / "tokenizer.json").is_file()
     assert sorted(os.listdir(workdir / "checkpoints")) == ["10", "20"]
     for name in ("source", "translation", "reference"):
@@ -59,6 +61,7 @@ def test_evaluate_scores_the_test_split(smoke_run):
     result = run_script("evaluate", f"--workdir={workdir}", "--config.evals.bleu.split=test")
     scores = json.loads((workdir / "eval_20.json").read_text())
     assert scores["bleu/count"] == 16 and 0 <= scores["bleu/bleu"] <= 100
+    assert scores["bleu/bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
     assert "BLEU" in result.stdout
 
 

@@ -6,6 +6,7 @@ import math
 import pytest
 
 from jaxgen.metrics import text
+from jaxgen.train.writer import MetricWriter, read_metrics
 
 
 def _ngrams(words, n):
@@ -64,3 +65,15 @@ def test_rouge_l_by_longest_common_subsequence():
     score = text.rouge_l(["the cat sat on the mat"], ["the cat is on the mat"])
     assert score == pytest.approx(100 * 5 / 6)
     assert text.rouge_l(["x y", "a b c"], ["x y", "d e f"]) == pytest.approx(50.0)
+
+
+def test_signatures_are_logged_beside_the_scores(tmp_path):
+    """metrics.jsonl keeps a string metric as it is (TensorBoard gets it as text)."""
+    scores = text.corpus_bleu_chrf(["the cat sat"], ["the cat sat down"])
+    writer = MetricWriter(str(tmp_path), 0)
+    writer.write(10, "eval", {f"bleu/{k}": v for k, v in scores.items()})
+    writer.close()
+    (row,) = read_metrics(str(tmp_path))
+    assert row["bleu/bleu_signature"] == scores["bleu_signature"]
+    assert row["bleu/chrf_signature"].startswith("nrefs:1|case:mixed|eff:yes|nc:6")
+    assert row["bleu/bleu"] == pytest.approx(scores["bleu"])

@@ -189,6 +189,20 @@ def test_greedy_and_beam_decoding(tsv_config):
         logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
         expected = logp[np.arange(length), tokens].sum()
         assert float(beams.scores[row]) == pytest.approx(expected, abs=1e-3)
+    # The beams share their source's cross-attention keys and values (take_rows leaves them):
+    # the same output as a decoder that copies and reorders every array of its state.
+    decoder = sampling.make_decoder(model, eos, pad, config.sample.max_new_tokens + 1)
+    _, state = decoder.prefill(params, jnp.asarray(source))
+    moved = decoder.take_rows(state, jnp.asarray([2, 2, 0, 1]))
+    assert moved.keys[0].shape[0] == 4 and moved.cross_keys[0].shape[0] == 3
+    copying = decoder._replace(take_rows=decoding.take_rows)
+    settings = decoding.read_settings(config.sample)
+    copied = jax.jit(lambda p, s: decoding.decode(copying, settings, eos, p, s, jax.random.key(0)))(
+        params, jnp.asarray(source)
+    )
+    np.testing.assert_array_equal(beams.tokens, copied.tokens)
+    np.testing.assert_array_equal(beams.lengths, copied.lengths)
+    np.testing.assert_allclose(beams.scores, copied.scores, atol=1e-5)
     texts = sampling.decode_outputs(tokenizer, beams)
     assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
     assert decoding.is_deterministic(decoding.read_settings(config.sample))

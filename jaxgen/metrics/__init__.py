@@ -9,7 +9,8 @@ Steps.finalize of that type if it has one (GPT's perplexity). Results are keyed
 "<entry name>/<metric>".
 
 A registered evaluator is `cls(config, entry, steps, placement)` -> callable
-`evaluator(state) -> {metric: float}`; it may define a classmethod
+`evaluator(state) -> {metric: float}` (or a string for a label the score needs to be
+reproduced, e.g. metrics/text.py's sacrebleu signatures); it may define a classmethod
 `check(config, name, entry, num_devices)` for checks before compiling, and
 `needs_generate = True` if it draws samples with `steps.generate`, and a dict
 `defaults` of its entry fields (experiments.evaluate --evals starts from it); with

@@ -8,9 +8,10 @@ in the kind's fixed eval order) with config.sample's decoding settings (beam sea
 in one compiled call per batch, decodes the hypotheses and the references with the run's
 tokenizer, and scores the detokenized text: sacrebleu's corpus BLEU (13a tokenization, cased,
 exp smoothing, its defaults) and chrF (char order 6, beta 2), or rouge-score's ROUGE-L F1 (with
-its Porter stemmer). The sacrebleu signatures are printed with the scores (and kept in
-`last_signatures`) so a number can be reproduced. Results: "bleu", "chrf" (0-100) or "rougeL"
-(0-100), and "count" (sentences).
+its Porter stemmer). The sacrebleu signatures are printed with the scores and returned beside
+them, so a number can be reproduced from metrics.jsonl, eval_<step>.json and the HTML report.
+Results: "bleu", "chrf" (0-100), "bleu_signature", "chrf_signature" (strings) and "count"
+(sentences); or "rougeL" (0-100) and "count".
 
 Model-specific, deliberately: the translations come from the seq2seq model (models/seq2seq.py,
 sampling/seq2seq.py) on a pairs dataset; the metric functions themselves (corpus_bleu_chrf,
@@ -125,17 +126,12 @@ class Translations:
 class Bleu(Translations):
     """sacrebleu corpus BLEU and chrF of the translations of a split."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.last_signatures: dict[str, str] = {}
-
-    def __call__(self, state: Any) -> dict[str, float]:
+    def __call__(self, state: Any) -> dict[str, float | str]:
         hypotheses, references = self.texts(state)
         scores = corpus_bleu_chrf(hypotheses, references)
-        self.last_signatures = {k: scores.pop(k) for k in ("bleu_signature", "chrf_signature")}
         print(
-            f"BLEU {scores['bleu']:.2f} ({self.last_signatures['bleu_signature']}), "
-            f"chrF {scores['chrf']:.2f} ({self.last_signatures['chrf_signature']}) "
+            f"BLEU {scores['bleu']:.2f} ({scores['bleu_signature']}), "
+            f"chrF {scores['chrf']:.2f} ({scores['chrf_signature']}) "
             f"on {len(hypotheses)} sentences",
             flush=True,
         )

@@ -16,8 +16,10 @@ Attention goes through `jax.nn.dot_product_attention` (cuDNN flash kernels on GP
 elsewhere); the paper has no attention-weight dropout and neither has this module.
 
 Decoding: the encoder runs once; start_cache computes each layer's cross-attention keys and
-values of that output once, and an empty self-attention cache; extend appends tokens. Every
-array of the cache has the batch first (rows can be reordered by beam with x[rows]).
+values of that output once, and an empty self-attention cache; extend appends tokens. The
+self-attention cache may hold more rows than the encoder output (N = B * R: beam search's R
+beams of each source, rows b*R .. b*R + R - 1): cross-attention then groups the queries of a
+source's R rows against its one copy of keys and values, so beams never copy them.
 Not here: the loss (losses/seq2seq.py) and decoding (sampling/seq2seq.py).
 """
 
@@ -36,14 +38,18 @@ NORMS = ("post", "pre")
 
 @flax.struct.dataclass
 class Cache:
-    """Decoder state. keys, values: [B, layers, max_len, heads, head_dim], slots < length
-    written; cross_keys, cross_values: [B, layers, S, heads, head_dim]; source_mask: [B, S]
-    bool; length: int32 scalar, the same for every row."""
+    """Decoder state, one array per decoder layer in each tuple (a step updates each layer's
+    cache in place: no slicing or stacking of a [layers, ...] array). keys, values:
+    [N, heads, max_len, head_dim] each, slots < length written; cross_keys, cross_values:
+    [B, heads, S, head_dim] each, with N = B * R (row n reads source n // R); source_mask:
+    [B, S] bool; length: int32 scalar, the same for every row. Heads come before positions, the
+    layout the attention's batched dot products read (no transpose of the cache per step).
+    Reordering beams (rows of the same source) moves keys and values only."""
 
-    keys: jax.Array
-    values: jax.Array
-    cross_keys: jax.Array
-    cross_values: jax.Array
+    keys: tuple[jax.Array, ...]
+    values: tuple[jax.Array, ...]
+    cross_keys: tuple[jax.Array, ...]
+    cross_values: tuple[jax.Array, ...]
     source_mask: jax.Array
     length: jax.Array
 
@@ -80,12 +86,17 @@ class Attention(nn.Module):
         return self.key(context), self.value(context)
 
     def __call__(self, x, keys, values, mask):
-        """x [B, T, C]; keys, values [B, S, heads, head_dim]; mask [B, 1, T, S] bool."""
-        query = self.query(x)  # [B, T, heads, head_dim]
+        """x [N, T, C]; keys, values [B, S, heads, head_dim]; mask [B, 1, T, S] bool. N = B * R:
+        the R rows n = b*R .. b*R + R - 1 of x attend to keys[b] (beams sharing one source's
+        keys and values; R = 1 otherwise), and the mask then broadcasts over T (shape [B, 1, 1,
+        S])."""
+        rows, steps = x.shape[:2]
+        query = self.query(x)  # [N, T, heads, head_dim]
+        query = query.reshape(keys.shape[0], -1, *query.shape[2:])  # [B, R * T, heads, head_dim]
         y = jax.nn.dot_product_attention(
             query, keys.astype(query.dtype), values.astype(query.dtype), mask=mask
         )
-        return self.out(y)  # [B, T, C]
+        return self.out(y.reshape(rows, steps, *y.shape[2:]))  # [N, T, C]
 
 
 class FeedForward(nn.Module):
@@ -140,14 +151,14 @@ class Sublayers(nn.Module):
             nonlocal new_kv
             keys, values = self.self_attention.kv(h)
             if self_kv is not None:
-                cache_keys, cache_values, length = self_kv
-                keys = jax.lax.dynamic_update_slice_in_dim(
-                    cache_keys, keys.astype(cache_keys.dtype), length, 1
+                cache_keys, cache_values, length = self_kv  # [N, heads, max_len, head_dim]
+                new_kv = tuple(
+                    jax.lax.dynamic_update_slice_in_dim(
+                        cache, jnp.swapaxes(new, 1, 2).astype(cache.dtype), length, 2
+                    )
+                    for cache, new in ((cache_keys, keys), (cache_values, values))
                 )
-                values = jax.lax.dynamic_update_slice_in_dim(
-                    cache_values, values.astype(cache_values.dtype), length, 1
-                )
-                new_kv = (keys, values)
+                keys, values = (jnp.swapaxes(cache, 1, 2) for cache in new_kv)
             return self.self_attention(h, keys, values, mask)
 
         x = self._residual(x, 0, attend, train)
@@ -231,36 +242,39 @@ class Transformer(nn.Module):
 
     def start_cache(self, source, memory, max_len: int) -> Cache:
         """The decoder state of `max_len` target tokens after encoding source [B, S]."""
-        cross = [layer.cross_kv(memory) for layer in self.decoder]
-        keys = jnp.stack([k for k, _ in cross], axis=1)  # [B, layers, S, heads, head_dim]
-        values = jnp.stack([v for _, v in cross], axis=1)
-        shape = (source.shape[0], self.num_decoder_layers, max_len, *keys.shape[3:])
+        cross = [layer.cross_kv(memory) for layer in self.decoder]  # [B, S, heads, head_dim]
+        cross = [(jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)) for k, v in cross]
+        batch, heads, _, head_dim = cross[0][0].shape
+        shape = (batch, heads, max_len, head_dim)
+        empty = tuple(jnp.zeros(shape, self.dtype) for _ in self.decoder)
         return Cache(
-            keys=jnp.zeros(shape, self.dtype),
-            values=jnp.zeros(shape, self.dtype),
-            cross_keys=keys,
-            cross_values=values,
+            keys=empty,
+            values=empty,
+            cross_keys=tuple(keys for keys, _ in cross),
+            cross_values=tuple(values for _, values in cross),
             source_mask=source != self.pad_id,
             length=jnp.zeros((), jnp.int32),
         )
 
     def extend(self, tokens, cache: Cache):
-        """tokens [B, T] appended at slot cache.length -> (logits [B, T, V], new cache)."""
-        steps, max_len = tokens.shape[1], cache.keys.shape[2]
+        """tokens [N, T] appended at slot cache.length -> (logits [N, T, V], new cache); N is
+        the rows of the self-attention cache, a multiple of the encoder output's B."""
+        steps, max_len = tokens.shape[1], cache.keys[0].shape[2]
         slots = cache.length + jnp.arange(steps)  # [T]
         mask = (jnp.arange(max_len)[None] <= slots[:, None])[None, None]  # [1, 1, T, max_len]
         cross_mask = cache.source_mask[:, None, None, :]
         x = self._embed(tokens, cache.length, False)
         new_keys, new_values = [], []
         for index, layer in enumerate(self.decoder):
-            self_kv = (cache.keys[:, index], cache.values[:, index], cache.length)
-            cross = (cache.cross_keys[:, index], cache.cross_values[:, index], cross_mask)
+            self_kv = (cache.keys[index], cache.values[index], cache.length)
+            cross_keys, cross_values = cache.cross_keys[index], cache.cross_values[index]
+            cross = (jnp.swapaxes(cross_keys, 1, 2), jnp.swapaxes(cross_values, 1, 2), cross_mask)
             x, (keys, values) = layer(x, mask, False, self_kv=self_kv, cross=cross)
             new_keys.append(keys)
             new_values.append(values)
         cache = cache.replace(
-            keys=jnp.stack(new_keys, axis=1),
-            values=jnp.stack(new_values, axis=1),
+            keys=tuple(new_keys),
+            values=tuple(new_values),
             length=cache.length + steps,
         )
         return self._logits(x), cache

@@ -12,7 +12,9 @@ pytree: a KV cache, plus whatever else each row needs, e.g. an encoder's output 
       beam search copies each prompt's state K times after the prefill and reorders rows by
       beam at every step; every per-row array of the state must follow. The default indexes
       axis 0 of every array leaf that has one (scalars, e.g. a shared cache length, are kept);
-      a state with its batch elsewhere (GPT's KV cache: axis 1) passes its own.
+      a state with its batch elsewhere (GPT's KV cache: axis 1) passes its own. Row n of
+      what beam search asks for always comes from prompt n // K, so arrays per prompt (an
+      encoder's output: sampling/seq2seq.py) may stay [B, ...] and be left out.
 
 `decode` then runs the whole generation as one `lax.while_loop` (sampling, greedy or beam
 search), stopping as soon as every row has ended. Settings come from config.sample and are read
@@ -56,7 +58,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.config import ConfigDict, ConfigError
-from jaxgen.sampling.filters import banned_ngrams, top_k_filter, top_p_filter
+from jaxgen.sampling.filters import banned_ngrams, top_k, top_k_filter, top_p_filter
 
 PyTree = Any
 
@@ -369,7 +371,7 @@ def beam_search(
             ban = banned_ngrams(carry.buffer, start, width + step, ngram, vocab)
             log_probs = jnp.where(ban, -jnp.inf, log_probs)
         candidates = carry.beam_scores.reshape(rows, 1) + log_probs  # [B * K, V]
-        top_scores, top = jax.lax.top_k(candidates.reshape(batch, beams * vocab), 2 * beams)
+        top_scores, top = top_k(candidates.reshape(batch, beams * vocab), 2 * beams)
         source, token = top // vocab, top % vocab  # [B, 2K] each, best first
         is_eos = jnp.zeros_like(token, bool) if eos_id is None else token == eos_id
 

@@ -7,8 +7,10 @@
 prefill encodes the source once, computes every decoder layer's cross-attention keys and values
 of it once (models/seq2seq.Transformer.start_cache), and feeds the decoder's start token (eos,
 as the targets of data/pairs_kind.py begin); extend appends one token through the cached
-self-attention. Every array of the state has its batch first, so decoding.take_rows reorders it
-by beam as it is. The padding id is never generated. Greedy, sampling and beam search
+self-attention. take_rows copies and reorders only the self-attention cache: the encoder
+output's keys and values and its mask stay [B, ...], one copy shared by the beams of a source
+(beam search never moves a beam to another source), so a beam step neither gathers nor
+recomputes them. The padding id is never generated. Greedy, sampling and beam search
 (num_beams, length_penalty, early_stopping, no_repeat_ngram_size, max_new_tokens) and their
 checks are decoding.py's; the whole translation is one compiled call.
 """
@@ -50,7 +52,16 @@ def make_decoder(model: nn.Module, eos_id: int, pad_id: int, max_len: int) -> de
         )
         return no_pad(logits[:, 0]), cache
 
-    return decoding.Decoder(prefill, extend)
+    return decoding.Decoder(prefill, extend, take_rows)
+
+
+def take_rows(cache: seq2seq.Cache, rows: jax.Array) -> seq2seq.Cache:
+    """The cache of decoder rows [N'] (beams of the sources they came from, in source order):
+    the self-attention keys and values follow; the per-source cross-attention arrays stay."""
+    return cache.replace(
+        keys=tuple(keys[rows] for keys in cache.keys),
+        values=tuple(values[rows] for values in cache.values),
+    )
 
 
 def check_length(model_config: ConfigDict, max_new_tokens: int) -> None:

@@ -1,5 +1,8 @@
 """Metrics to `workdir/metrics.jsonl` and TensorBoard event files; sample grids to TensorBoard.
 
+A metric is a number (a scalar in TensorBoard) or a string that labels one, e.g. sacrebleu's
+signature beside a BLEU score (TensorBoard's text tab); both go into the JSON row as they are.
+
 On resume from step s, lines logged after s by the interrupted run are dropped
 (from the JSON file, and from TensorBoard through purge_step), so the record
 matches an uninterrupted run. A write that fails (disk full...) raises
@@ -64,14 +67,18 @@ class MetricWriter:
             error = self.thread_errors.errors[0]
             raise RunWriteError(f"could not write {error.filename or self.events}: {reason(error)}")
 
-    def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
+    def write(self, step: int, split: str, metrics: dict[str, float | str]) -> None:
         if not self.enabled:
             return
         row = {"step": step, "split": split}
         for name, value in metrics.items():
+            self._check_events()
+            if isinstance(value, str):
+                row[name] = value
+                self.tensorboard.add_text(f"{split}/{name}", value, step)
+                continue
             value = float(value)
             row[name] = value if math.isfinite(value) else str(value)
-            self._check_events()
             self.tensorboard.add_scalar(f"{split}/{name}", value, step)
         with writing(self.path), open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
