@@ -58,12 +58,12 @@ def hollow_run(config, workdir, scale_factor: float = 1.0) -> str:
     return str(workdir)
 
 
-def hollow_stages(root, dataset: str = "mnist") -> tuple[str, str]:
+def hollow_stages(root, dataset: str = "mnist", arg: str = "smoke") -> tuple[str, str]:
     """(autoencoder workdir, CLIP workdir): hollow smoke runs of configs/<stage>/<dataset>.py,
     enough for a latent diffusion config to pass loop.check."""
     return (
-        hollow_run(load_config(f"configs/autoencoder/{dataset}.py", "smoke"), f"{root}/ae"),
-        hollow_run(load_config(f"configs/clip/{dataset}.py", "smoke"), f"{root}/clip"),
+        hollow_run(load_config(f"configs/autoencoder/{dataset}.py", arg), f"{root}/ae"),
+        hollow_run(load_config(f"configs/clip/{dataset}.py", arg), f"{root}/clip"),
     )
 
 

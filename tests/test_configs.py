@@ -51,10 +51,12 @@ def stage_runs(tmp_path_factory):
     """Hollow autoencoder and CLIP runs per dataset, for latent diffusion configs to name."""
     made = {}
 
-    def get(dataset: str) -> tuple[str, str]:
-        if dataset not in made:
-            made[dataset] = hollow_stages(tmp_path_factory.mktemp(dataset), dataset)
-        return made[dataset]
+    def get(config) -> tuple[str, str]:
+        dataset = "emoji" if config.data.name == "emoji" else "mnist"
+        arg = "64,smoke" if dataset == "emoji" and config.data.image_size == 64 else "smoke"
+        if arg not in made.setdefault(dataset, {}):
+            made[dataset][arg] = hollow_stages(tmp_path_factory.mktemp(dataset), dataset, arg)
+        return made[dataset][arg]
 
     return get
 
@@ -64,8 +66,7 @@ def test_smoke_variant_validates(path, monkeypatch, stage_runs):
     for arg in declared_arguments(path):
         config = load_config(path, f"{arg},smoke" if arg != "smoke" else "smoke")
         if config.family == "latent_diffusion":  # the earlier stages it names
-            stages = stage_runs("emoji" if config.data.name == "emoji" else "mnist")
-            config.model.autoencoder, config.model.text_encoder = stages
+            config.model.autoencoder, config.model.text_encoder = stage_runs(config)
         if config.data.name in own_dataset_names():  # every kind's own datasets
             loop.check(config)
         else:
