@@ -5,8 +5,17 @@
     python -m experiments.sample --workdir=/tmp/shakespeare --config.sample.prompt="ROMEO:" \
         --config.sample.top_p=0.9 --config.sample.max_new_tokens=300
 
+    python -m experiments.sample --workdir=/tmp/ldm_mnist \
+        --config.sample.prompt="a handwritten digit 3|the digit seven" \
+        --config.sample.negative_prompt="" --config.sample.guidance_scale=5 \
+        --config.sample.num_inference_steps=50 --config.sample.seed=42 \
+        --config.sample.num_images_per_prompt=4 --config.sample.sampler=ddim
+
 Reads W/config.json and the latest checkpoint (EMA params when the run keeps
-them); `--config.sample.*` overrides apply. Prints the paths of the PNGs.
+them); `--config.sample.*` overrides apply. Prints the paths of the PNGs. A text-to-image
+(latent_diffusion) run writes one grid with a row per prompt, samples/prompts_<step>_seed<S>.png,
+and each image in the folder of the same name; it runs the same Steps.sample as
+jaxgen.text_to_image.generate() (all prompts in one compiled call; the same seed, the same images).
 """
 
 import jax

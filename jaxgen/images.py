@@ -33,9 +33,9 @@ def make_grid(images: np.ndarray, padding: int = 2) -> np.ndarray:
     return grid
 
 
-def save_grid(images: np.ndarray, path: str) -> str:
+def save_grid(images: np.ndarray, path: str, padding: int = 2) -> str:
     """Write a grid of images in [-1, 1] to `path` (PNG); returns the path."""
-    grid = make_grid(images)
+    grid = make_grid(images, padding)
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     mode = "L" if grid.shape[-1] == 1 else "RGB"
     Image.fromarray(grid[..., 0] if mode == "L" else grid, mode=mode).save(path)

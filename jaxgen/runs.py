@@ -13,8 +13,9 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from jaxgen import checkpoint, data, optim, parallel
+from jaxgen import data, optim, parallel, stages
 from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.stages import with_saved_tokenizers
 from jaxgen.tokenizers import Tokenizer
 from jaxgen.train import (
     Family,
@@ -27,6 +28,7 @@ from jaxgen.train import (
     gan,
     get_family,
     gpt,
+    latent_diffusion,
     seq2seq,
     vae,
 )
@@ -34,7 +36,7 @@ from jaxgen.workdir import writing
 
 PyTree = Any
 # The built-in families: importing their modules registers them in jaxgen.train.FAMILIES.
-BUILT_IN_FAMILIES = (autoencoder, classifier, clip, ddpm, gan, gpt, seq2seq, vae)
+BUILT_IN_FAMILIES = (autoencoder, classifier, clip, ddpm, gan, gpt, latent_diffusion, seq2seq, vae)
 DTYPES = ("float32", "bfloat16", "float16")
 INTERVALS = ("log_every", "eval_every", "ckpt_every", "sample_every")
 
@@ -62,27 +64,10 @@ def save_tokenizers(data_config: ConfigDict, workdir: str) -> list[str]:
     return paths
 
 
-def with_saved_tokenizers(data_config: ConfigDict, workdir: str) -> ConfigDict:
-    """config.data with each tokenizer field pointing at the run's saved file, where there is
-    one: a run decodes with exactly the tokenizers it trained with."""
-    data_config = data_config.copy_and_resolve_references()
-    for field in data.kind_of(data_config.name).tokenizer_fields:
-        saved = os.path.join(workdir, f"{field}.json")
-        if os.path.exists(saved):
-            data_config[field] = saved
-    return data_config
-
-
 def restore_latest(workdir: str, config: ConfigDict, abstract_state: PyTree) -> tuple[PyTree, int]:
-    """(state, step) of the latest readable checkpoint of `workdir`: the one place runs are
-    read. Read-only: a live trainer's in-flight save and unreadable steps are left as they are."""
+    """(state, step) of the latest readable checkpoint of `workdir` (stages.restore_latest)."""
     del config
-    ckpt = checkpoint.Checkpointer(workdir, read_only=True)
-    try:
-        state, _, step = ckpt.restore(abstract_state)
-    finally:
-        ckpt.close()
-    return state, step
+    return stages.restore_latest(workdir, abstract_state)
 
 
 def check_config(config: ConfigDict) -> data.DatasetInfo:

@@ -11,6 +11,7 @@ from jaxgen.data import DATASETS, sources
 from jaxgen.data.kinds import own_dataset_names
 from jaxgen.train import loop
 from tests.helpers import ROOT, load_config
+from tests.stages import hollow_stages
 
 CONFIG_FILES = sorted(
     str(p.relative_to(ROOT))
@@ -45,10 +46,27 @@ def test_config_loads_with_every_documented_argument(path):
         assert config.family and config.model.name and config.loss.name
 
 
+@pytest.fixture(scope="module")
+def stage_runs(tmp_path_factory):
+    """Hollow autoencoder and CLIP runs per dataset, for latent diffusion configs to name."""
+    made = {}
+
+    def get(config) -> tuple[str, str]:
+        dataset = "emoji" if config.data.name == "emoji" else "mnist"
+        arg = "64,smoke" if dataset == "emoji" and config.data.image_size == 64 else "smoke"
+        if arg not in made.setdefault(dataset, {}):
+            made[dataset][arg] = hollow_stages(tmp_path_factory.mktemp(dataset), dataset, arg)
+        return made[dataset][arg]
+
+    return get
+
+
 @pytest.mark.parametrize("path", CONFIG_FILES)
-def test_smoke_variant_validates(path, monkeypatch):
+def test_smoke_variant_validates(path, monkeypatch, stage_runs):
     for arg in declared_arguments(path):
         config = load_config(path, f"{arg},smoke" if arg != "smoke" else "smoke")
+        if config.family == "latent_diffusion":  # the earlier stages it names
+            config.model.autoencoder, config.model.text_encoder = stage_runs(config)
         if config.data.name in own_dataset_names():  # every kind's own datasets
             loop.check(config)
         else:

@@ -1,4 +1,6 @@
-"""The pure pieces of latent text-to-image diffusion: caption dropout, the loss, the sampler."""
+"""Latent text-to-image diffusion: caption dropout, the loss, the sampler, and the family built on
+untrained autoencoder and CLIP runs (tests/stages.py): the checks of the earlier stages, the frozen
+params copied into the state, one train step."""
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +11,7 @@ import pytest
 from jaxgen import diffusion
 from jaxgen.losses import ddpm as ddpm_losses
 from jaxgen.models import autoencoder, latent_unet
+from jaxgen.sampling import latent_diffusion as sampling
 from jaxgen.train import latent_diffusion as ld
 
 UNET = dict(
@@ -61,7 +64,7 @@ def test_latents_round_trip_through_the_scale_factor_and_sampling_is_reproducibl
     z = ld.encode_latents(ae_params, image, noise, autoencoder=ae, scale_factor=2.0)
     mean, _ = ae.apply({"params": ae_params}, image, method=ae.encode)
     np.testing.assert_allclose(z, 2.0 * mean, rtol=1e-6)
-    decoded = ld.decode_latents(ae_params, z, autoencoder=ae, scale_factor=2.0)
+    decoded = sampling.decode_latents(ae_params, z, autoencoder=ae, scale_factor=2.0)
     direct = ae.apply({"params": ae_params}, mean, method=ae.decode)
     np.testing.assert_allclose(decoded, jnp.clip(direct, -1, 1), rtol=1e-5, atol=1e-6)
 
@@ -76,7 +79,7 @@ def test_latents_round_trip_through_the_scale_factor_and_sampling_is_reproducibl
     schedule = diffusion.make_schedule("linear", 100)
     start = jax.random.normal(jax.random.PRNGKey(2), z.shape)
     sample = jax.jit(
-        lambda p, c, n: ld.sample_latents(
+        lambda p, c, n: sampling.sample_latents(
             p, c, jnp.zeros((1, 5, 6)), n, jax.random.PRNGKey(3),
             unet=unet, schedule=schedule, settings=settings,
         )
@@ -85,7 +88,7 @@ def test_latents_round_trip_through_the_scale_factor_and_sampling_is_reproducibl
     assert first.shape == z.shape and np.isfinite(first).all()
     np.testing.assert_array_equal(first, again)  # the same seed, the same latents
     settings.guidance_scale = 1.0
-    conditional = ld.sample_latents(
+    conditional = sampling.sample_latents(
         params, context, jnp.zeros((1, 5, 6)), start, jax.random.PRNGKey(3),
         unet=unet, schedule=schedule, settings=settings,
     )  # fmt: skip

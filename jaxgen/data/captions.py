@@ -114,6 +114,16 @@ def _from_classes(images, labels, class_captions: list[list[str]]) -> CaptionedS
     return CaptionedSplit(images, labels, texts, starts, choices)
 
 
+def class_captions(name: str, template_set: str) -> list[list[str]] | None:
+    """Per class, the captions of dataset `name`'s templates `template_set` ("seen" or
+    "heldout"); None for a dataset without class templates (emoji, folders, the catalog)."""
+    words = {"captioned_mnist": _DIGITS, "captioned_fashion_mnist": _CLOTHES}.get(name)
+    if words is None:
+        return None
+    templates = TEMPLATES[name][template_set]
+    return [[fill(t, word, str(digit)) for t in templates] for digit, word in enumerate(words)]
+
+
 def _template_set(name: str, split: str, data_config: ConfigDict) -> tuple[str, ...]:
     train = split == data_config.train_split
     return TEMPLATES[name]["seen" if train else data_config.eval_captions]
@@ -134,12 +144,9 @@ def load_class_dataset(data_config: ConfigDict, split: str) -> CaptionedSplit:
     image_config.name = name.removeprefix("captioned_")
     reader = sources.Dataset(image_config).reader(split, 0, 1)
     images, labels = reader.read(np.arange(len(reader)))
-    words = _DIGITS if name == "captioned_mnist" else _CLOTHES
-    templates = _template_set(name, split, data_config)
-    class_captions = [
-        [fill(t, word, str(digit)) for t in templates] for digit, word in enumerate(words)
-    ]
-    return _from_classes(images, labels, class_captions)
+    train = split == data_config.train_split
+    per_class = class_captions(name, "seen" if train else data_config.eval_captions)
+    return _from_classes(images, labels, per_class)
 
 
 @CAPTION_DATASETS.register("emoji")

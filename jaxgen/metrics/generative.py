@@ -14,9 +14,13 @@ hands them one `shared` dict; metrics.run releases the pass afterwards). Entry f
 defaults are in DEFAULTS; every entry states its type and, usually, network and
 num_samples. "class_accuracy" asks for labels i % num_classes and reports how
 often the domain classifier agrees ("did the model draw the digit it was
-asked for"); it only means something for class-conditional families.
+asked for"); it only means something for class-conditional families. An entry's
+`generate_kw` passes keyword options to Steps.generate (a text-to-image run's guidance_scale
+and caption templates); entries with different options draw their own samples.
 """
 
+import functools
+import inspect
 import os
 from typing import Any
 
@@ -41,6 +45,9 @@ DEFAULTS = dict(
     num_subsets=100,  # kid: random subsets averaged
     subset_size=1000,  # kid: rows per subset (capped by the sample counts)
     splits=10,  # is: the Inception Score's splits
+    # Keyword options of the family's Steps.generate, e.g. a text-to-image run's
+    # {"guidance_scale": 3.0, "captions": "heldout"}; {}: the family's defaults.
+    generate_kw={},
 )
 
 
@@ -57,6 +64,25 @@ def get_network(
     )
 
 
+def check_generate_kw(options: ConfigDict, generate: Any, field: str) -> None:
+    """ConfigError naming <field>.generate_kw.<key> for an option Steps.generate does not take."""
+    parameters = inspect.signature(generate).parameters
+    bound = getattr(generate, "keywords", {})  # a functools.partial's bound arguments
+    known = {
+        name
+        for name, parameter in parameters.items()
+        if parameter.kind == parameter.KEYWORD_ONLY
+        and parameter.default is not parameter.empty
+        and name not in bound
+    }
+    for key in options:
+        if key not in known:
+            raise ConfigError(
+                f"{field}.generate_kw.{key}: not an option of this family's generate; "
+                f"its options: {', '.join(sorted(known)) or 'none'}"
+            )
+
+
 def generator_key(config: ConfigDict, entry: ConfigDict) -> tuple:
     """What decides an entry's generated images and features; equal keys share a SamplePass."""
     weights = entry.weights or os.environ.get("JAXGEN_INCEPTION_WEIGHTS", "")
@@ -67,6 +93,7 @@ def generator_key(config: ConfigDict, entry: ConfigDict) -> tuple:
         entry.seed if entry.seed >= 0 else config.seed + 2,
         entry.num_samples,
         entry.batch_size,
+        tuple(sorted(dict(entry.get("generate_kw", {})).items())),
     )
 
 
@@ -83,7 +110,8 @@ class SamplePass:
         self.entry, self.placement = entry, placement
         self.network = get_network(entry.network, config, entry, field)
         self.num_classes = data.get_info(config.data).num_classes or 1
-        network, generate = self.network, steps.generate
+        network = self.network
+        generate = functools.partial(steps.generate, **dict(entry.get("generate_kw", {})))
 
         def draw_and_embed(state, labels, rng, network_params):
             images = generate(state, rng, labels.shape[0], labels)  # [b, H, W, C] in [-1, 1]
@@ -167,6 +195,7 @@ class SampleEvaluator:
         self.entry = ConfigDict(DEFAULTS | entry.to_dict())
         self.field = "config.evals.<name>"  # metrics.build fills in the entry's name
         shared = {} if shared is None else shared
+        check_generate_kw(self.entry.generate_kw, steps.generate, self.field)
         key = generator_key(config, self.entry)
         if key not in shared:
             shared[key] = SamplePass(config, self.entry, steps, placement, self.field)

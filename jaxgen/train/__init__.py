@@ -48,6 +48,10 @@ class Steps(NamedTuple):
     finalize: {eval type: fn(means) -> means}, optional host-side functions of an eval
                  type's averages, for metrics that are not averages (GPT's perplexity =
                  exp of the mean token NLL)
+    setup(state) -> state, optional and host-side: run once on a new run's initialised state
+                 (before config.init_from; never on resume), for values init cannot make on
+                 device, such as the frozen params of earlier runs that a later stage copies
+                 into its state (train/latent_diffusion.py). What it returns is checkpointed.
     """
 
     init: Callable[..., Any]
@@ -56,6 +60,7 @@ class Steps(NamedTuple):
     sample: Callable[..., Any]
     generate: Callable[..., Any] | None = None
     finalize: dict[str, Callable[[dict[str, float]], dict[str, float]]] = {}
+    setup: Callable[[Any], Any] | None = None
 
 
 class Family(NamedTuple):

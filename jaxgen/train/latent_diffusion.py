@@ -1,29 +1,170 @@
-"""Latent diffusion with text (Stable Diffusion's recipe): the pure pieces of its step and sampler.
+"""Latent diffusion with text (Stable Diffusion's recipe): the "latent_diffusion" family.
 
-Stage 3 of text-to-image, after the autoencoder (train/autoencoder.py) and CLIP (train/clip.py):
+Stage 3 of text-to-image, after the autoencoder (train/autoencoder.py) and CLIP (train/clip.py),
+whose runs config.model.autoencoder=W_AE and config.model.text_encoder=W_CLIP name:
   latents   z_0 = scale_factor * (mean + σ ε) of the frozen autoencoder's posterior (SD samples
-            latent_dist and multiplies by 0.18215; ours is the run's latent_scale/scale_factor);
+            latent_dist and multiplies by 0.18215; ours is W_AE's logged latent_scale/scale_factor);
   text      the frozen CLIP text tower's hidden states [B, L, width] of the caption, after caption
             dropout: each caption is replaced by the empty prompt (all PAD_ID) with probability
-            `rate` (10%), so one network is both p(z|text) and p(z) (Ho & Salimans 2022);
+            config.loss.caption_dropout (10%), so one network is both p(z|text) and p(z)
+            (Ho & Salimans 2022);
   loss      jaxgen.losses.ddpm's registered losses on z_t = q_sample(z_0, t, ε): the same
             diffusion maths (jaxgen.diffusion) as the pixel DDPM, no second copy;
-  sampling  jaxgen.sampling.ddpm's DDIM/DDPM on sampling.ddpm.guided_on(unet, text, empty text,
-            guidance_scale), then the autoencoder's decoder on z / scale_factor. guidance_scale
-            follows diffusers' convention: 0 the unconditional model, 1 the conditional one,
-            > 1 guided.
-Not here yet: the Family registration that loads the autoencoder and CLIP
-runs named by config.model.autoencoder / config.model.text_encoder (checking they exist and match
-the data), configs/latent_diffusion/, experiments.sample's prompts and generate().
+  sampling  sampling/latent_diffusion.py (DDIM/DDPM with classifier-free guidance, diffusers'
+            guidance_scale convention), then the autoencoder's decoder.
+
+The frozen params are COPIED into the run's state (state.frozen: the autoencoder's and CLIP's
+eval params and the scale factor) by Steps.setup when the run starts: they are checkpointed with
+the U-Net, so a resumed or sampled run uses exactly what it trained with even if W_AE or W_CLIP is
+retrained later. The architectures are read from W_AE/config.json and W_CLIP/config.json, which
+must still exist. validate checks, before anything compiles, that both runs exist, have a
+checkpoint and the right family, that the autoencoder saw images of this run's shape, and that
+CLIP's caption_len and saved tokenizer are this run's.
+
+Evaluations: "clip_score" (the CLIP score of images generated for the eval split's captions, with
+the run's own CLIP; entry fields guidance_scale, num_inference_steps), and the sample evaluators
+of metrics/generative.py through Steps.generate, whose options an entry's generate_kw sets:
+guidance_scale and captions ("seen" or "heldout" class templates; labels i % 10).
 """
 
+import functools
+from typing import Any
+
+import flax
 import jax
 import jax.numpy as jnp
 
-from jaxgen import diffusion
+from jaxgen import data, diffusion, stages
+from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.data import captions as caption_data
+from jaxgen.data.captions_kind import encode_captions
+from jaxgen.losses import ddpm as losses
+from jaxgen.metrics.clip_score import clip_score
+from jaxgen.models import autoencoder as autoencoders
+from jaxgen.models import clip as clips
+from jaxgen.models import latent_unet
 from jaxgen.models.clip import PAD_ID
 from jaxgen.parallel import example_rngs
-from jaxgen.sampling import ddpm as sampling
+from jaxgen.sampling import latent_diffusion as sampling
+from jaxgen.sampling.latent_diffusion import encode_text
+from jaxgen.train import FAMILIES, Family, Steps, autoencoder
+from jaxgen.train import clip as _clip_family  # noqa: F401 (registers the CLIP family)
+from jaxgen.train import state as train_state
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class LatentDiffusionState(train_state.TrainState):
+    # {"autoencoder", "text_encoder": eval params of the earlier runs, "scale_factor": f32 []}:
+    # never trained, checkpointed with the U-Net.
+    frozen: PyTree
+
+
+def stage_configs(config: ConfigDict) -> tuple[ConfigDict, ConfigDict]:
+    """(autoencoder run config, CLIP run config); ConfigError naming the field if either is bad."""
+    return (
+        stages.check_stage(config.model.autoencoder, "config.model.autoencoder", "autoencoder"),
+        stages.check_stage(config.model.text_encoder, "config.model.text_encoder", "clip"),
+    )
+
+
+def _stage_info(stage_config: ConfigDict, workdir: str) -> data.DatasetInfo:
+    return data.get_info(stages.with_saved_tokenizers(stage_config.data, workdir))
+
+
+def check_stages(config: ConfigDict, info: Any) -> None:
+    """The earlier runs exist and match this run's data (image shape, caption_len, tokenizer)."""
+    ae_config, clip_config = stage_configs(config)
+    ae_dir, clip_dir = config.model.autoencoder, config.model.text_encoder
+    for field, workdir, stage in (
+        ("autoencoder", ae_dir, ae_config),
+        ("text_encoder", clip_dir, clip_config),
+    ):
+        shape = tuple(_stage_info(stage, workdir).image_shape)
+        if shape != tuple(info.image_shape):
+            raise ConfigError(
+                f"config.model.{field}: {workdir} trained on {stage.data.name} images {shape}; "
+                f"this run's {config.data.name} images are {tuple(info.image_shape)}"
+            )
+    if clip_config.data.caption_len != config.data.caption_len:
+        raise ConfigError(
+            f"config.data.caption_len: {config.data.caption_len}, but the text encoder "
+            f"{clip_dir} was trained with caption_len {clip_config.data.caption_len}"
+        )
+    saved = stages.with_saved_tokenizers(clip_config.data, clip_dir).tokenizer
+    if saved == clip_config.data.tokenizer:
+        raise ConfigError(f"config.model.text_encoder: {clip_dir} has no saved tokenizer.json")
+    theirs = data.get_tokenizers(stages.with_saved_tokenizers(clip_config.data, clip_dir))
+    ours = data.get_tokenizers(config.data)
+    if theirs["tokenizer"].fingerprint() != ours["tokenizer"].fingerprint():
+        raise ConfigError(
+            f"config.data.tokenizer: {config.data.tokenizer!r} is not the text encoder's "
+            f"tokenizer; set config.data.tokenizer={saved}"
+        )
+    autoencoder.read_scale_factor(ae_dir)  # ConfigError naming W_AE/metrics.jsonl if missing
+
+
+def validate(config: ConfigDict, info: Any) -> None:
+    if not info.vocab_size or "caption_len" not in config.data:
+        raise ConfigError(
+            f"config.data.name: {config.data.name!r} has no captions; latent diffusion trains on "
+            "a captions dataset (captioned_mnist, emoji, captions_folder, ...)"
+        )
+    latent_unet.check_config(config.model)
+    diffusion.SCHEDULES.get(config.diffusion.schedule)
+    diffusion.PARAMETERISATIONS.get(config.diffusion.parameterisation)
+    num_steps = config.diffusion.num_timesteps
+    if not isinstance(num_steps, int) or num_steps < 2:
+        raise ConfigError(
+            f"config.diffusion.num_timesteps: must be an integer >= 2, got {num_steps!r}"
+        )
+    losses.LOSSES.get(config.loss.name)
+    losses.WEIGHTINGS.get(config.loss.kw.weighting)
+    if not 0.0 <= config.loss.caption_dropout < 1.0:
+        raise ConfigError(
+            f"config.loss.caption_dropout: must be in [0, 1), got {config.loss.caption_dropout}"
+        )
+    sampling.check_settings(config.sample, num_steps, config.loss.caption_dropout)
+    for name, entry in config.evals.items():
+        check_eval_entry(config, info, name, entry)
+    check_stages(config, info)
+
+
+def check_eval_entry(config: ConfigDict, info: Any, name: str, entry: ConfigDict) -> None:
+    field, dropout = f"config.evals.{name}", config.loss.caption_dropout
+    if entry.get("type") == "clip_score" and "guidance_scale" in entry:
+        sampling.check_guidance(entry.guidance_scale, dropout, f"{field}.guidance_scale")
+    options = entry.get("generate_kw", {})
+    for key in options:
+        if key not in ("guidance_scale", "captions"):
+            raise ConfigError(
+                f"{field}.generate_kw.{key}: not an option; known: captions, guidance_scale"
+            )
+    if "guidance_scale" in options:
+        sampling.check_guidance(
+            options.guidance_scale, dropout, f"{field}.generate_kw.guidance_scale"
+        )
+    if options.get("captions", "seen") not in sampling.TEMPLATE_SETS:
+        raise ConfigError(
+            f"{field}.generate_kw.captions: {options.captions!r}; choose from seen, heldout"
+        )
+    uses_generate = entry.get("type") in ("fid", "kid", "is", "class_accuracy")
+    if uses_generate and caption_data.class_captions(config.data.name, "seen") is None:
+        raise ConfigError(
+            f"{field}.type: {entry.type!r} prompts with class captions; {config.data.name} has none"
+        )
+
+
+def draw_example(key, *, latent_shape, num_steps):
+    """One example's t, diffusion noise ε, posterior noise and dropout key."""
+    t_key, noise_key, posterior_key, dropout_key = jax.random.split(key, 4)
+    return {
+        "t": jax.random.randint(t_key, (), 0, num_steps),
+        "noise": jax.random.normal(noise_key, latent_shape),
+        "posterior_noise": jax.random.normal(posterior_key, latent_shape),
+        "dropout_rng": dropout_key,
+    }
 
 
 def drop_captions(captions: jax.Array, rng: jax.Array, rate: float, axis_name=None) -> jax.Array:
@@ -34,59 +175,219 @@ def drop_captions(captions: jax.Array, rng: jax.Array, rate: float, axis_name=No
     return jnp.where(dropped[:, None], PAD_ID, captions)
 
 
-def encode_latents(ae_params, image, noise, *, autoencoder, scale_factor: float) -> jax.Array:
+def encode_latents(ae_params, image, noise, *, autoencoder, scale_factor) -> jax.Array:
     """scale_factor * a posterior draw [B, h, w, c] of the frozen autoencoder (noise ε [B, h, w, c])."""
     mean, logvar = autoencoder.apply({"params": ae_params}, image, method=autoencoder.encode)
     z = mean + jnp.exp(0.5 * logvar) * noise
     return jax.lax.stop_gradient(scale_factor * z)
 
 
-def encode_text(clip_params, captions, *, clip) -> jax.Array:
-    """The frozen text tower's hidden states [B, L, width]: what the U-Net cross-attends to."""
-    _, features = clip.apply({"params": clip_params}, captions, method=clip.encode_text)
-    return jax.lax.stop_gradient(features.hidden)
+def train_inputs(
+    frozen,
+    batch,
+    rng,
+    *,
+    autoencoder,
+    clip,
+    latent_shape,
+    num_steps,
+    caption_dropout,
+    axis_name=None,
+):
+    """The denoising batch {"latents", "context", "t", "noise", "dropout_rng"} of a data batch
+    {"image", "caption"}: every draw from the example's own key."""
+    caption_rng, example_rng = jax.random.split(rng)
+    captions = drop_captions(batch["caption"], caption_rng, caption_dropout, axis_name)
+    keys = example_rngs(example_rng, captions.shape[0], axis_name)
+    draw = functools.partial(draw_example, latent_shape=latent_shape, num_steps=num_steps)
+    draws = jax.vmap(draw)(keys)
+    latents = encode_latents(
+        frozen["autoencoder"],
+        batch["image"],
+        draws["posterior_noise"],
+        autoencoder=autoencoder,
+        scale_factor=frozen["scale_factor"],
+    )
+    return {
+        "latents": latents,
+        "context": encode_text(frozen["text_encoder"], captions, clip=clip),
+        "t": draws["t"],
+        "noise": draws["noise"],
+        "dropout_rng": draws["dropout_rng"],
+    }
 
 
 def denoise_loss(params, batch, *, unet, schedule, parameterisation, loss_fn, loss_kw):
-    """(loss, metrics) of the U-Net on {"latents", "context", "t", "noise"} (one t, ε per
-    example): `loss_fn` (losses.ddpm.LOSSES) of its output against the parameterisation's target."""
+    """(loss, metrics) of the U-Net on {"latents", "context", "t", "noise"[, "dropout_rng"]}
+    (one t, ε per example): `loss_fn` (losses.ddpm.LOSSES) of its output against the
+    parameterisation's target."""
     z0, t, noise = batch["latents"], batch["t"], batch["noise"]
     zt = diffusion.q_sample(schedule, z0, t, noise)
-    output = unet.apply({"params": params}, zt, t, batch["context"])
+    output = unet.apply({"params": params}, zt, t, batch["context"], batch.get("dropout_rng"))
     target = diffusion.PARAMETERISATIONS.get(parameterisation).target(schedule, z0, t, noise)
     snr = diffusion.snr(schedule, t)
     return loss_fn(output, target, snr, parameterisation=parameterisation, **loss_kw)
 
 
-def sample_latents(params, context, null_context, noise, rng, *, unet, schedule, settings):
-    """Latents [B, h, w, c] for text encodings `context` [B, L, D] under classifier-free guidance
-    with scale settings.guidance_scale; settings.sampler "ddim" (num_inference_steps, eta) or
-    "ddpm". No clipping: latents are not confined to [-1, 1] (SD's clip_sample=False)."""
-
-    def apply(z, t, text):
-        return unet.apply({"params": params}, z, t, text)
-
-    if settings.guidance_scale == 1.0:
-        denoise = sampling.conditional(apply, context)
-    else:
-        denoise = sampling.guided_on(apply, context, null_context, settings.guidance_scale)
-    if settings.sampler == "ddim":
-        return sampling.ddim(
-            denoise,
-            schedule,
-            settings.parameterisation,
-            noise,
-            rng,
-            num_inference_steps=settings.num_inference_steps,
-            eta=settings.eta,
-            clip=False,
-        )
-    return sampling.ddpm(denoise, schedule, settings.parameterisation, noise, rng, clip=False)
-
-
-def decode_latents(ae_params, latents, *, autoencoder, scale_factor: float) -> jax.Array:
-    """Images [B, H, W, C] in [-1, 1] from latents scaled by scale_factor."""
-    images = autoencoder.apply(
-        {"params": ae_params}, latents / scale_factor, method=autoencoder.decode
+def init(rng, batch, *, unet, latent_shape, context_shape, frozen_shapes, optimizer):
+    """A new state; state.frozen is zeros until Steps.setup copies the earlier runs' params."""
+    del batch
+    params_rng, state_rng = jax.random.split(rng)
+    z, t = jnp.zeros((1, *latent_shape)), jnp.zeros((1,), jnp.int32)
+    params = unet.init(params_rng, z, t, jnp.zeros((1, *context_shape)))["params"]
+    base = train_state.create(params, optimizer, state_rng)
+    frozen = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), frozen_shapes)
+    return LatentDiffusionState(
+        step=base.step,
+        params=base.params,
+        opt_state=base.opt_state,
+        ema_params=base.ema_params,
+        rng=base.rng,
+        frozen=frozen,
     )
-    return jnp.clip(images, -1.0, 1.0)
+
+
+def load_frozen(config: ConfigDict, info: Any) -> dict:
+    """The frozen params (eval params: EMA when kept) of the earlier runs, and the scale factor."""
+    ae_config, clip_config = stage_configs(config)
+    ae_dir, clip_dir = config.model.autoencoder, config.model.text_encoder
+    return {
+        "autoencoder": stages.load_params(ae_dir, ae_config, _stage_info(ae_config, ae_dir)),
+        "text_encoder": stages.load_params(
+            clip_dir, clip_config, _stage_info(clip_config, clip_dir)
+        ),
+        "scale_factor": jnp.float32(autoencoder.read_scale_factor(ae_dir)),
+    }
+
+
+def setup(state, *, config, info):
+    return state.replace(frozen=load_frozen(config, info))
+
+
+def train_step(state, batch, *, inputs_of, loss_of, optimizer, microbatches, axis_name):
+    """One update of the U-Net; the frozen encoders run outside the gradient."""
+    inputs = inputs_of(state.frozen, batch, jax.random.fold_in(state.rng, state.step))
+    return train_state.gradient_step(
+        state,
+        inputs,
+        loss_fn=loss_of,
+        optimizer=optimizer,
+        microbatches=microbatches,
+        axis_name=axis_name,
+    )
+
+
+def clip_score_sums(state, batch, rng, *, images_of, clip, latent_shape):
+    """Sums of the CLIP score of an image generated for each eval caption, with "count"."""
+    mask = batch["mask"]
+    negative = jnp.full((1, batch["caption"].shape[1]), PAD_ID, jnp.int32)
+    noise_rng, rng = jax.random.split(rng)
+    noise = jax.random.normal(noise_rng, (mask.shape[0], *latent_shape))
+    images = images_of(state.eval_params, state.frozen, batch["caption"], negative, noise, rng)
+    variables = {"params": state.frozen["text_encoder"]}
+    image_embeds = clip.apply(variables, images, method=clip.encode_image)
+    text_embeds, _ = clip.apply(variables, batch["caption"], method=clip.encode_text)
+    return {"score": jnp.sum(clip_score(image_embeds, text_embeds) * mask), "count": jnp.sum(mask)}
+
+
+def frozen_shapes(ae, text_model, image_shape, latent_shape, caption_len) -> dict:
+    """Shape structs of state.frozen: what init fills with zeros until Steps.setup."""
+    image, rng = jnp.zeros((1, *image_shape)), jax.random.PRNGKey(0)
+    caption = jnp.zeros((1, caption_len), jnp.int32)
+    ae_init = lambda: ae.init(rng, image, jnp.zeros((1, *latent_shape)))  # noqa: E731
+    return {
+        "autoencoder": jax.eval_shape(ae_init)["params"],
+        "text_encoder": jax.eval_shape(lambda: text_model.init(rng, image, caption))["params"],
+        "scale_factor": jax.ShapeDtypeStruct((), jnp.float32),
+    }
+
+
+def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> Steps:
+    ae_config, clip_config = stage_configs(config)
+    ae = autoencoders.make_model(ae_config.model, info.image_shape)
+    text_model = clips.make_model(clip_config.model, info.vocab_size, config.data.caption_len)
+    latent_shape = autoencoders.latent_shape(ae_config.model, info.image_shape)
+    unet = latent_unet.make_model(config.model, latent_shape[-1])
+    schedule = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps)
+    parameterisation, caption_len = config.diffusion.parameterisation, config.data.caption_len
+    optimizer = train_state.from_config(config)
+    models = dict(unet=unet, autoencoder=ae, clip=text_model, schedule=schedule)
+
+    def images_of(**overrides):  # text_images with config.sample's settings and `overrides`
+        settings = sampling.settings_of(config.sample, parameterisation, **overrides)
+        return functools.partial(sampling.text_images, **models, settings=settings)
+
+    def make_clip_score(entry):
+        overrides = {k: entry[k] for k in ("guidance_scale", "num_inference_steps") if k in entry}
+        images = images_of(**overrides)
+        score = functools.partial(clip_score_sums, images_of=images, clip=text_model)
+        return functools.partial(score, latent_shape=latent_shape)
+
+    tokenizer = data.get_tokenizers(config.data)["tokenizer"]
+    prompts = sampling.parse_prompts(config.sample.prompt, "config.sample.prompt")
+    prompt_ids = jnp.asarray(encode_captions(tokenizer, prompts, caption_len))
+    negative = [config.sample.negative_prompt]
+    negative_ids = jnp.asarray(encode_captions(tokenizer, negative, caption_len))
+    grid = functools.partial(
+        sampling.prompt_grid,
+        **models,
+        num_per_prompt=config.sample.num_images_per_prompt,
+        latent_shape=latent_shape,
+        settings=sampling.settings_of(config.sample, parameterisation),
+    )
+    tables = sampling.caption_tables(config.data, tokenizer)
+    return Steps(
+        init=functools.partial(
+            init,
+            unet=unet,
+            latent_shape=latent_shape,
+            context_shape=(caption_len, clip_config.model.width),
+            frozen_shapes=frozen_shapes(
+                ae, text_model, info.image_shape, latent_shape, caption_len
+            ),
+            optimizer=optimizer,
+        ),
+        train_step=functools.partial(
+            train_step,
+            inputs_of=functools.partial(
+                train_inputs,
+                autoencoder=ae,
+                clip=text_model,
+                latent_shape=latent_shape,
+                num_steps=config.diffusion.num_timesteps,
+                caption_dropout=config.loss.caption_dropout,
+                axis_name=axis_name,
+            ),
+            loss_of=functools.partial(
+                denoise_loss,
+                unet=unet,
+                schedule=schedule,
+                parameterisation=parameterisation,
+                loss_fn=losses.LOSSES.get(config.loss.name),
+                loss_kw=config.loss.kw.to_dict(),
+            ),
+            optimizer=optimizer,
+            microbatches=config.train.microbatches,
+            axis_name=axis_name,
+        ),
+        eval_steps={"clip_score": make_clip_score},
+        sample=lambda state, batch, rng: {
+            "prompts": grid(state.eval_params, state.frozen, prompt_ids, negative_ids, rng)
+        },
+        # The sample evaluators prompt with class captions: class datasets only.
+        generate=functools.partial(
+            sampling.generate,
+            images_of=images_of,
+            tables=tables,
+            num_classes=max(info.num_classes, 1),
+            latent_shape=latent_shape,
+        )
+        if tables
+        else None,
+        setup=functools.partial(setup, config=config, info=info),
+    )
+
+
+FAMILIES.register("latent_diffusion")(
+    Family(validate, make_steps, losses=losses.LOSSES, write_sample=sampling.write_prompt_images)
+)

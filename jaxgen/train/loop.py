@@ -168,6 +168,8 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
             record_changes(workdir, start, changes)
     else:
         state, start = init(rng, sample_batch), 0
+        if jit_steps.setup is not None:  # e.g. the frozen params of earlier stages
+            state = jit_steps.setup(state)
         if config.init_from:
             log_file = os.path.join(workdir, checkpoint.LOG_FILE)
             params = checkpoint.restore_params(config.init_from, abstract.params, log_file)
