@@ -11,6 +11,7 @@ import tensorflow_datasets as tfds
 from jaxgen import data
 from jaxgen.config import ConfigError, base_config
 from jaxgen.data import DataError, pairs, pairs_kind
+from tests.helpers import load_config
 
 _ROWS = [
     (f"r{i}", f"hola mundo numero {i} casa", f"hello world number {i} house") for i in range(300)
@@ -259,3 +260,35 @@ def test_packed_train_batches_hold_whole_pairs_and_resume_exactly(tmp_path):
     assert "source_segment" not in next(
         iter(data.make_iterator(config, "validation", 8, 0, train=False))
     )
+
+
+def test_packed_bible_rows_are_mostly_real_tokens(tmp_path):
+    """bible_es_en at the :quick lengths (64/64, BPE 4000): ~57% of unpacked positions are
+    real tokens, > 85% of packed ones."""
+    if not os.environ.get("JAXGEN_DATA_DIR") or not os.path.isfile(
+        os.path.join(os.environ["JAXGEN_DATA_DIR"], pairs.BIBLE_FILE)
+    ):
+        pytest.skip("no bible_es_en.tsv")
+    quick = load_config("configs/seq2seq/bible_es_en.py", "quick").data
+    config = _config(
+        tmp_path, name="bible_es_en", pack=True, tfds_dir=os.environ["JAXGEN_TFDS_DIR"]
+    )
+    config.update(
+        vocab_size=quick.vocab_size, source_len=quick.source_len, target_len=quick.target_len
+    )
+    source = data.kind_of("bible_es_en").open(config)
+    rows = source.rows("train")
+    load = pairs_kind._PackedTrainBatch(rows, 64, 0, source.pad_id)
+    groups = load.groups(0)
+    source_lengths, target_lengths = pairs.pair_lengths(rows, source.pad_id)
+    count, source_len, target_len = len(rows["source"]), quick.source_len, quick.target_len
+    unpacked = [
+        source_lengths.sum() / (count * source_len),
+        target_lengths.sum() / (count * target_len),
+    ]
+    packed = [
+        source_lengths.sum() / (len(groups) * source_len),
+        target_lengths.sum() / (len(groups) * target_len),
+    ]
+    print(f"bible_es_en :quick real positions: unpacked {unpacked}, packed {packed}")
+    assert min(packed) > 0.85 and max(unpacked) < 0.65
