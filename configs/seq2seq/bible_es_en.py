@@ -94,6 +94,9 @@ def get_config(arg: str = "") -> ConfigDict:
     if "quick" in args:
         config.data.vocab_size = 4000  # a smaller softmax for the CPU
         config.data.source_len = config.data.target_len = 64  # cuts ~5% of verses' ends
+        # ~103 verse pairs in a batch of 64 train rows instead of 64: 90% of the positions are real
+        # tokens instead of 56%, at the same FLOPs per step (data/pairs.py pack_pairs)
+        config.data.pack = True
         config.model.num_layers = config.model.num_decoder_layers = 3
         config.model.num_heads, config.model.width, config.model.ff_width = 4, 256, 1024
         config.model.dropout = 0.1
