@@ -14,7 +14,7 @@ meant for one GPU in under an hour (not measured yet). Baselines on held-out ver
 copying the source scores 0.0 BLEU; a word-by-word Dice dictionary 11.7 BLEU, chrF 39.3.
 
 Arguments (comma-separated): "quick" (a 3+3-layer pre-LN model for a 2-core CPU, <= 30 min,
-not measured yet), "smoke" (seconds on CPU; tests rely on it), "pre" (pre-LN sublayers).
+not measured yet; train rows packed with ~1.6 verse pairs each, config.data.pack), "smoke" (seconds on CPU; tests rely on it), "pre" (pre-LN sublayers).
 """
 
 from jaxgen import data
