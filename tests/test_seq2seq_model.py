@@ -179,3 +179,42 @@ def test_a_beam_step_moves_less_memory_than_copying_the_whole_state():
 
     (flops, moved), (copy_flops, copied) = cost(decoder.take_rows), cost(decoding.take_rows)
     assert flops == pytest.approx(copy_flops, rel=0.05) and moved < 0.75 * copied
+
+
+def test_a_packed_row_gives_each_pair_its_own_logits():
+    """Row [a | b] with segment ids and per-pair positions == a and b run alone, unpadded."""
+    rng = np.random.default_rng(3)
+    eos = 0
+    a_source, b_source = rng.integers(1, PAD, 4).tolist() + [eos], rng.integers(1, PAD, 6).tolist()
+    b_source += [eos]
+    a_target, b_target = (
+        [eos] + rng.integers(1, PAD, 3).tolist(),
+        [eos] + rng.integers(1, PAD, 5).tolist(),
+    )
+    S, T = 14, 12  # room for both plus padding
+    source = a_source + b_source + [PAD] * (S - 12)
+    target_in = a_target + b_target + [PAD] * (T - 10)
+    source_segment = [1] * 5 + [2] * 7 + [0] * (S - 12)
+    target_segment = [1] * 4 + [2] * 6 + [0] * (T - 10)
+    packing = dict(
+        source_segment=jnp.asarray([source_segment]),
+        source_position=jnp.asarray([list(range(5)) + list(range(7)) + [0] * (S - 12)]),
+        target_segment=jnp.asarray([target_segment]),
+        target_position=jnp.asarray([list(range(4)) + list(range(6)) + [0] * (T - 10)]),
+    )
+    for norm in ("post", "pre"):
+        model, params = _init(
+            model_config(norm=norm), jnp.asarray([source]), jnp.asarray([target_in])
+        )
+        packed = model.apply(
+            {"params": params}, jnp.asarray([source]), jnp.asarray([target_in]), **packing
+        )[0]
+        alone_a = model.apply({"params": params}, jnp.asarray([a_source]), jnp.asarray([a_target]))[
+            0
+        ]
+        alone_b = model.apply({"params": params}, jnp.asarray([b_source]), jnp.asarray([b_target]))[
+            0
+        ]
+        np.testing.assert_allclose(packed[:4], alone_a, atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(packed[4:10], alone_b, atol=1e-5, rtol=1e-5)
+        assert np.isfinite(packed).all()

@@ -206,3 +206,35 @@ def test_greedy_and_beam_decoding(tsv_config):
     texts = sampling.decode_outputs(tokenizer, beams)
     assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
     assert decoding.is_deterministic(decoding.read_settings(config.sample))
+
+
+def test_packed_rows_give_the_loss_of_the_pairs_unpacked(tsv_config):
+    """loss_of over packed rows (pairs.packed_rows) == over the same pairs one a row."""
+    config = smoke_config(tsv_config, dropout=0.0)
+    info, (batch,) = copy_batches(config, 1, 4)
+    tokenizer = data.load_tokenizer(config.data)
+    pad = pairs.pad_id(tokenizer)
+    batch["source"][:, 3:] = np.where(np.arange(3, LENGTH) == 3, tokenizer.eos_id, pad)
+    batch["target"][:, 4:] = np.where(np.arange(4, LENGTH + 1) == 4, tokenizer.eos_id, pad)
+    batch["source"][1, 5] = tokenizer.eos_id  # a longer pair
+    batch["source"][1, 3:5] = 7
+    packed = pairs.packed_rows(batch, [[0, 1], [2, 3]], pad)
+    assert packed["source_segment"].max() == 2 and (packed["target_segment"][:, 0] == 1).all()
+    steps = seq2seq.make_steps(config, info)
+    params = steps.init(jax.random.PRNGKey(0), batch).params
+    model = seq2seq.models.make_model(config.model, info.vocab_size, pad)
+    kw = dict(model=model, loss_fn=seq2seq.losses.LOSSES.get(config.loss.name), pad_id=pad)
+    kw["loss_kw"] = config.loss.kw.to_dict()
+    unpacked_loss, _ = seq2seq.loss_of(params, jax.tree.map(jnp.asarray, batch), **kw)
+    packed_loss, _ = seq2seq.loss_of(params, jax.tree.map(jnp.asarray, packed), **kw)
+    np.testing.assert_allclose(packed_loss, unpacked_loss, rtol=1e-5)
+    # With dropout each row draws its own key; the packing arrays travel with the row.
+    dropout = seq2seq.logits_of(
+        params,
+        model,
+        packed["source"],
+        packed["target"][:, :-1],
+        jax.random.split(jax.random.PRNGKey(1), 2),
+        {key: packed[key] for key in seq2seq.PACKING},
+    )
+    assert dropout.shape == (2, LENGTH, info.vocab_size) and np.isfinite(dropout).all()

@@ -14,7 +14,7 @@ meant for one GPU in under an hour (not measured yet). Baselines on held-out ver
 copying the source scores 0.0 BLEU; a word-by-word Dice dictionary 11.7 BLEU, chrF 39.3.
 
 Arguments (comma-separated): "quick" (a 3+3-layer pre-LN model for a 2-core CPU, <= 30 min,
-not measured yet), "smoke" (seconds on CPU; tests rely on it), "pre" (pre-LN sublayers).
+not measured yet; train rows packed with ~1.6 verse pairs each, config.data.pack), "smoke" (seconds on CPU; tests rely on it), "pre" (pre-LN sublayers).
 """
 
 from jaxgen import data
@@ -94,6 +94,9 @@ def get_config(arg: str = "") -> ConfigDict:
     if "quick" in args:
         config.data.vocab_size = 4000  # a smaller softmax for the CPU
         config.data.source_len = config.data.target_len = 64  # cuts ~5% of verses' ends
+        # ~103 verse pairs in a batch of 64 train rows instead of 64: 90% of the positions are real
+        # tokens instead of 56%, at the same FLOPs per step (data/pairs.py pack_pairs)
+        config.data.pack = True
         config.model.num_layers = config.model.num_decoder_layers = 3
         config.model.num_heads, config.model.width, config.model.ff_width = 4, 256, 1024
         config.model.dropout = 0.1

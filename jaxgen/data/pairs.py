@@ -267,3 +267,82 @@ def encode_rows(
         ids = ids[:length]
         out[row, : len(ids)] = ids
     return out
+
+
+def pack_pairs(
+    source_lengths: np.ndarray,
+    target_lengths: np.ndarray,
+    order: np.ndarray,
+    source_len: int,
+    target_len: int,
+    window: int,
+) -> list[list[int]]:
+    """Greedy first-fit packing of pairs into rows of source_len / target_len tokens.
+
+    Pairs are taken in `order`; each goes into the first of the last `window` rows opened that
+    has room for both its sides (source_lengths[i] source tokens, target_lengths[i] decoder
+    positions), else into a new row. Returns the rows, each a list of pair indices in the
+    order they were placed; every pair of `order` is in exactly one row.
+    """
+    source_fill = np.zeros(len(order), np.int64)  # at most one row per pair
+    target_fill = np.zeros(len(order), np.int64)
+    rows: list[list[int]] = []
+    for pair in order:
+        need_source, need_target = source_lengths[pair], target_lengths[pair]
+        start = max(0, len(rows) - window)
+        fits = np.flatnonzero(
+            (source_fill[start : len(rows)] + need_source <= source_len)
+            & (target_fill[start : len(rows)] + need_target <= target_len)
+        )
+        row = start + int(fits[0]) if len(fits) else len(rows)
+        if row == len(rows):
+            rows.append([])
+        rows[row].append(int(pair))
+        source_fill[row] += need_source
+        target_fill[row] += need_target
+    return rows
+
+
+def packed_rows(
+    rows: dict[str, np.ndarray], groups: list[list[int]], pad: int
+) -> dict[str, np.ndarray]:
+    """Packed batch rows of the pairs `groups` from unpacked rows {"source", "target"}.
+
+    rows["source"] [n, S] (ids, eos, padding) and rows["target"] [n, T + 1] (eos, ids, eos,
+    padding). A packed source row is the pairs' non-padding sources one after another; a packed
+    target row is eos followed by each pair's target[1:] (ids, eos), so the eos ending one pair
+    is the decoder's start token of the next (the end-of-text id is both). "source_segment"
+    [B, S] and "target_segment" [B, T] (aligned with the decoder inputs target[:, :-1] and
+    their labels target[:, 1:]) number the pairs of a row from 1 (0 = padding);
+    "source_position" and "target_position" restart at 0 with each pair. A pair cut to length
+    fills its row alone (pack_pairs), so every following pair starts after an eos.
+    """
+    source, target = rows["source"], rows["target"]
+    size, source_len, target_len = len(groups), source.shape[1], target.shape[1] - 1
+    out = {
+        "source": np.full((size, source_len), pad, np.int32),
+        "target": np.full((size, target_len + 1), pad, np.int32),
+    }
+    for key, length in (("source", source_len), ("target", target_len)):
+        out[f"{key}_segment"] = np.zeros((size, length), np.int32)
+        out[f"{key}_position"] = np.zeros((size, length), np.int32)
+    for row, group in enumerate(groups):
+        out["target"][row, 0] = target[group[0], 0]  # eos: the first pair's start token
+        s = t = 0
+        for segment, pair in enumerate(group, start=1):
+            ns = int(np.count_nonzero(source[pair] != pad))
+            nt = int(np.count_nonzero(target[pair, 1:] != pad))
+            out["source"][row, s : s + ns] = source[pair, :ns]
+            out["target"][row, t + 1 : t + 1 + nt] = target[pair, 1 : 1 + nt]
+            out["source_segment"][row, s : s + ns] = segment
+            out["target_segment"][row, t : t + nt] = segment
+            out["source_position"][row, s : s + ns] = np.arange(ns)
+            out["target_position"][row, t : t + nt] = np.arange(nt)
+            s, t = s + ns, t + nt
+    return out
+
+
+def pair_lengths(rows: dict[str, np.ndarray], pad: int) -> tuple[np.ndarray, np.ndarray]:
+    """(source tokens, decoder positions) of each unpacked pair: non-padding source ids, and
+    the target's non-padding ids after its start token (the inputs it feeds the decoder)."""
+    return (rows["source"] != pad).sum(1), (rows["target"][:, 1:] != pad).sum(1)

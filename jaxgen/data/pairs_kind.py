@@ -5,6 +5,9 @@ and T = config.data.target_len: the source is its BPE ids then eos, the target e
 decoder's start) then its ids then eos, both cut to length and filled with the padding id
 (pairs.PAD_TOKEN, the tokenizer's last id; pairs.pad_id). The model reads target[:, :-1] and
 predicts target[:, 1:]. Evaluation batches add a float32 "mask" [b] of real rows.
+With config.data.pack, train rows hold several pairs each (pairs.packed_rows: the same
+"source" / "target" layout plus int32 "source_segment", "source_position" [b, S] and
+"target_segment", "target_position" [b, T], segment 0 = padding); evaluation rows never do.
 
 Training: the rows of the train split in a fresh permutation every epoch, drawn from
 default_rng([derived seed, epoch]) (the remainder of an epoch is dropped), so batch k is a pure
@@ -45,12 +48,16 @@ FIELDS = dict(
     vocab_size=8000,  # BPE ids including <|endoftext|> and <pad>
     source_len=0,  # S: source tokens per row, eos included (longer sources are cut)
     target_len=0,  # T: target tokens the model predicts per row (the batch holds T + 1)
+    pack=False,  # train rows hold several pairs (segment ids/positions keep them apart)
     val_fraction=0.01,  # TSV rows whose hash falls below this are "validation"
     test_fraction=0.02,  # ... and the next test_fraction of hashes are "test"
 )
 # Catalog datasets read through tfds (wmt14_translate/de-en: features "de" and "en").
 TRANSLATION_CATALOG = ("wmt14_translate", "wmt_t2t_translate", "wmt15_translate", "wmt16_translate")
 _ORDER = 3  # the derived-seed purpose of the train order (images use 0, 1; text 2)
+# Packing looks for room in the last _PACK_WINDOW rows opened: on bible_es_en at 64/64 tokens
+# 8 rows fill 84% of the positions, 64 rows 90% (~0.3 s an epoch), 512 rows 93% (~2 s).
+_PACK_WINDOW = 64
 _CACHE: dict[tuple, Any] = {}  # per process: tokenized splits, tokenizers
 _CACHE_LOCK = threading.Lock()
 
@@ -82,6 +89,63 @@ class _TrainBatch:
         epoch, step = divmod(index, self._steps_per_epoch)
         rows = self._permutation(epoch)[step * self._batch_size : (step + 1) * self._batch_size]
         return {key: value[rows] for key, value in self._rows.items()}
+
+
+class _PackedTrainBatch:
+    """Batch k -> packed rows of an epoch's permutation (pairs.pack_pairs, then in row order).
+
+    Epoch e packs the pairs in default_rng([seed, e]).permutation order into rows; its batches
+    are those rows b at a time (the remainder of fewer than b rows dropped), so batch k is a pure
+    function of (seed, host, k). Epochs hold different numbers of rows: the count of each is
+    kept, and resuming at batch k packs the epochs before it once (~0.3 s each).
+    """
+
+    def __init__(self, rows: dict[str, np.ndarray], batch_size: int, seed: int, pad: int):
+        self._rows, self._batch_size, self._seed, self._pad = rows, batch_size, seed, pad
+        self._lengths = pairs.pair_lengths(rows, pad)
+        self._groups: dict[int, list[list[int]]] = {}
+        self._steps: list[int] = []  # batches of epochs 0, 1, ...
+        self._lock, self._steps_lock = threading.Lock(), threading.Lock()
+
+    def groups(self, epoch: int) -> list[list[int]]:
+        """The rows (lists of pair indices) of an epoch."""
+        with self._lock:
+            if epoch not in self._groups:
+                if len(self._groups) >= 2:  # prefetch may straddle an epoch boundary
+                    self._groups.pop(min(self._groups))
+                rng = np.random.default_rng([self._seed, epoch])
+                order = rng.permutation(len(self._rows["source"]))
+                source_len = self._rows["source"].shape[1]
+                target_len = self._rows["target"].shape[1] - 1
+                self._groups[epoch] = pairs.pack_pairs(
+                    *self._lengths, order, source_len, target_len, _PACK_WINDOW
+                )
+            return self._groups[epoch]
+
+    def _locate(self, index: int) -> tuple[int, int]:
+        with self._steps_lock:
+            return self._locate_unlocked(index)
+
+    def _locate_unlocked(self, index: int) -> tuple[int, int]:
+        epoch = 0
+        while True:
+            if epoch == len(self._steps):
+                steps = len(self.groups(epoch)) // self._batch_size
+                if steps == 0:
+                    raise ConfigError(
+                        f"config.train.batch_size: {self._batch_size} rows per host are more "
+                        "than the packed rows of an epoch"
+                    )
+                self._steps.append(steps)
+            if index < self._steps[epoch]:
+                return epoch, index
+            index -= self._steps[epoch]
+            epoch += 1
+
+    def __call__(self, index: int, _: Any) -> dict[str, np.ndarray]:
+        epoch, step = self._locate(index)
+        groups = self.groups(epoch)[step * self._batch_size : (step + 1) * self._batch_size]
+        return pairs.packed_rows(self._rows, groups, self._pad)
 
 
 class _EvalBatch:
@@ -208,7 +272,10 @@ class PairsSource:
                     f"{num_rows} of {self._config.name} split {split!r}"
                 )
             order_seed = kinds.derived_seed(seed, process_index, _ORDER)
-            load = _TrainBatch(rows, local_batch, order_seed)
+            if self._config.pack:
+                load = _PackedTrainBatch(rows, local_batch, order_seed, self.pad_id)
+            else:
+                load = _TrainBatch(rows, local_batch, order_seed)
             return grain.MapDataset.range(1).repeat().map_with_index(load)
         positions = np.arange(process_index, num_rows, process_count)
         num_batches = math.ceil(math.ceil(num_rows / process_count) / local_batch)
@@ -258,6 +325,8 @@ class PairsKind(kinds.Kind):
             value = data_config[field]
             if not _is_int(value) or value < 2:
                 raise ConfigError(f"config.data.{field}: {value!r}, a pairs dataset needs >= 2")
+        if not isinstance(data_config.get("pack", False), bool):
+            raise ConfigError(f"config.data.pack: {data_config.pack!r}, must be True or False")
         tokenizer = data_config.tokenizer
         if not isinstance(tokenizer, str) or (
             tokenizer != "bpe" and not os.path.isfile(os.path.expanduser(tokenizer))

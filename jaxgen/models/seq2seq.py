@@ -12,6 +12,8 @@ and the embeddings go through dropout; post-LN sublayers x = LN(x + Dropout(F(x)
 (config.model.norm="post", the paper's) or pre-LN x = x + Dropout(F(LN(x))) with a final LN on
 each stack ("pre", Xiong et al. 2020: trains without a long warm-up). The encoder masks padding
 keys; the decoder's self-attention is causal and its cross-attention masks the source padding.
+Packed rows (several pairs a row, with segment ids and per-pair positions) keep every
+attention within its pair, as the Flax WMT example's segment masks do.
 Attention goes through `jax.nn.dot_product_attention` (cuDNN flash kernels on GPU in bf16, XLA
 elsewhere); the paper has no attention-weight dropout and neither has this module.
 
@@ -209,17 +211,27 @@ class Transformer(nn.Module):
             self.encoder_norm, self.decoder_norm = nn.LayerNorm(**kw), nn.LayerNorm(**kw)
         self.drop = nn.Dropout(self.dropout)
 
-    def _embed(self, tokens, offset, train):
+    def _embed(self, tokens, offset, train, positions=None):
+        """tokens [B, T] at positions offset .. offset + T - 1, or at positions [B, T]."""
         table = jnp.asarray(sinusoids(self.max_len, self.width))
-        positions = jax.lax.dynamic_slice_in_dim(table, offset, tokens.shape[1])  # [T, C]
+        if positions is None:
+            positions = jax.lax.dynamic_slice_in_dim(table, offset, tokens.shape[1])  # [T, C]
+        else:
+            positions = table[positions]  # [B, T, C]
         x = self.embed(tokens) * jnp.sqrt(float(self.width)).astype(self.dtype) + positions
         return self.drop(x.astype(self.dtype), deterministic=not train)
 
-    def encode(self, source, train: bool = False):
-        """source [B, S] -> the encoder output [B, S, C] (padding keys masked everywhere)."""
-        keep = source != self.pad_id  # [B, S]
-        mask = keep[:, None, None, :]  # [B, 1, 1, S]
-        x = self._embed(source, 0, train)
+    def encode(self, source, train: bool = False, segment=None, position=None):
+        """source [B, S] -> the encoder output [B, S, C] (padding keys masked everywhere).
+
+        Packed rows (data/pairs.py packed_rows) give segment [B, S] (1, 2, ... per pair, 0 for
+        padding) and position [B, S]: a token then attends only to its own pair's tokens."""
+        if segment is None:
+            mask = (source != self.pad_id)[:, None, None, :]  # [B, 1, 1, S]
+        else:
+            # Padding attends to padding: no query row is fully masked.
+            mask = (segment[:, :, None] == segment[:, None, :])[:, None]  # [B, 1, S, S]
+        x = self._embed(source, 0, train, position)
         for layer in self.encoder:
             x, _ = layer(x, mask, train)
         return self.encoder_norm(x) if self.norm == "pre" else x
@@ -229,12 +241,31 @@ class Transformer(nn.Module):
             x = self.decoder_norm(x)
         return self.embed.attend(x).astype(jnp.float32)  # tied output; [B, T, V]
 
-    def __call__(self, source, target_in, *, train: bool = False):
-        memory = self.encode(source, train)
-        cross_mask = (source != self.pad_id)[:, None, None, :]  # [B, 1, 1, S]
+    def __call__(
+        self,
+        source,
+        target_in,
+        *,
+        train: bool = False,
+        source_segment=None,
+        source_position=None,
+        target_segment=None,
+        target_position=None,
+    ):
+        """Packed rows pass all four segment/position arrays ([B, S] and [B, T]): every
+        attention (encoder, causal decoder, cross) then stays within a pair, and positions
+        restart with each pair; the logits of a pair are those of the pair alone."""
+        memory = self.encode(source, train, source_segment, source_position)
         steps = target_in.shape[1]
         causal = jnp.tril(jnp.ones((steps, steps), bool))[None, None]  # [1, 1, T, T]
-        x = self._embed(target_in, 0, train)
+        if target_segment is None:
+            cross_mask = (source != self.pad_id)[:, None, None, :]  # [B, 1, 1, S]
+        else:
+            same = target_segment[:, :, None] == source_segment[:, None, :]  # [B, T, S]
+            # Target padding attends to the whole source: no query row is fully masked.
+            cross_mask = (same | (target_segment == 0)[:, :, None])[:, None]  # [B, 1, T, S]
+            causal = causal & (target_segment[:, :, None] == target_segment[:, None, :])[:, None]
+        x = self._embed(target_in, 0, train, target_position)
         for layer in self.decoder:
             keys, values = layer.cross_kv(memory)
             x, _ = layer(x, causal, train, cross=(keys, values, cross_mask))

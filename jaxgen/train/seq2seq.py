@@ -2,13 +2,15 @@
 
 A batch is {"source": int32 [B, S], "target": int32 [B, T + 1]} (data/pairs_kind.py); the model
 reads (source, target[:, :-1]) and predicts target[:, 1:], the loss counting only non-padding
-target tokens. Dropout masks are drawn per example from the example's index in the global batch
-(parallel.example_rngs, as train/gpt.py), so an update does not depend on the device count or
-the number of microbatches. The "loss" eval sums the token NLL and correct argmaxes over the
-real target tokens of the eval split (nats, accuracy, and perplexity by finalize). Sampling
-translates config.sample.source ("|"-separated) or the lines of config.sample.source_file if
-set, else the sources of the fixed eval batch beside their references; the whole decode is one
-compiled call (sampling/seq2seq.py). BLEU/chrF evaluators live in jaxgen/metrics/text.py.
+target tokens. Train rows packed with several pairs (config.data.pack) add segment ids and
+positions (PACKING) that the model's masks and positional embeddings use. Dropout masks are
+drawn per example (row) from its index in the global batch (parallel.example_rngs, as
+train/gpt.py), so an update does not depend on the device count or the number of microbatches.
+The "loss" eval sums the token NLL and correct argmaxes over the real target tokens of the eval
+split (nats, accuracy, and perplexity by finalize). Sampling translates config.sample.source
+("|"-separated) or the lines of config.sample.source_file if set, else the sources of the fixed
+eval batch beside their references; the whole decode is one compiled call (sampling/seq2seq.py).
+BLEU/chrF evaluators live in jaxgen/metrics/text.py.
 """
 
 import math
@@ -72,27 +74,38 @@ def sample_sources(config: ConfigDict) -> list[str]:
     return [text.strip() for text in sample.get("source", "").split("|") if text.strip()]
 
 
-def logits_of(params, model, source, target_in, dropout_rngs=None):
-    """Training-mode logits [B, T, V]; with dropout, each example uses its own key."""
-    if dropout_rngs is None:
-        return model.apply({"params": params}, source, target_in, train=True)
+PACKING = ("source_segment", "source_position", "target_segment", "target_position")
 
-    def one(source_row, target_row, rng):
+
+def logits_of(params, model, source, target_in, dropout_rngs=None, packing=None):
+    """Training-mode logits [B, T, V]; with dropout, each example (row) uses its own key.
+    packing: None, or the batch's PACKING arrays (rows holding several pairs)."""
+    packing = packing or {}
+    if dropout_rngs is None:
+        return model.apply({"params": params}, source, target_in, train=True, **packing)
+
+    def one(source_row, target_row, rng, packing_row):
         return model.apply(
             {"params": params},
             source_row[None],
             target_row[None],
             train=True,
             rngs={"dropout": rng},
+            **{key: value[None] for key, value in packing_row.items()},
         )
 
-    return jax.vmap(one)(source, target_in, dropout_rngs)[:, 0]
+    return jax.vmap(one)(source, target_in, dropout_rngs, packing)[:, 0]
 
 
 def loss_of(params, batch, *, model, loss_fn, loss_kw, pad_id):
-    """(loss, metrics) of one (micro)batch with "source", "target" (and "dropout_rngs")."""
+    """(loss, metrics) of one (micro)batch with "source", "target" (and "dropout_rngs", and the
+    PACKING arrays of packed rows: the labels past each pair's eos are padding, so the loss
+    still counts exactly the real target tokens)."""
     target = batch["target"]
-    logits = logits_of(params, model, batch["source"], target[:, :-1], batch.get("dropout_rngs"))
+    packing = {key: batch[key] for key in PACKING if key in batch}
+    logits = logits_of(
+        params, model, batch["source"], target[:, :-1], batch.get("dropout_rngs"), packing
+    )
     weights = (target[:, 1:] != pad_id).astype(jnp.float32)
     return loss_fn(logits, target[:, 1:], weights, **loss_kw)
 
@@ -127,7 +140,7 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
         return train_state.create(params, optimizer, state_rng)
 
     def train_step(state, batch):
-        step_batch = {"source": batch["source"], "target": batch["target"]}
+        step_batch = {key: batch[key] for key in ("source", "target", *PACKING) if key in batch}
         if dropout:
             dropout_rng = jax.random.fold_in(state.rng, state.step)
             size = batch["source"].shape[0]
