@@ -25,3 +25,11 @@ os.environ.setdefault("JAXGEN_TFDS_DIR", str(ROOT / "build" / "tfds"))
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(ROOT / "build" / "xla_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with end-to-end (slow) tests first, each file's order kept: under
+    `-n 2 --dist loadfile` a long file handed out last runs alone while the other worker
+    idles, so the long ones start first and the short files fill in around them."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
