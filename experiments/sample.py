@@ -13,8 +13,9 @@
 
 Reads W/config.json and the latest checkpoint (EMA params when the run keeps
 them); `--config.sample.*` overrides apply. Prints the paths of the PNGs. A text-to-image
-(latent_diffusion) run writes one grid with a row per prompt, samples/prompts_<step>_seed<S>.png,
-and each image in the folder of the same name; it runs the same Steps.sample as
+(latent_diffusion) run writes one grid with a row per prompt,
+samples/prompts_<step>_seed<S>_g<guidance_scale>.png (so that calls at other guidance scales do
+not overwrite it), and each image in the folder of the same name; it runs the same Steps.sample as
 jaxgen.text_to_image.generate() (all prompts in one compiled call; the same seed, the same images).
 """
 
@@ -36,6 +37,8 @@ def main(argv):
     sample = run.placement.compile_eval(run.steps.sample)
     rng = jax.random.PRNGKey(config.sample.seed)
     tag = f"_seed{config.sample.seed}"
+    if run.config.family == "latent_diffusion":
+        tag += f"_g{config.sample.guidance_scale:g}"
     paths = runs.write_samples(
         sample, run.state, batch, rng, workdir, run.step, tag, config=run.config, family=run.family
     )

@@ -11,16 +11,26 @@ or > T, an unknown sampler) and runs the family's Steps.sample, which is exactly
 `python -m experiments.sample --workdir=W --config.sample.prompt="a|b" ...` runs: every prompt of
 a call in one compiled sampler call, and the same seed gives the same images bit for bit.
 guidance_scale follows diffusers (0 unconditional, 1 conditional, > 1 guided) and
-negative_prompt replaces the empty prompt as the unconditional branch. Each call compiles its
-sampler anew (settings are static); reuse a `runs.Run` to skip reloading the checkpoint.
+negative_prompt replaces the empty prompt as the unconditional branch. Pass a loaded `runs.Run`
+(`load(workdir)`) to call it many times: the checkpoint is read once, and the compiled sampler
+of each setting (prompts and everything but the seed) is kept for the last few settings, so a
+new seed costs only the sampling.
 """
+
+import collections
+from collections.abc import Callable
 
 import jax
 import numpy as np
 
 from jaxgen import images, runs
-from jaxgen.config import ConfigError, load_workdir_config
+from jaxgen.config import ConfigDict, ConfigError, load_workdir_config
 from jaxgen.sampling import latent_diffusion as sampling
+
+# (id(run), settings but the seed) -> (run, compiled sampler), most recent last. The run is kept
+# beside its id so that an id reused by a later object never hits a stale entry.
+_SAMPLERS: collections.OrderedDict = collections.OrderedDict()
+_KEEP_SAMPLERS = 4
 
 
 def load(workdir: str) -> runs.Run:
@@ -66,7 +76,20 @@ def generate(
     sampling.check_settings(
         config.sample, config.diffusion.num_timesteps, config.loss.caption_dropout
     )
-    steps = run.family.make_steps(config, run.info, None)
-    sample = run.placement.compile_eval(steps.sample)
+    sample = _sampler(run, config)
     grid = np.asarray(jax.device_get(sample(run.state, {}, jax.random.PRNGKey(seed))["prompts"]))
     return images.to_uint8(grid) if output == "uint8" else grid
+
+
+def _sampler(run: runs.Run, config: ConfigDict) -> Callable:
+    """The compiled Steps.sample of run under config.sample, reused across seeds."""
+    settings = {k: v for k, v in config.sample.to_dict().items() if k != "seed"}
+    key = (id(run), repr(sorted(settings.items())))
+    if key in _SAMPLERS and _SAMPLERS[key][0] is run:
+        _SAMPLERS.move_to_end(key)
+        return _SAMPLERS[key][1]
+    steps = run.family.make_steps(config, run.info, None)
+    _SAMPLERS[key] = (run, run.placement.compile_eval(steps.sample))
+    while len(_SAMPLERS) > _KEEP_SAMPLERS:
+        _SAMPLERS.popitem(last=False)
+    return _SAMPLERS[key][1]

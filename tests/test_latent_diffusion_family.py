@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import monitoring
 
 from jaxgen import data, metrics, parallel, runs, stages, text_to_image
 from jaxgen.config import ConfigDict, ConfigError
@@ -152,6 +153,25 @@ def test_generate_is_deterministic_has_a_row_per_prompt_and_follows_the_negative
         run, "7", guidance_scale=5.0, num_inference_steps=3, seed=43, num_images_per_prompt=2
     )
     assert other_seed.dtype == np.uint8 and not np.array_equal(other_seed[0], generate("7")[0])
+
+
+def test_generate_compiles_once_per_setting_not_per_seed(run):
+    compiles = []
+    monitoring.register_event_duration_secs_listener(
+        lambda event, duration, **kw: (
+            compiles.append(event)
+            if event == "/jax/core/compile/backend_compile_duration"
+            else None
+        )
+    )
+    settings = dict(guidance_scale=2.0, num_inference_steps=2, num_images_per_prompt=1)
+    first = text_to_image.generate(run, "a handwritten digit 5|9", seed=1, **settings)
+    assert compiles  # the sampler of a new setting compiles
+    compiles.clear()
+    second = text_to_image.generate(run, "a handwritten digit 5|9", seed=2, **settings)
+    assert not compiles and not np.array_equal(first, second)  # a new seed: no compile
+    text_to_image.generate(run, "a handwritten digit 5|9", seed=2, **settings | {"eta": 1.0})
+    assert compiles  # a new setting compiles again
 
 
 @pytest.mark.parametrize(

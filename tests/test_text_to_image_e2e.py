@@ -40,11 +40,14 @@ def test_autoencoder_clip_latent_diffusion_sample(tmp_path):
         "--config.sample.sampler=ddim",
     ]
     result = run_script(*sample)
-    grid = ldm / "samples" / "prompts_0000004_seed42.png"
+    grid = ldm / "samples" / "prompts_0000004_seed42_g5.png"
     assert str(grid) in result.stdout
     first = grid.read_bytes()
     assert Image.open(grid).size == (2 * 30 + 2, 3 * 30 + 2)  # 3 rows of 2 images, 2 px padding
-    singles = sorted(p.name for p in (ldm / "samples" / "prompts_0000004_seed42").iterdir())
+    singles = sorted(p.name for p in (ldm / "samples" / "prompts_0000004_seed42_g5").iterdir())
     assert singles == ["0_0.png", "0_1.png", "1_0.png", "1_1.png", "2_0.png", "2_1.png"]
     run_script(*sample)
     assert grid.read_bytes() == first  # the same seed, the same images
+    run_script(*sample[:-5], "--config.sample.guidance_scale=1", *sample[-4:])
+    assert (ldm / "samples" / "prompts_0000004_seed42_g1.png").is_file()  # g5's is kept
+    assert grid.read_bytes() == first
