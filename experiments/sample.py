@@ -14,8 +14,9 @@
 Reads W/config.json and the latest checkpoint (EMA params when the run keeps
 them); `--config.sample.*` overrides apply. Prints the paths of the PNGs. A text-to-image
 (latent_diffusion) run writes one grid with a row per prompt,
-samples/prompts_<step>_seed<S>_g<guidance_scale>.png (so that calls at other guidance scales do
-not overwrite it), and each image in the folder of the same name; it runs the same Steps.sample as
+samples/prompts_<step>_seed<S>_g<guidance_scale>_<digest of the other settings>.png (a call with
+other prompts or settings never overwrites an earlier grid), its settings and prompts in the
+.json of the same name, and each image in the folder of the same name; it runs the same Steps.sample as
 jaxgen.text_to_image.generate() (all prompts in one compiled call; the same seed, the same images).
 """
 
@@ -23,6 +24,7 @@ import jax
 from absl import flags
 
 from jaxgen import cli, runs
+from jaxgen.sampling import latent_diffusion as text_to_image_sampling
 
 flags.DEFINE_string("workdir", None, "Run directory written by experiments.train.")
 
@@ -38,7 +40,7 @@ def main(argv):
     rng = jax.random.PRNGKey(config.sample.seed)
     tag = f"_seed{config.sample.seed}"
     if run.config.family == "latent_diffusion":
-        tag += f"_g{config.sample.guidance_scale:g}"
+        tag = text_to_image_sampling.file_tag(config.sample)
     paths = runs.write_samples(
         sample, run.state, batch, rng, workdir, run.step, tag, config=run.config, family=run.family
     )

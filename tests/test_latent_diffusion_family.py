@@ -259,3 +259,14 @@ def test_class_accuracy_prompts_each_label_with_its_captions(run, monkeypatch):
     assert accuracy(captions="seen")["accuracy"] == pytest.approx(0.1)  # no held-out caption
     with pytest.raises(ConfigError, match=r"generate_kw.scale: not an option of this family's generate"):  # fmt: skip
         accuracy(scale=3.0)
+
+
+def test_grid_file_tags_differ_for_any_setting_but_the_seed_and_guidance_they_name():
+    sample = load_config("configs/latent_diffusion/mnist.py", "smoke").sample
+    tag = sampling.file_tag(sample)
+    assert tag.startswith(f"_seed{sample.seed}_g3_") and len(tag.rsplit("_", 1)[1]) == 8
+    for field, value in (("prompt", "7"), ("negative_prompt", "0"), ("num_inference_steps", 3)):
+        other = ConfigDict(sample.to_dict() | {field: value})
+        assert sampling.file_tag(other) != tag, field
+    reseeded = ConfigDict(sample.to_dict() | {"seed": 5, "guidance_scale": 5.0})
+    assert sampling.file_tag(reseeded).rsplit("_", 1)[1] == tag.rsplit("_", 1)[1]

@@ -1,9 +1,11 @@
 """End to end: the whole text-to-image chain on tiny sizes, as a user runs it.
 
 experiments.train of the autoencoder smoke config -> CLIP smoke -> latent diffusion smoke naming
-both -> experiments.sample with prompts: one grid with a row per prompt and the single images,
-the same PNG bytes again for the same seed.
+both -> experiments.sample with prompts: one grid with a row per prompt, the single images and
+the settings, the same PNG bytes again for the same seed, and other settings in other files.
 """
+
+import json
 
 import pytest
 from PIL import Image
@@ -40,14 +42,19 @@ def test_autoencoder_clip_latent_diffusion_sample(tmp_path):
         "--config.sample.sampler=ddim",
     ]
     result = run_script(*sample)
-    grid = ldm / "samples" / "prompts_0000004_seed42_g5.png"
+    grid = next(ldm.glob("samples/prompts_0000004_seed42_g5_*.png"))
     assert str(grid) in result.stdout
     first = grid.read_bytes()
     assert Image.open(grid).size == (2 * 30 + 2, 3 * 30 + 2)  # 3 rows of 2 images, 2 px padding
-    singles = sorted(p.name for p in (ldm / "samples" / "prompts_0000004_seed42_g5").iterdir())
+    singles = sorted(p.name for p in grid.with_suffix("").iterdir())
     assert singles == ["0_0.png", "0_1.png", "1_0.png", "1_1.png", "2_0.png", "2_1.png"]
+    settings = json.loads(grid.with_suffix(".json").read_text())
+    assert settings["prompts"] == ["a handwritten digit 3", "the digit seven", "1"]
+    assert (settings["seed"], settings["guidance_scale"]) == (42, 5)
     run_script(*sample)
     assert grid.read_bytes() == first  # the same seed, the same images
+    # Other settings (guidance, prompts) write other files: the first grid is kept.
     run_script(*sample[:-5], "--config.sample.guidance_scale=1", *sample[-4:])
-    assert (ldm / "samples" / "prompts_0000004_seed42_g1.png").is_file()  # g5's is kept
+    run_script(*sample[:2], "--config.sample.prompt=4", *sample[3:])
+    assert len(list(ldm.glob("samples/prompts_0000004_seed42_*.png"))) == 3
     assert grid.read_bytes() == first

@@ -8,8 +8,9 @@
 the posterior-mean reconstruction, KL) and "latent_scale" (scale_factor = 1/std of posterior draws,
 as Stable Diffusion's 0.18215) to metrics.jsonl, and samples input/reconstruction grids.
 Arguments (comma-separated): "smoke" shrinks everything to run on CPU in seconds; "fashion"
-trains on captioned Fashion-MNIST. Not measured yet at full length (CPU shared): expect a
-per-pixel L1 well under 0.05 after the 5k steps.
+trains on captioned Fashion-MNIST. Measured (2,000 steps, idle 2-core CPU, 18.6 min wall with a
+low-priority test process beside it for the first 15 min): on the 10,000 test digits per-pixel
+L1 0.0232, MSE 0.0050; latent_scale 1.135 (latent std 0.881).
 """
 
 from jaxgen import data
@@ -42,10 +43,10 @@ def get_config(arg: str = "") -> ConfigDict:
     config.optim.min_lr_ratio = 0.05
     config.optim.ema_decay = 0.999
 
-    config.train.num_steps = 5_000
+    config.train.num_steps = 2_000  # ~2 epochs
     config.train.batch_size = 64
     config.train.log_every = 100
-    config.train.eval_every = config.train.ckpt_every = config.train.sample_every = 2_500
+    config.train.eval_every = config.train.ckpt_every = config.train.sample_every = 1_000
 
     config.evals = ConfigDict(
         {

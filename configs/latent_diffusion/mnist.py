@@ -21,8 +21,11 @@ eval split's held-out captions). Re-run them any time with
     python -m experiments.evaluate --workdir=/tmp/ldm_mnist
 Arguments (comma-separated): "smoke" shrinks everything to run on CPU in seconds (no domain
 network needed); "fashion" uses captioned Fashion-MNIST (with its AE and CLIP runs).
-Not trained to the end yet: one step took 1.5 s on a 2-core CPU shared with other jobs (load 6),
-so expect ~0.5 s alone, ~25 minutes for the 3,000 steps (2.5 epochs), plus the sampled evaluations.
+Measured (the AE and CLIP runs at their defaults, this config as it is; idle 2-core CPU): 18.7 min
+wall, about 13 of them training at ~3.8 steps/s and 6 for the evaluations; train loss 0.042 at
+step 3000. Class accuracy of 500 digits (seen / held-out templates): g0 10.8 / 10.8%, g1 67.2 /
+32.2%, g3 96.8 / 44.0%, g5 98.8 / 44.8%; domain-FID (g3) 23.6; CLIP score (g3, held-out
+captions) 45.7 (CLIP's score of real test images against such captions: 59.6).
 """
 
 from jaxgen import data

@@ -12,6 +12,8 @@ checked on the host by `check_settings`, before anything compiles. Loading a run
 PNGs are left to jaxgen.text_to_image and the family's writer.
 """
 
+import hashlib
+import json
 import os
 from typing import Any, NamedTuple
 
@@ -213,10 +215,29 @@ def caption_tables(data_config: ConfigDict, tokenizer) -> dict[str, np.ndarray]:
     return tables
 
 
+GRID_SETTINGS = (
+    "prompt", "negative_prompt", "guidance_scale", "num_inference_steps", "num_images_per_prompt",
+    "sampler", "eta", "seed",
+)  # fmt: skip
+
+
+def file_tag(sample_config: ConfigDict) -> str:
+    """The end of a prompt grid's file name: _seed<S>_g<guidance>_<8 hex digits of the other
+    settings>, so that a call with other prompts or settings never overwrites an earlier grid."""
+    others = {k: sample_config[k] for k in GRID_SETTINGS if k not in ("seed", "guidance_scale")}
+    digest = hashlib.sha1(json.dumps(others, sort_keys=True).encode()).hexdigest()[:8]
+    return f"_seed{sample_config.seed}_g{sample_config.guidance_scale:g}_{digest}"
+
+
 def write_prompt_images(config: ConfigDict, name: str, array: np.ndarray, stem: str) -> str:
-    """A grid [prompts, images per prompt] -> `stem`.png (a row per prompt), and each image as
-    `stem`/<prompt>_<image>.png; returns the grid's path."""
+    """A grid [prompts, images per prompt] -> `stem`.png (a row per prompt), each image as
+    `stem`/<prompt>_<image>.png, and the settings that made them (the prompts, one per row) as
+    `stem`.json; returns the grid's path."""
     path = samples.write_image_grid(config, name, array, stem)
+    settings = {k: config.sample[k] for k in GRID_SETTINGS}
+    settings["prompts"] = parse_prompts(settings.pop("prompt"), "config.sample.prompt")
+    with writing(stem + ".json"), open(stem + ".json", "w", encoding="utf-8") as f:
+        json.dump(settings, f, indent=1)
     with writing(stem):
         os.makedirs(stem, exist_ok=True)
     for row, col in np.ndindex(*array.shape[:2]):
