@@ -7,7 +7,7 @@
 32x32x3 -> 8x8x4 latents (4x down); ~1,375 images, so training images are shifted and zoomed
 (config.data.augment="shift_scale"; jaxgen/data/captions_kind.py). Logs "reconstruction" and
 "latent_scale" like configs/autoencoder/mnist.py. Arguments: "smoke"; "64" renders at 64x64 (GPU).
-Not measured yet at full length (CPU shared).
+Measured shortened only (1,200 steps, 2-core CPU): L1 0.075, MSE 0.021, scale factor 1.012.
 """
 
 from jaxgen.config import ConfigDict, sibling_config

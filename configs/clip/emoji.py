@@ -6,7 +6,8 @@
 ~1,375 emoji, each its own caption ("red apple", "an emoji of a cat face", ...): unlike MNIST,
 captions in a batch rarely repeat, so in-batch retrieval can approach 1; the eval split is the same
 images with held-out templates. Arguments (comma-separated): "smoke" shrinks everything to run on
-CPU in seconds; "64" renders at 64x64 (GPU). Not measured yet at full length.
+CPU in seconds; "64" renders at 64x64 (GPU). Measured shortened only (1,000
+steps): held-out captions score 35.0 (mismatched 17.6), retrieval 0.26 among 100.
 """
 
 from jaxgen.config import ConfigDict, sibling_config

@@ -14,7 +14,9 @@ sizes. The sample grid has a row for each of ten prompts: eight names the model 
 Evaluation: clip_score_g3 (the run's own CLIP on images generated for the eval split's held-out
 captions). No class accuracy or domain-FID: emoji have no classes and no domain network.
 Arguments (comma-separated): "smoke" shrinks everything to run on CPU in seconds; "64" renders
-at 64x64 (16x16 latents; GPU) with its 64x64 AE and CLIP runs. Not measured yet.
+at 64x64 (16x16 latents; GPU) with its 64x64 AE and CLIP runs. Measured shortened only (AE 1,200,
+CLIP 1,000, this 2,500 steps, 23 min on an idle 2-core CPU): CLIP score 31.1 at guidance 3; at
+guidance 5 colours follow the prompt and shapes are blobs (README, "Measured on emoji").
 """
 
 from jaxgen.config import ConfigDict, sibling_config
