@@ -16,8 +16,9 @@ them); `--config.sample.*` overrides apply. Prints the paths of the PNGs. A text
 (latent_diffusion) run writes one grid with a row per prompt,
 samples/prompts_<step>_seed<S>_g<guidance_scale>_<digest of the other settings>.png (a call with
 other prompts or settings never overwrites an earlier grid), its settings and prompts in the
-.json of the same name, and each image in the folder of the same name; it runs the same Steps.sample as
-jaxgen.text_to_image.generate() (all prompts in one compiled call; the same seed, the same images).
+.json of the same name, and each image in the folder of the same name; it runs the same
+Steps.sample as jaxgen.text_to_image.generate() (all prompts in one compiled call; the same
+seed, the same images).
 """
 
 import jax
