@@ -78,8 +78,6 @@ class Family(NamedTuple):
         comes from config.model), which config.loss.kw therefore must not set.
     write_sample(config, name, array, stem) -> path: writes one output of Steps.sample
         (host array) to a file named `stem` plus an extension. Default: an image grid PNG.
-    sample_tag(sample_config) -> str: the end of the file names experiments.sample writes.
-        Default: _seed<S>; a family adds the settings that would otherwise overwrite a file.
     """
 
     validate: Callable[[ConfigDict, Any], None]
@@ -88,7 +86,6 @@ class Family(NamedTuple):
     loss_keywords: tuple[str, ...] = ()
     passed_loss_keywords: tuple[str, ...] = ()
     write_sample: Callable[[ConfigDict, str, Any, str], str] = samples.write_image_grid
-    sample_tag: Callable[[ConfigDict], str] = lambda sample: f"_seed{sample.seed}"
 
 
 def get_family(name: str) -> Family:
