@@ -25,7 +25,6 @@ import jax
 from absl import flags
 
 from jaxgen import cli, runs
-from jaxgen.sampling import latent_diffusion as text_to_image_sampling
 
 flags.DEFINE_string("workdir", None, "Run directory written by experiments.train.")
 
@@ -39,9 +38,7 @@ def main(argv):
     )
     sample = run.placement.compile_eval(run.steps.sample)
     rng = jax.random.PRNGKey(config.sample.seed)
-    tag = f"_seed{config.sample.seed}"
-    if run.config.family == "latent_diffusion":
-        tag = text_to_image_sampling.file_tag(config.sample)
+    tag = run.family.sample_tag(config.sample)
     paths = runs.write_samples(
         sample, run.state, batch, rng, workdir, run.step, tag, config=run.config, family=run.family
     )

@@ -111,6 +111,38 @@ def _late_read_errors(unraisable) -> None:
     _write_log(_late_log[-1], f"late error of {code.co_name}", [line.rstrip() for line in lines])
 
 
+def _use_late_read_errors() -> None:
+    """Install _late_read_errors, passing on to the hook it replaces (e.g. jaxgen.cli's)."""
+    global _console_unraisablehook
+    if sys.unraisablehook is not _late_read_errors:
+        _console_unraisablehook = sys.unraisablehook
+        sys.unraisablehook = _late_read_errors
+
+
+def _save_whole_replicas() -> None:
+    """On CPU, save each replicated array from one device, not in slices over its replicas.
+
+    Orbax's replica-parallel saving (its default off GPU) compiles a slice program per array
+    shape and device at the first save: ~50 small compiles in a DDPM smoke run, 1.3 s, for
+    nothing, as a CPU's devices share one host memory.
+    """
+    current = ocp.type_handlers.get_type_handler(jax.Array)
+    if jax.default_backend() != "cpu" or getattr(current, "whole_replicas", False):
+        return
+    # Orbax's default jax.Array handler, with its array metadata store, minus replica slices.
+    handler = ocp.type_handlers.ArrayHandler(
+        use_replica_parallel=False,
+        array_metadata_store=getattr(current, "_array_metadata_store", None),
+    )
+    handler.whole_replicas = True
+    level = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)  # its "overriding jax.Array" is meant
+    try:
+        ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+    finally:
+        absl_logging.set_verbosity(level)
+
+
 def _reason(error: Exception) -> str:
     text = str(error).split("See full TensorStore details")[0].strip().rstrip(".")
     return (text.splitlines()[0] if text else type(error).__name__)[:200]
@@ -172,7 +204,7 @@ def _try_restore(
         return restored, None
     where = _write_log(log_file, f"checkpoint {step} in {manager.directory}", lines)
     _late_log.append(where)
-    sys.unraisablehook = _late_read_errors
+    _use_late_read_errors()
     logging.warning(
         "checkpoint %d in %s is unreadable (%s); details in %s",
         step,
@@ -199,6 +231,7 @@ class Checkpointer:
         if read_only:
             self.manager = _reader(self.directory)
             return
+        _save_whole_replicas()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=ckpt_config.max_to_keep,
             enable_async_checkpointing=ckpt_config.async_save,

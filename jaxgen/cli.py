@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 
@@ -93,6 +94,34 @@ class Stopped(BaseException):
 
 def _raise_stopped(signum, frame):
     raise Stopped(signum)
+
+
+_previous_unraisablehook = sys.unraisablehook
+
+
+def _redeliver_stopped(unraisable) -> None:
+    """sys.unraisablehook: a Stopped raised where Python cannot propagate it (the signal landed
+    in a gc callback such as jax's, a __del__ or a weakref callback, and Python would print
+    "Exception ignored in ..." and carry on) sends the signal again; its handler then runs in
+    the main thread 50 ms later, and the stop is one line as anywhere else."""
+    if isinstance(unraisable.exc_value, Stopped):
+        # A little later, from another thread: a signal sent now would run its handler inside
+        # this hook, which would swallow it too.
+        resend = threading.Timer(0.05, os.kill, (os.getpid(), unraisable.exc_value.signum))
+        resend.daemon = True
+        resend.start()
+    else:
+        _previous_unraisablehook(unraisable)
+
+
+def stop_on_signals() -> None:
+    """SIGTERM and SIGINT raise Stopped in the main thread, wherever they land."""
+    global _previous_unraisablehook
+    if sys.unraisablehook is not _redeliver_stopped:
+        _previous_unraisablehook = sys.unraisablehook
+        sys.unraisablehook = _redeliver_stopped
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _raise_stopped)
 
 
 def fail(message: object) -> None:
@@ -228,8 +257,7 @@ def run(
         logging.getLogger("jaxgen").setLevel(logging.INFO)
         use_compilation_cache(flags.FLAGS.compilation_cache)
         use_cpu_devices(flags.FLAGS.cpu_devices)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, _raise_stopped)
+        stop_on_signals()
         try:
             distributed.initialize()  # join a multi-process job named by JAXGEN_*; else no-op
             main(argv)

@@ -5,7 +5,8 @@ Families write their steps as if one device held the whole batch; this file
 makes them data-parallel:
 
 - backend "jit" (default): a Mesh with axes ("data", "fsdp"). Batches are
-  sharded over both, and XLA inserts the gradient all-reduce. With fsdp = 1
+  sharded over both, and XLA inserts the gradient all-reduce (on a CPU split into
+  devices, the family's per-device step under shard_map instead: Placement). With fsdp = 1
   (the default) state is replicated; with fsdp = k every large param and its
   optimizer moments are split k ways along one dimension (ZeRO-3 / FSDP), and
   XLA gathers each param where it is used and reduce-scatters its gradient.
@@ -210,20 +211,37 @@ def example_rngs(rng: jax.Array, batch_size: int, axis_name: str | None = None) 
 
 
 class Placement:
-    """Puts state and batches on the devices of a mesh and compiles steps for it."""
+    """Puts state and batches on the devices of a mesh and compiles steps for it.
 
-    def __init__(self, mesh_config: ConfigDict):
+    per_device_step: the family's step may run per device (Family.per_device_step). Then on a
+    CPU split into several devices the jit backend runs it per device inside jax.shard_map,
+    averaging gradients with one all-reduce of a flat vector (train/gradients.py pmean_flat),
+    instead of the all-reduce of every gradient leaf that XLA's partitioner inserts: XLA's CPU
+    collectives meet once per buffer, which cost the GPT :cpu step ~10% (benchmarks/README.md).
+    Arrays stay global and the update is the same. On GPU/TPU XLA overlaps its all-reduces
+    with the backward pass, so they stay.
+    """
+
+    def __init__(self, mesh_config: ConfigDict, per_device_step: bool = False):
         self.backend = mesh_config.backend
         self.mesh = make_mesh(mesh_config)
         self.replicated = NamedSharding(self.mesh, P())
         self.batch_sharding = NamedSharding(self.mesh, P((DATA_AXIS, FSDP_AXIS)))
         self.num_devices = self.mesh.size
         self.fsdp = _fsdp(mesh_config)
+        self.shard_map_step = (
+            per_device_step
+            and self.backend == "jit"
+            and self.fsdp == 1
+            and self.num_devices > 1
+            and jax.default_backend() == "cpu"
+        )
 
     @property
     def axis_name(self) -> str | None:
-        """The axis a train step must average gradients over (pmap only)."""
-        return DATA_AXIS if self.backend == "pmap" else None
+        """The axis a train step must average gradients over (pmap, or the CPU's per-device
+        jit step), else None."""
+        return DATA_AXIS if self.backend == "pmap" or self.shard_map_step else None
 
     # -- state ---------------------------------------------------------------
     def state_shardings(self, state: PyTree) -> PyTree:
@@ -286,14 +304,28 @@ class Placement:
         if self.backend == "pmap":
             return jax.pmap(train_step, axis_name=DATA_AXIS, donate_argnums=0)
         state_sharding = self.state_shardings(state)
-        if getattr(state, "frozen", None) is None:
-            return jax.jit(
-                train_step,
-                in_shardings=(state_sharding, self.batch_sharding),
-                out_shardings=(state_sharding, self.replicated),
-                donate_argnums=0,
-            )
-        return _keeping_frozen(train_step, state_sharding, self.batch_sharding, self.replicated)
+        if getattr(state, "frozen", None) is not None:
+            return _keeping_frozen(train_step, state_sharding, self.batch_sharding, self.per_device)
+        return jax.jit(
+            self.per_device(train_step, 1),
+            in_shardings=(state_sharding, self.batch_sharding),
+            out_shardings=(state_sharding, self.replicated),
+            donate_argnums=0,
+        )
+
+    def per_device(self, step: Callable, num_replicated: int) -> Callable:
+        """`step(*replicated, batch)`, under shard_map where the step runs per device: every
+        device gets the replicated arguments whole and its slice of the batch, and returns
+        the same state and (averaged) metrics, taken as replicated."""
+        if not self.shard_map_step:
+            return step
+        return jax.shard_map(
+            step,
+            mesh=self.mesh,
+            in_specs=(P(),) * num_replicated + (P((DATA_AXIS, FSDP_AXIS)),),
+            out_specs=P(),
+            check_vma=False,
+        )
 
     def compile_eval(self, fn: Callable) -> Callable:
         """Compile `fn(state, batch, *replicated_args)`; evals always run under jit."""
@@ -307,7 +339,7 @@ class Placement:
         return jax.tree.map(lambda x: x[0], metrics) if self.backend == "pmap" else metrics
 
 
-def _keeping_frozen(train_step: Callable, state_sharding, batch_sharding, replicated) -> Callable:
+def _keeping_frozen(train_step: Callable, state_sharding, batch_sharding, per_device) -> Callable:
     """The compiled step of a state with a `frozen` field (params of earlier runs that the step
     reads and never changes: train/latent_diffusion.py): the rest of the state is donated, the
     frozen arrays are passed beside it and handed back as they were. Donating arrays that the
@@ -321,9 +353,9 @@ def _keeping_frozen(train_step: Callable, state_sharding, batch_sharding, replic
         return state.replace(frozen=None), metrics
 
     compiled = jax.jit(
-        step,
+        per_device(step, 2),
         in_shardings=(rest_sharding, frozen_sharding, batch_sharding),
-        out_shardings=(rest_sharding, replicated),
+        out_shardings=(rest_sharding, NamedSharding(batch_sharding.mesh, P())),
         donate_argnums=0,
     )
 

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from orbax.checkpoint._src.serialization import replica_slices
 
 from jaxgen import checkpoint, checksums, parallel
 from jaxgen.config import base_config
@@ -53,6 +54,29 @@ def test_round_trip_is_exact(tmp_path, async_save):
     loader = checkpoint.Checkpointer(str(tmp_path), ckpt_config())
     restored, data_state, step = loader.restore(where.abstract_state(jax.eval_shape(make_state)))
     assert step == 7 and data_state == {"train": {"next_index": 3}}
+    assert_equal_trees(restored, state)
+
+
+def test_a_cpu_save_writes_replicated_arrays_whole_without_slice_programs(tmp_path, monkeypatch):
+    """Orbax's replica-parallel save slices each replicated array over its 4 devices, one
+    compiled slice program per shape and device; on CPU jaxgen saves from one replica."""
+    sliced = []
+    real = replica_slices.jax.lax.slice_in_dim
+    monkeypatch.setattr(
+        replica_slices.jax.lax, "slice_in_dim", lambda *a, **k: sliced.append(a) or real(*a, **k)
+    )
+
+    def make():  # an array whose rows split evenly over 4 replicas
+        return make_state() | {"table": jnp.arange(256, dtype=jnp.float32).reshape(16, 16)}
+
+    state = jax.device_put(make(), placement(4).replicated)
+    saver = checkpoint.Checkpointer(str(tmp_path), ckpt_config())
+    saver.save(1, state, {})
+    saver.close()
+    assert sliced == []
+    restored, _, _ = checkpoint.Checkpointer(str(tmp_path), ckpt_config()).restore(
+        placement(4).abstract_state(jax.eval_shape(make))
+    )
     assert_equal_trees(restored, state)
 
 

@@ -2,17 +2,23 @@
 a changed config on resume, Ctrl-C (once and twice), signals during start-up, a full disk at
 every write of a run, and the bad inputs that used to give tracebacks."""
 
+import gc
 import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxgen import cli, parallel
 from jaxgen.data import sources
 from jaxgen.data.errors import DataError
+from jaxgen.train import loop
 from tests.e2e import (
     LONG,
     SMOKE,
@@ -25,7 +31,7 @@ from tests.e2e import (
     stderr_lines,
     wait_for,
 )
-from tests.helpers import ROOT
+from tests.helpers import ROOT, load_config
 
 ARGS = [f"--config={SMOKE}", "--config.train.sample_every=10", "--config.train.eval_every=10"]
 
@@ -262,6 +268,34 @@ def stderr_lines_of(text):
     return [line for line in text.splitlines() if line.strip()]
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_landing_in_a_gc_callback_still_stops(signum, capsys):
+    """A signal whose handler runs inside a gc callback (jax registers one) raises Stopped
+    there, where Python prints "Exception ignored in ..." and carries on: cli sends it again,
+    and it stops the main thread after the collection, with nothing printed."""
+    landed = []
+
+    def callback(phase, info):
+        if phase == "start" and not landed:
+            landed.append(phase)
+            signal.raise_signal(signum)  # its handler runs inside this callback
+
+    saved = [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)], sys.unraisablehook
+    gc.callbacks.append(callback)
+    try:
+        cli.stop_on_signals()
+        with pytest.raises(cli.Stopped) as stop:
+            gc.collect()
+            time.sleep(5)  # the signal is sent again after 50 ms and interrupts the sleep
+        assert landed == ["start"] and stop.value.signum == signum
+        assert "Exception ignored" not in capsys.readouterr().err
+    finally:
+        gc.callbacks.remove(callback)
+        for s, handler in zip((signal.SIGTERM, signal.SIGINT), saved[0], strict=True):
+            signal.signal(s, handler)
+        sys.unraisablehook = saved[1]
+
+
 # --- bad inputs that gave a traceback or a wrong answer ---
 
 
@@ -348,3 +382,37 @@ def test_an_unprepared_catalog_dataset_offline_fails_in_seconds(monkeypatch, tmp
         sources._check_online("cifar10", builder, tmp_path)
     assert time.time() - started < 1
     assert sources._reachable("localhost", 0.5) is not None  # nothing listens on 443 here
+
+
+def test_the_loop_keeps_few_steps_in_flight(tmp_path, monkeypatch):
+    """XLA's CPU collectives abort the process with a few hundred data-parallel steps queued
+    (a GPT :cpu run with log_every=2000 did): the loop waits for the step dispatched
+    MAX_STEPS_IN_FLIGHT steps before, even when nothing else syncs. Here each step ends
+    with ~20 ms of matmuls, so an unbounded host would queue every step."""
+    config = load_config("configs/gpt/shakespeare_char.py", "smoke")
+    config.train.num_steps = 40
+    for name in ("log_every", "eval_every", "ckpt_every", "sample_every"):
+        config.train[name] = 40
+    real = parallel.Placement.compile_train_step
+    outputs, queued = [], []
+
+    def delay(step):  # step, after work that XLA cannot skip
+        x = jax.lax.fori_loop(0, 40, lambda i, x: jnp.tanh(x @ x), jnp.ones((128, 128)) / 128)
+        return step + (jnp.sum(x) > 1e30).astype(step.dtype)
+
+    def slow_step(self, train_step, state):
+        step = real(self, train_step, state)
+        slow = jax.jit(delay)
+
+        def run(state, batch):
+            queued.append(sum(not leaf.is_ready() for leaf in outputs))
+            state, metrics = step(state, batch)
+            outputs.append(metrics["loss"])
+            return state.replace(step=slow(state.step)), metrics
+
+        return run
+
+    monkeypatch.setattr(parallel.Placement, "compile_train_step", slow_step)
+    loop.train(config, str(tmp_path))
+    assert len(queued) == 40
+    assert 2 <= max(queued) <= loop.MAX_STEPS_IN_FLIGHT, queued

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import pytest
 from jaxgen import parallel
 from jaxgen.data import DatasetInfo
 from jaxgen.train import vae
+from jaxgen.train.gradients import pmean_flat
 from tests.helpers import ROOT, vae_smoke_config
 
 INFO = DatasetInfo(image_shape=(28, 28, 1), num_classes=10, num_examples={"train": 64, "test": 64})
@@ -29,15 +31,21 @@ def binary_batches(num, batch_size, seed=0):
 
 
 def train_params(
-    backend: str, devices: int, microbatches: int = 1, num_steps: int = 4, fsdp: int = 1
+    backend: str,
+    devices: int,
+    microbatches: int = 1,
+    num_steps: int = 4,
+    fsdp: int = 1,
+    per_device_step: bool = False,
 ):
     config = vae_smoke_config()
     config.mesh.backend, config.mesh.data, config.mesh.fsdp = backend, devices // fsdp, fsdp
     config.train.microbatches = microbatches
     config.train.batch_size = 32
     parallel.check_config(config)
-    placement = parallel.Placement(config.mesh)
+    placement = parallel.Placement(config.mesh, per_device_step)
     assert placement.num_devices == devices
+    assert placement.shard_map_step == (per_device_step and backend == "jit" and devices > 1)
     steps = vae.make_steps(config, INFO, placement.axis_name)
     init_steps = vae.make_steps(config, INFO, None)
     batches = binary_batches(num_steps, config.train.batch_size)
@@ -67,12 +75,60 @@ def test_four_devices_are_available():
     assert jax.device_count() == 4, "tests/conftest.py should give 4 fake CPU devices"
 
 
-@pytest.mark.parametrize("backend,devices", [("jit", 4), ("pmap", 4), ("pmap", 1)])
-def test_device_count_and_backend_do_not_change_training(backend, devices):
+@pytest.mark.parametrize(
+    "backend,devices,per_device_step",
+    [("jit", 4, False), ("jit", 4, True), ("pmap", 4, False), ("pmap", 1, False)],
+)
+def test_device_count_and_backend_do_not_change_training(backend, devices, per_device_step):
     reference, reference_losses = train_params("jit", 1)
-    params, losses = train_params(backend, devices)
+    params, losses = train_params(backend, devices, per_device_step=per_device_step)
     np.testing.assert_allclose(losses, reference_losses, rtol=1e-5)
     assert_trees_close(params, reference, atol=2e-6)
+
+
+def all_reduces(placement, steps, batch):
+    """The result shapes of the all-reduces in the compiled train step."""
+    state = placement.compile_init(vae.make_steps(vae_smoke_config(), INFO, None).init)(
+        jax.random.PRNGKey(0), batch
+    )
+    step = placement.compile_train_step(steps.train_step, state)
+    text = step.lower(placement.put_state(state), placement.put_batch(batch)).compile().as_text()
+    lines = [line for line in text.splitlines() if " all-reduce(" in line]
+    return [line.split(" = ", 1)[1].split(" all-reduce(")[0] for line in lines]
+
+
+@pytest.mark.parametrize("per_device_step", [False, True])
+def test_the_per_device_step_averages_gradients_in_one_flat_all_reduce(per_device_step):
+    """On a CPU split the per-device step all-reduces one float32 vector holding every
+    gradient and metric (pmean_flat); XLA's partitioner all-reduces a tuple of the leaves."""
+    config = vae_smoke_config()
+    config.train.batch_size = 32
+    placement = parallel.Placement(config.mesh, per_device_step)
+    steps = vae.make_steps(config, INFO, placement.axis_name)
+    batch = binary_batches(1, 32)[0]
+    shapes = all_reduces(placement, steps, placement.put_batch(batch, "jit"))
+    params = jax.eval_shape(steps.init, jax.random.PRNGKey(0), batch).params
+    size = sum(leaf.size for leaf in jax.tree.leaves(params))
+    if per_device_step:
+        assert len(shapes) == 1 and re.fullmatch(r"f32\[(\d+)\]\{0\}", shapes[0]), shapes
+        assert int(shapes[0][4:].split("]")[0]) > size  # the gradients and the metrics
+    else:
+        assert len(shapes) >= 1 and shapes[0].startswith("("), shapes  # a tuple of leaves
+
+
+def test_pmean_flat_is_the_pmean_of_every_leaf():
+    tree = {
+        "a": np.arange(24, dtype=np.float32).reshape(4, 2, 3),
+        "b": np.arange(8, dtype=np.int32).reshape(4, 2),
+        "c": np.linspace(0, 1, 4, dtype=np.float32),
+        "d": np.ones((4, 5), np.float16),
+    }
+    flat = jax.pmap(lambda t: pmean_flat(t, "i"), axis_name="i")(tree)
+    plain = jax.pmap(lambda t: jax.lax.pmean(t, "i"), axis_name="i")(tree)
+    for key in tree:
+        assert flat[key].dtype == plain[key].dtype and flat[key].shape == plain[key].shape
+        np.testing.assert_array_equal(flat[key], plain[key], err_msg=key)
+    np.testing.assert_allclose(flat["a"][0], tree["a"].mean(0))  # NumPy: the mean over devices
 
 
 def test_params_move():

@@ -43,7 +43,7 @@ def get_config(arg: str = "") -> ConfigDict:
     config.model.dropout = 0.2  # the model overfits the 1M characters without it
     config.model.bias = False  # nanoGPT's default: a little faster, a little better
     config.model.position = "learned"  # "rope": rotary embeddings (Su et al. 2021)
-    config.model.attention = "auto"  # cuDNN flash attention on GPU in bf16, XLA elsewhere
+    config.model.attention = "auto"  # cuDNN flash on GPU in bf16; explicit softmax on CPU; else XLA
     config.model.layer_norm_epsilon = 1e-5  # GPT-2's and nanoGPT's
     if "rope" in args:
         config.model.position = "rope"

@@ -11,8 +11,9 @@ head tied to the token embedding; learned absolute positions (GPT-2) or rotary o
 N(0, 0.02 / sqrt(2 * num_layers)), zero biases.
 
 Attention goes through `jax.nn.dot_product_attention` (cuDNN flash kernels on GPU in bf16, XLA
-elsewhere); "einsum" picks the explicit softmax (the same maths; on CPU within noise of the XLA
-path, benchmarks/README.md). Attention dropout, which that function does not do, uses the
+elsewhere) or, on CPU and with "einsum", the explicit softmax (the same maths; on CPU 0.93x the
+step time of the XLA path, benchmarks/README.md). The q/k/v and output projections keep
+DenseGeneral's parameters but run as 2-D dots (FlatDense). Attention dropout, which that function does not do, uses the
 explicit softmax path; nanoGPT applies it too (`dropout_p` of its flash call), so dropout > 0
 trains the same model.
 
@@ -77,10 +78,46 @@ def rotate(x: jax.Array, positions: jax.Array) -> jax.Array:
 
 
 def _attention_impl(choice: str, dtype: Any) -> str | None:
+    """ "auto": cuDNN's flash kernels on GPU in bf16/fp16, the explicit softmax on CPU (0.93x
+    the step time of XLA's path for the GPT :cpu config, benchmarks/README.md), else XLA."""
     if choice == "auto":
-        fast = jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
+        backend = jax.default_backend()
+        if backend == "cpu":
+            return "einsum"
+        fast = backend == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
         return "cudnn" if fast else "xla"
     return choice
+
+
+class FlatDense(nn.Module):
+    """nn.DenseGeneral over the last `in_dims` axes, with its parameters (shapes, names and
+    initialisation, bit for bit), computed as one 2-D dot [rows, in] x [in, out] and returned
+    2-D. On CPU a plain 2-D dot and its weight gradient skip the transposed copies of the n-D
+    form, and slicing its output (q, k, v) transposes to a concatenation, not pads and adds
+    of the whole tensor (benchmarks/README.md)."""
+
+    features: tuple[int, ...]
+    in_dims: int = 1
+    use_bias: bool = True
+    kernel_init: Any = nn.initializers.lecun_normal()
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        in_shape = x.shape[x.ndim - self.in_dims :]
+        fan_in, fan_out = math.prod(in_shape), math.prod(self.features)
+
+        def kernel_init(rng, shape, dtype):  # DenseGeneral draws the flat [in, out] matrix
+            return self.kernel_init(rng, (fan_in, fan_out), dtype).reshape(shape)
+
+        kernel = self.param("kernel", kernel_init, in_shape + self.features, self.param_dtype)
+        bias = None
+        if self.use_bias:
+            bias = self.param("bias", nn.initializers.zeros, self.features, self.param_dtype)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = x.reshape(-1, fan_in) @ kernel.reshape(fan_in, fan_out)
+        return y if bias is None else y + bias.reshape(fan_out)
 
 
 class CausalSelfAttention(nn.Module):
@@ -104,13 +141,16 @@ class CausalSelfAttention(nn.Module):
         batch, steps, width = x.shape
         head_dim = width // self.num_heads
         dense = dict(dtype=self.dtype, param_dtype=self.param_dtype, use_bias=self.bias)
-        qkv = nn.DenseGeneral(
+        qkv = FlatDense(
             (3, self.num_heads, head_dim),
             kernel_init=nn.initializers.normal(0.02),
             name="qkv",
             **dense,
-        )(x)  # [B, T, 3, heads, head_dim]
-        query, key, value = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        )(x)  # [B * T, 3 * C]
+        query, key, value = (
+            part.reshape(batch, steps, self.num_heads, head_dim)
+            for part in jnp.split(qkv, 3, axis=-1)
+        )
         if self.position == "rope":
             query, key = rotate(query, positions), rotate(key, positions)
 
@@ -147,13 +187,13 @@ class CausalSelfAttention(nn.Module):
                 else "xla",
             )  # [B, T, heads, head_dim]
         residual_std = 0.02 / math.sqrt(2 * self.num_layers)
-        y = nn.DenseGeneral(
-            width,
-            axis=(-2, -1),
+        y = FlatDense(
+            (width,),
+            in_dims=2,
             kernel_init=nn.initializers.normal(residual_std),
             name="proj",
             **dense,
-        )(y)
+        )(y).reshape(batch, steps, width)
         return nn.Dropout(self.dropout)(y, deterministic=not train), new_kv
 
 

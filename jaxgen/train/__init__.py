@@ -78,6 +78,12 @@ class Family(NamedTuple):
         comes from config.model), which config.loss.kw therefore must not set.
     write_sample(config, name, array, stem) -> path: writes one output of Steps.sample
         (host array) to a file named `stem` plus an extension. Default: an image grid PNG.
+    sample_tag(sample_config) -> str: the end of the file names experiments.sample writes.
+        Default: _seed<S>; a family adds the settings that would otherwise overwrite a file.
+    per_device_step: make_steps(config, info, axis_name) gives a step that each device can
+        run on its slice of the batch, averaging gradients over the axis (pmap, and the jit
+        step on a multi-device CPU: parallel.Placement). False for a loss that couples the
+        whole batch (CLIP's contrastive loss), which then runs under jit only.
     """
 
     validate: Callable[[ConfigDict, Any], None]
@@ -86,6 +92,8 @@ class Family(NamedTuple):
     loss_keywords: tuple[str, ...] = ()
     passed_loss_keywords: tuple[str, ...] = ()
     write_sample: Callable[[ConfigDict, str, Any, str], str] = samples.write_image_grid
+    sample_tag: Callable[[ConfigDict], str] = lambda sample: f"_seed{sample.seed}"
+    per_device_step: bool = True
 
 
 def get_family(name: str) -> Family:

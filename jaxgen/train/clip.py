@@ -87,4 +87,4 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
     )
 
 
-FAMILIES.register("clip")(Family(validate, make_steps, losses=losses.LOSSES))
+FAMILIES.register("clip")(Family(validate, make_steps, losses=losses.LOSSES, per_device_step=False))

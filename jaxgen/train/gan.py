@@ -45,7 +45,7 @@ from jaxgen.parallel import example_rngs, num_data_devices
 from jaxgen.sampling import gan as sampling
 from jaxgen.train import FAMILIES, Family, Steps
 from jaxgen.train import state as train_state
-from jaxgen.train.gradients import split_microbatches
+from jaxgen.train.gradients import pmean_flat, split_microbatches
 
 PyTree = Any
 PLAYERS = ("generator", "discriminator")
@@ -246,7 +246,7 @@ def discriminator_update(carry, inputs, *, g_params, g_state, setup: Setup):
     loss_of = functools.partial(discriminator_loss, setup=setup)
     grads, (metrics, d_state) = jax.grad(loss_of, has_aux=True)(d_params, d_state, real, fake)
     if setup.axis_name is not None:
-        grads, metrics = jax.lax.pmean((grads, metrics), setup.axis_name)
+        grads, metrics = pmean_flat((grads, metrics), setup.axis_name)
     metrics["d_grad_norm"] = optax.global_norm(grads)
     d_params, d_opt_state = train_state.optimizer_update(
         setup.optimizers["discriminator"].transform, d_params, d_opt_state, grads
@@ -304,7 +304,7 @@ def generator_update(state: GANState, batch_size: int, *, setup: Setup):
         state.params["generator"], state.model_state["generator"], z, fake_label
     )
     if setup.axis_name is not None:
-        grads, metrics = jax.lax.pmean((grads, metrics), setup.axis_name)
+        grads, metrics = pmean_flat((grads, metrics), setup.axis_name)
     metrics["g_grad_norm"] = optax.global_norm(grads)
     optimizer = setup.optimizers["generator"]
     metrics["g_lr"] = optimizer.lr(state.step)

@@ -389,5 +389,11 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
 
 
 FAMILIES.register("latent_diffusion")(
-    Family(validate, make_steps, losses=losses.LOSSES, write_sample=sampling.write_prompt_images)
+    Family(
+        validate,
+        make_steps,
+        losses=losses.LOSSES,
+        write_sample=sampling.write_prompt_images,
+        sample_tag=sampling.file_tag,
+    )
 )

@@ -6,6 +6,7 @@ signals); the family supplies only pure functions (jaxgen.train.Steps).
 Metrics are fetched from the device once per `log_every` steps.
 """
 
+import collections
 import logging
 import os
 import signal
@@ -62,6 +63,12 @@ def _check_writable(workdir: str) -> None:
 class Interrupted(Exception):
     """Ctrl-C (SIGINT) stopped training after the current step was saved; exit 130."""
 
+
+# Steps dispatched and not yet finished, at most. With tens of data-parallel steps queued,
+# XLA's CPU collectives can abort the process (a rendezvous timeout): a GPT :cpu run with
+# log_every=2000 did, and tests/test_loop_faults.py's slow step with 40. Four keep the host
+# ahead of the devices (2 and 10 measured the same step time).
+MAX_STEPS_IN_FLIGHT = 4
 
 CHECKPOINT_NOTE = (
     "the latest committed checkpoint is kept whole (an unfinished save is only a tmp folder, "
@@ -143,7 +150,7 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
     """Train (or resume) in `workdir`; returns the final state (global, replicated)."""
     info = info or check(config, workdir)
     family = get_family(config.family)
-    placement = parallel.Placement(config.mesh)
+    placement = parallel.Placement(config.mesh, family.per_device_step)
     steps = family.make_steps(config, info, placement.axis_name)
     jit_steps = steps if placement.axis_name is None else family.make_steps(config, info, None)
     changes = _start_workdir(config, workdir)  # before anything is written
@@ -187,6 +194,7 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
     every = {name: config.train[name] for name in INTERVALS}
     num_steps = config.train.num_steps
     window_start, window_time = start - len(window), time.perf_counter()
+    in_flight = collections.deque()  # the metrics of the steps dispatched last
     bar = tqdm(
         total=num_steps,
         initial=start,
@@ -205,6 +213,9 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
                 batch = placement.put_batch(host_batch)
                 state, step_metrics = train_step(state, batch)
                 window.append(placement.first_metrics(step_metrics))
+                in_flight.append(step_metrics)
+                if len(in_flight) > MAX_STEPS_IN_FLIGHT:
+                    jax.block_until_ready(in_flight.popleft())
                 done = step + 1
                 bar.update(1)
                 due = {
