@@ -217,7 +217,7 @@ class Placement:
     CPU split into several devices the jit backend runs it per device inside jax.shard_map,
     averaging gradients with one all-reduce of a flat vector (train/gradients.py pmean_flat),
     instead of the all-reduce of every gradient leaf that XLA's partitioner inserts: XLA's CPU
-    collectives meet once per buffer, which cost the GPT :cpu step ~10% (benchmarks/README.md).
+    collectives meet once per buffer, which cost the GPT :cpu step 12% (benchmarks/README.md).
     Arrays stay global and the update is the same. On GPU/TPU XLA overlaps its all-reduces
     with the backward pass, so they stay.
     """
