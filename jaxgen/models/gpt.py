@@ -13,9 +13,9 @@ N(0, 0.02 / sqrt(2 * num_layers)), zero biases.
 Attention goes through `jax.nn.dot_product_attention` (cuDNN flash kernels on GPU in bf16, XLA
 elsewhere) or, on CPU and with "einsum", the explicit softmax (the same maths; on CPU 0.93x the
 step time of the XLA path, benchmarks/README.md). The q/k/v and output projections keep
-DenseGeneral's parameters but run as 2-D dots (FlatDense). Attention dropout, which that function does not do, uses the
-explicit softmax path; nanoGPT applies it too (`dropout_p` of its flash call), so dropout > 0
-trains the same model.
+DenseGeneral's parameters but run as 2-D dots (FlatDense). Attention dropout, which that
+function does not do, uses the explicit softmax path; nanoGPT applies it too (`dropout_p` of
+its flash call), so dropout > 0 trains the same model.
 
 Decoding with a cache: rows may be left-padded (prompts of different lengths in one batch);
 `cache.start[b]` is the first real slot of row b, positions count from there and keys before it
@@ -78,8 +78,9 @@ def rotate(x: jax.Array, positions: jax.Array) -> jax.Array:
 
 
 def _attention_impl(choice: str, dtype: Any) -> str | None:
-    """ "auto": cuDNN's flash kernels on GPU in bf16/fp16, the explicit softmax on CPU (0.93x
-    the step time of XLA's path for the GPT :cpu config, benchmarks/README.md), else XLA."""
+    """The implementation of `choice`; for "auto", cuDNN's flash kernels on GPU in bf16/fp16,
+    the explicit softmax on CPU (0.93x the step time of XLA's path for the GPT :cpu config,
+    benchmarks/README.md), else XLA."""
     if choice == "auto":
         backend = jax.default_backend()
         if backend == "cpu":
