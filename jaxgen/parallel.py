@@ -305,7 +305,7 @@ class Placement:
             return jax.pmap(train_step, axis_name=DATA_AXIS, donate_argnums=0)
         state_sharding = self.state_shardings(state)
         if getattr(state, "frozen", None) is not None:
-            return _keeping_frozen(train_step, state_sharding, self.batch_sharding, self.per_device)
+            return _keeping_frozen(train_step, state_sharding, self)
         return jax.jit(
             self.per_device(train_step, 1),
             in_shardings=(state_sharding, self.batch_sharding),
@@ -339,7 +339,7 @@ class Placement:
         return jax.tree.map(lambda x: x[0], metrics) if self.backend == "pmap" else metrics
 
 
-def _keeping_frozen(train_step: Callable, state_sharding, batch_sharding, per_device) -> Callable:
+def _keeping_frozen(train_step: Callable, state_sharding, placement: Placement) -> Callable:
     """The compiled step of a state with a `frozen` field (params of earlier runs that the step
     reads and never changes: train/latent_diffusion.py): the rest of the state is donated, the
     frozen arrays are passed beside it and handed back as they were. Donating arrays that the
@@ -353,9 +353,9 @@ def _keeping_frozen(train_step: Callable, state_sharding, batch_sharding, per_de
         return state.replace(frozen=None), metrics
 
     compiled = jax.jit(
-        per_device(step, 2),
-        in_shardings=(rest_sharding, frozen_sharding, batch_sharding),
-        out_shardings=(rest_sharding, NamedSharding(batch_sharding.mesh, P())),
+        placement.per_device(step, 2),
+        in_shardings=(rest_sharding, frozen_sharding, placement.batch_sharding),
+        out_shardings=(rest_sharding, placement.replicated),
         donate_argnums=0,
     )
 
