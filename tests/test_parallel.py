@@ -9,6 +9,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from jaxgen import parallel
 from jaxgen.data import DatasetInfo
@@ -129,6 +130,30 @@ def test_pmean_flat_is_the_pmean_of_every_leaf():
         assert flat[key].dtype == plain[key].dtype and flat[key].shape == plain[key].shape
         np.testing.assert_array_equal(flat[key], plain[key], err_msg=key)
     np.testing.assert_allclose(flat["a"][0], tree["a"].mean(0))  # NumPy: the mean over devices
+
+
+def test_pmean_flat_leaves_are_not_sliced_inside_the_fusions_that_read_them():
+    """The leaves' slices of the all-reduced vector stay out of their readers' fusions, so
+    leaves of one shape share compiled kernels (with the slices fused in, each reader was a
+    kernel of its own and the DDPM smoke step compiled 1.6x longer)."""
+    mesh = jax.make_mesh((4,), ("i",))
+    tree = [np.full((3, 5), float(i), np.float32) for i in range(6)]
+
+    def update(tree):
+        return [2.0 * leaf + 1.0 for leaf in pmean_flat(tree, "i")]
+
+    fn = jax.jit(jax.shard_map(update, mesh=mesh, in_specs=P(), out_specs=P(), check_vma=False))
+    text = fn.lower(tree).compile().as_text()
+    entry = text[text.index("\nENTRY ") :]
+    entry = entry[: entry.index("\n}")]
+    called = re.findall(r" fusion\(.*calls=(%[\w.-]+)", entry)
+    assert len(called) >= len(tree), entry  # each leaf's update is a fusion of the entry
+    for name in called:
+        body = text[text.index(f"\n{name} ") :]
+        body = body[: body.index("\n}")]
+        assert " slice(" not in body, body
+    for got, leaf in zip(fn(tree), tree, strict=True):
+        np.testing.assert_array_equal(got, 2.0 * leaf + 1.0)
 
 
 def test_params_move():
