@@ -639,3 +639,36 @@ def test_check_config_accepts_ours_and_the_catalog(name):
 def test_make_iterator_rejects_unknown_split(mnist_config):
     with pytest.raises(ConfigError, match="split: cannot read split .validation. of mnist"):
         make_iterator(mnist_config, "validation", 128, 0, train=True)
+
+
+class _CountingSource:
+    """A list of records that remembers which keys were read."""
+
+    def __init__(self, records):
+        self.records, self.read = records, []
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitems__(self, keys):
+        self.read.extend(keys)
+        return [self.records[k] for k in keys]
+
+
+def test_an_in_memory_split_decodes_each_example_once_on_first_read():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (50, 4, 4, 1), dtype=np.uint8)
+    source = _CountingSource([{"image": image, "label": i % 10} for i, image in enumerate(images)])
+    # Host 1 of 2 holds examples 1, 3, 5, ...: positions 0..24.
+    reader = sources.SplitReader(source, (4, 4, 1), "toy/train", 1, 2)
+    assert reader.in_memory and sorted(source.read) == [1, 49]  # first and last, on open
+    positions = np.array([7, 3, 7, 20])
+    got, labels = reader.read(positions)
+    np.testing.assert_array_equal(got, images[1 + 2 * positions])
+    np.testing.assert_array_equal(labels, (1 + 2 * positions) % 10)
+    assert sorted(source.read) == [1, 7, 15, 41, 49]  # each new example once
+    reader.read(np.array([3, 0, 24]))
+    assert sorted(source.read) == [1, 7, 15, 41, 49]  # nothing read again
+    everything, _ = reader.read(np.arange(25))
+    np.testing.assert_array_equal(everything, images[1::2])
+    assert sorted(source.read) == list(range(1, 50, 2))
