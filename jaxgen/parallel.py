@@ -363,4 +363,8 @@ def _keeping_frozen(train_step: Callable, state_sharding, placement: Placement) 
         rest, metrics = compiled(state.replace(frozen=None), state.frozen, batch)
         return rest.replace(frozen=state.frozen), metrics
 
+    def lower(state, batch):  # as jit's, for compiling ahead (train/ahead.py)
+        return compiled.lower(state.replace(frozen=None), state.frozen, batch)
+
+    keeping_frozen.lower = lower
     return keeping_frozen

@@ -94,17 +94,25 @@ class DatasetAverage:
         self.step = placement.compile_eval(make_step(entry))
         self.rng = jax.random.PRNGKey(config.seed + 1)  # the same noise at every evaluation
 
-    def __call__(self, state: Any) -> dict[str, float]:
+    def compile_ahead(self, state: Any, ahead: Any) -> None:
+        """Compile the eval step for `state` (abstract) and the first batch (train/ahead.py)."""
+        batch = self.placement.put_batch(next(iter(self._batches())), backend="jit")
+        ahead.compile(self.step, state, batch, jax.random.fold_in(self.rng, 0))
+
+    def _batches(self):
         entry = self.entry
-        iterator = data.make_iterator(
+        return data.make_iterator(
             self.config.data,
             entry.get("split", self.config.data.eval_split),
             entry.batch_size,
             self.config.seed,
             train=False,
         )
+
+    def __call__(self, state: Any) -> dict[str, float]:
+        entry = self.entry
         totals, seen = None, 0
-        for index, host_batch in enumerate(iterator):
+        for index, host_batch in enumerate(self._batches()):
             batch = self.placement.put_batch(host_batch, backend="jit")
             sums = self.step(state, batch, jax.random.fold_in(self.rng, index))
             totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
@@ -144,6 +152,14 @@ def build(config: ConfigDict, steps: Any, placement: Placement) -> dict[str, Cal
                 message = str(error).replace("config.evals.<name>", f"config.evals.{name}")
                 raise ConfigError(message) from error
     return evaluators
+
+
+def compile_ahead(evaluators: dict[str, Callable], state: Any, ahead: Any) -> None:
+    """Start compiling the evaluators that can for `state` (abstract; train/ahead.py); the
+    others compile at their first evaluation."""
+    for evaluator in evaluators.values():
+        if hasattr(evaluator, "compile_ahead"):
+            evaluator.compile_ahead(state, ahead)
 
 
 def run(evaluators: dict[str, Callable], state: Any) -> dict[str, float]:

@@ -23,6 +23,7 @@ from jaxgen import checkpoint, data, metrics, parallel, runs
 from jaxgen.config import ConfigDict, ConfigError, load_workdir_config
 from jaxgen.runs import INTERVALS
 from jaxgen.train import get_family
+from jaxgen.train.ahead import Ahead
 from jaxgen.train.writer import MetricWriter
 from jaxgen.workdir import check_resume, describe, has_checkpoint, record_changes, write_atomic
 
@@ -158,14 +159,15 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
     train_iter = data.make_iterator(
         config.data, config.data.train_split, config.train.batch_size, config.seed, train=True
     )
-    sample_batch = runs.first_eval_batch(config, config.sample.num_samples)
+    sample_host = runs.first_eval_batch(config, config.sample.num_samples)
     rng = jax.random.PRNGKey(config.seed)
     init = placement.compile_init(jit_steps.init)
-    abstract = placement.abstract_state(jax.eval_shape(jit_steps.init, rng, sample_batch))
+    abstract = placement.abstract_state(jax.eval_shape(jit_steps.init, rng, sample_host))
 
     ckpt = checkpoint.Checkpointer(workdir, config.ckpt)
     window = []  # per-step metrics since the last train row
-    if ckpt.latest_step() is not None:
+    resumed, params = ckpt.latest_step() is not None, None
+    if resumed:
         state, data_state, start = ckpt.restore(abstract)
         train_iter.set_state(data_state["train"])
         window = window_from_json(data_state.get("window", []))
@@ -174,22 +176,34 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
             log.info("config changes from config.json: %s", describe(changes))
             record_changes(workdir, start, changes)
     else:
-        state, start = init(rng, sample_batch), 0
-        if jit_steps.setup is not None:  # e.g. the frozen params of earlier stages
-            state = jit_steps.setup(state)
-        if config.init_from:
+        start = 0
+        if config.init_from:  # read (and checked against this model) before compiling
             log_file = os.path.join(workdir, checkpoint.LOG_FILE)
             params = checkpoint.restore_params(config.init_from, abstract.params, log_file)
-            state = start_from_params(state, params)
-            log.info("params from %s", config.init_from)
+    writer = MetricWriter(workdir, start)
 
     evaluators = metrics.build(config, jit_steps, placement)
     sample = placement.compile_eval(jit_steps.sample)
     sample_rng = jax.random.PRNGKey(config.sample.seed)
-    sample_batch = placement.put_batch(sample_batch, backend="jit")
-    writer = MetricWriter(workdir, start)
-    train_step = placement.compile_train_step(steps.train_step, state)
-    state = placement.put_state(state)
+    sample_batch = placement.put_batch(sample_host, backend="jit")
+    train_step = placement.compile_train_step(steps.train_step, abstract)
+    first_batch = None
+    with Ahead() as ahead:
+        if start < config.train.num_steps:
+            first_batch = next(train_iter)  # the first step's, for compiling the step ahead
+            if placement.backend == "jit":  # pmap compiles for per-device shapes when called
+                ahead.compile(train_step, abstract, placement.put_batch(first_batch))
+            ahead.compile(sample, abstract, sample_batch, sample_rng)
+            metrics.compile_ahead(evaluators, abstract, ahead)
+        if not resumed:  # init compiles here meanwhile
+            state = init(rng, sample_host)
+            if jit_steps.setup is not None:  # e.g. the frozen params of earlier stages
+                state = jit_steps.setup(state)
+            if params is not None:
+                state = start_from_params(state, params)
+                log.info("params from %s", config.init_from)
+        state = placement.put_state(state)
+        ahead.wait()
 
     every = {name: config.train[name] for name in INTERVALS}
     num_steps = config.train.num_steps
@@ -207,7 +221,7 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
     with _Preemption() as preemption:
         try:
             for step in range(start, num_steps):
-                host_batch = next(train_iter)
+                host_batch = next(train_iter) if step > start else first_batch
                 if step + 1 == config.train.fault_nan_step:
                     host_batch = _poison(host_batch)
                 batch = placement.put_batch(host_batch)
