@@ -1,11 +1,11 @@
 """Compiling a run's programs side by side, before its first step.
 
 XLA compiles one program on one thread, and a run's train step, eval steps and sampler are
-independent programs: the loop compiles them on worker threads while its own thread runs init
-(compiling that too) and sets up the rest. jit keeps what `lower(...).compile()` built, so the
-first real call of each runs at once. On the 2-core CPU with an empty compilation cache the
-DDPM smoke run took 0.73x the wall time of compiling them one after the other
-(benchmarks/README.md).
+independent programs: the loop compiles the train step on a worker thread while its own
+thread compiles init and then the eval steps and the sampler. jit keeps what
+`lower(...).compile()` built, so the first real call of each runs at once. On the 2-core CPU
+with an empty compilation cache the DDPM smoke run took 0.73x the wall time of compiling
+them one after the other (benchmarks/README.md).
 
 Compiling ahead only saves time: a program whose ahead compile fails (or was given other
 shapes than its real call) compiles again at its first call, which raises the error there.
