@@ -373,11 +373,27 @@ def test_late_errors_of_orbax_reads_go_to_the_log_not_the_console(tmp_path, monk
     assert seen == [other]
 
 
-@pytest.mark.parametrize("group_words", [1 << 26, 40])
-def test_state_checksums_are_the_leaf_checksums_in_groups(monkeypatch, group_words):
-    """checksums() sums groups of leaves in one program: the numbers stay leaf_checksum's for
-    every dtype, empty and scalar leaves, keys, sharded leaves, and groups split by size."""
+@pytest.mark.parametrize(
+    "where, group_words, chunk_words",
+    [
+        ("device", 1 << 26, 1 << 22),
+        ("device", 40, 1 << 22),
+        ("host", 1 << 26, 1 << 22),
+        ("host", 1 << 26, 7),
+    ],
+)
+def test_state_checksums_are_the_leaf_checksums(monkeypatch, where, group_words, chunk_words):
+    """checksums() sums leaves in host memory with NumPy in chunks, and the others in groups of
+    leaves in one device program: the numbers stay leaf_checksum's for every dtype, empty and
+    scalar leaves, keys, sharded leaves, groups split by size and chunks of a leaf."""
     monkeypatch.setattr(checksums, "_GROUP_WORDS", group_words)
+    monkeypatch.setattr(checksums, "_HOST_CHUNK_WORDS", chunk_words)
+    if where == "device":  # what a GPU's arrays take; CPU arrays are summed on the host
+        monkeypatch.setattr(checksums, "_host_words", lambda x: None)
+    device_leaves, groups = [], checksums._device_checksums
+    monkeypatch.setattr(
+        checksums, "_device_checksums", lambda xs: device_leaves.extend(xs) or groups(xs)
+    )
     rng = np.random.default_rng(1)
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:4]), ("data",))
     sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
@@ -393,6 +409,7 @@ def test_state_checksums_are_the_leaf_checksums_in_groups(monkeypatch, group_wor
         "big": jnp.asarray(rng.integers(0, 2**31, (61,)), jnp.uint32),
     }
     table = checksums.checksums(state, None)["state"]
+    assert len(device_leaves) == (len(state) if where == "device" else 0)
     for name, x in state.items():
         expected = [int(v) for v in checksums.leaf_checksum(x)]
         assert table[name][2:] == expected, name
