@@ -332,20 +332,11 @@ class Placement:
         return jax.jit(fn, out_shardings=self.replicated)
 
     def compile_init(self, init: Callable) -> Callable:
-        """Compile `init(rng, batch) -> state`; on CPU at INIT_COMPILER_OPTIONS (it runs once)."""
-        options = INIT_COMPILER_OPTIONS if jax.default_backend() == "cpu" else None
-        return jax.jit(init, out_shardings=self.replicated, compiler_options=options)
+        return jax.jit(init, out_shardings=self.replicated)
 
     def first_metrics(self, metrics: PyTree) -> PyTree:
         """Metrics of a pmap step carry a device axis (equal after pmean): drop it."""
         return jax.tree.map(lambda x: x[0], metrics) if self.backend == "pmap" else metrics
-
-
-# Init runs once per run, so its compile time is all it costs. On CPU, LLVM's optimisation
-# level 1 compiles the latent diffusion U-Net's init (one threefry loop per parameter) in ~0.65x the
-# time of the default level, and gives the same bits (tests/test_parallel.py); level 0 changed
-# some initial values.
-INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
 
 
 def _keeping_frozen(train_step: Callable, state_sharding, placement: Placement) -> Callable:
