@@ -109,7 +109,7 @@ def _num_words(x: Any) -> int:
 
 
 # Leaves in host memory (NumPy, or jax arrays on this process's CPU devices) are summed by
-# NumPy in chunks of this many words: no program to compile (a group's took ~1.7 s of every
+# NumPy in chunks of this many words: no program to compile (a group's took 0.8-1.8 s at every
 # cold CPU run's first checkpoint, and one more per earlier stage restored), no device copy.
 _HOST_CHUNK_WORDS = 1 << 22
 
