@@ -67,6 +67,51 @@ def test_ctrl_c_saves_the_step_and_raises_interrupted(uninterrupted, tmp_path, m
     assert comparable_metrics(tmp_path) == comparable_metrics(uninterrupted)
 
 
+def config_with_evals():
+    """Rows every step, and an eval, samples and a checkpoint every 10 steps."""
+    config = config_20_steps()
+    config.train.update(log_every=1, eval_every=10, sample_every=10)
+    return config
+
+
+def sample_files(workdir):
+    folder = workdir / "samples"
+    return {name: (folder / name).read_bytes() for name in sorted(os.listdir(folder))}
+
+
+def test_a_stop_at_an_eval_step_leaves_the_eval_and_samples_to_the_resumed_run(
+    tmp_path_factory, tmp_path, monkeypatch
+):
+    """SIGTERM seen at step 10, where an eval and samples are due: the run saves step 10 and
+    exits without them, and the resumed run writes them first. metrics.jsonl and the sample
+    files end up those of an uninterrupted run."""
+    reference = tmp_path_factory.mktemp("reference")
+    loop.train(config_with_evals(), str(reference))
+    signal_after_row(monkeypatch, signal.SIGTERM, at_step=9)  # read at the next step, 10
+    loop.train(config_with_evals(), str(tmp_path))
+    assert saved_steps(tmp_path) == [10]
+    assert [(r["step"], r["split"]) for r in comparable_metrics(tmp_path)][-2:] == [
+        (9, "train"),
+        (10, "train"),
+    ]
+    monkeypatch.undo()
+    loop.train(config_with_evals(), str(tmp_path))
+    assert comparable_metrics(tmp_path) == comparable_metrics(reference)
+    assert sample_files(tmp_path) == sample_files(reference)
+
+
+def test_a_resume_redoes_a_pending_eval_row_written_before_a_crash(tmp_path):
+    """Rows after the restored step go; at that step only the splits it redoes."""
+    rows = [(9, "train"), (10, "train"), (10, "eval"), (11, "train")]
+    (tmp_path / "metrics.jsonl").write_text(
+        "".join(f'{{"step": {step}, "split": "{split}"}}\n' for step, split in rows)
+    )
+    MetricWriter(str(tmp_path), 10, redo=("eval",)).close()
+    assert [(r["step"], r["split"]) for r in comparable_metrics(tmp_path)] == rows[:2]
+    MetricWriter(str(tmp_path), 9).close()
+    assert [(r["step"], r["split"]) for r in comparable_metrics(tmp_path)] == rows[:1]
+
+
 def test_a_partial_window_round_trips_through_json_in_its_dtype():
     window = [{"loss": np.float32(1.1), "n": np.int32(3)}, {"loss": np.float32(np.nan), "n": 0}]
     back = loop.window_from_json(loop.window_to_json(window))

@@ -166,11 +166,13 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
 
     ckpt = checkpoint.Checkpointer(workdir, config.ckpt)
     window = []  # per-step metrics since the last train row
+    pending = []  # the evals and samples due at the restored step that a stop skipped
     resumed, params = ckpt.latest_step() is not None, None
     if resumed:
         state, data_state, start = ckpt.restore(abstract)
         train_iter.set_state(data_state["train"])
         window = window_from_json(data_state.get("window", []))
+        pending = data_state.get("pending", [])
         log.info("resumed from step %d of %s", start, ckpt.directory)
         if changes and jax.process_index() == 0:
             log.info("config changes from config.json: %s", describe(changes))
@@ -180,7 +182,8 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
         if config.init_from:  # read (and checked against this model) before compiling
             log_file = os.path.join(workdir, checkpoint.LOG_FILE)
             params = checkpoint.restore_params(config.init_from, abstract.params, log_file)
-    writer = MetricWriter(workdir, start)
+    # Rows of a pending eval that an earlier resume wrote and then lost are written again.
+    writer = MetricWriter(workdir, start, redo=("eval",) if "eval_every" in pending else ())
 
     evaluators = metrics.build(config, jit_steps, placement)
     sample = placement.compile_eval(jit_steps.sample)
@@ -217,9 +220,31 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
         mininterval=2.0,
         dynamic_ncols=True,
     )
+
+    def write_evals_and_samples(done: int, state: PyTree, evals: bool, samples: bool) -> None:
+        if evaluators and evals:
+            writer.write(done, "eval", metrics.run(evaluators, placement.get_state(state)))
+        if samples:
+            paths = runs.write_samples(
+                sample,
+                placement.get_state(state),
+                sample_batch,
+                sample_rng,
+                workdir,
+                done,
+                config=config,
+                family=family,
+            )
+            writer.write_images(done, paths)
+
     # Also while the last save commits (finally): a second signal then exits at once.
     with _Preemption() as preemption:
         try:
+            if pending:  # a stop saved this step without its eval or samples: they come first
+                write_evals_and_samples(
+                    start, state, "eval_every" in pending, "sample_every" in pending
+                )
+                window_time = time.perf_counter()  # steps/s counts training only
             for step in range(start, num_steps):
                 host_batch = next(train_iter) if step > start else first_batch
                 if step + 1 == config.train.fault_nan_step:
@@ -242,7 +267,9 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
                 # Read the flag once: a signal landing later in this iteration must not
                 # stop the loop after a step that was not saved.
                 stopping = preemption.requested
-                if stopping:  # save now and exit quickly: no eval or samples
+                skipped = []
+                if stopping:  # save now and exit quickly: the eval and samples wait for resume
+                    skipped = [name for name in ("eval_every", "sample_every") if due[name]]
                     due.update(ckpt_every=True, eval_every=False, sample_every=False)
                 if window and row_due:
                     means = _mean_metrics(window, window_start, config.train.skip_nonfinite)
@@ -251,27 +278,15 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
                     writer.write(done, "train", means)
                     bar.set_postfix(loss=f"{means['loss']:.4g}")
                     window, window_start, window_time = [], done, time.perf_counter()
-                if evaluators and due["eval_every"]:
-                    results = metrics.run(evaluators, placement.get_state(state))
-                    writer.write(done, "eval", results)
-                if due["sample_every"]:
-                    paths = runs.write_samples(
-                        sample,
-                        placement.get_state(state),
-                        sample_batch,
-                        sample_rng,
-                        workdir,
-                        done,
-                        config=config,
-                        family=family,
-                    )
-                    writer.write_images(done, paths)
+                write_evals_and_samples(done, state, due["eval_every"], due["sample_every"])
                 if due["eval_every"] or due["sample_every"]:
                     window_time = time.perf_counter()  # steps/s counts training only
                 # Saved last: a checkpoint at step s means everything logged for s is
                 # written, so a resumed run never skips an eval or a sample grid.
                 if due["ckpt_every"]:
                     data_state = {"train": train_iter.get_state(), "window": window_to_json(window)}
+                    if skipped:
+                        data_state["pending"] = skipped
                     ckpt.save(done, placement.get_state(state), data_state)
                     preemption.saved_step = done
                 if stopping:

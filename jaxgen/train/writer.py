@@ -46,16 +46,22 @@ class _ThreadWriteErrors:
 
 
 class MetricWriter:
-    def __init__(self, workdir: str, start_step: int):
+    def __init__(self, workdir: str, start_step: int, redo: tuple[str, ...] = ()):
+        """Appends to the run's metrics.jsonl, whose rows after `start_step` (the restored
+        checkpoint's) are dropped, and those of the splits in `redo` at `start_step` too."""
         self.enabled = jax.process_index() == 0
         self.path = os.path.join(workdir, METRICS_FILE)
         if not self.enabled:
             return
         if os.path.exists(self.path):
             with open(self.path) as f:
-                kept = [
-                    line for line in f if line.strip() and json.loads(line)["step"] <= start_step
-                ]
+                rows = [(line, json.loads(line)) for line in f if line.strip()]
+            kept = [
+                line
+                for line, row in rows
+                if row["step"] < start_step
+                or (row["step"] == start_step and row.get("split") not in redo)
+            ]
             write_atomic(self.path, "".join(kept))
         self.events = os.path.join(workdir, "tensorboard")
         self.thread_errors = _ThreadWriteErrors()
