@@ -282,7 +282,8 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
                 if due["eval_every"] or due["sample_every"]:
                     window_time = time.perf_counter()  # steps/s counts training only
                 # Saved last: a checkpoint at step s means everything logged for s is
-                # written, so a resumed run never skips an eval or a sample grid.
+                # written, or (a stop's) lists what it skipped as pending, so a resumed run
+                # never skips an eval or a sample grid.
                 if due["ckpt_every"]:
                     data_state = {"train": train_iter.get_state(), "window": window_to_json(window)}
                     if skipped:
