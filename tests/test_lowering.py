@@ -1,0 +1,99 @@
+"""jaxgen/lowering.py: threefry lowered unrolled on CPU gives Threefry's bits, with no loops."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax._src.random import threefry2x32 as threefry
+
+from jaxgen import lowering  # noqa: F401  (importing jaxgen sets the rule)
+
+MASK = 0xFFFFFFFF
+ROTATIONS = (13, 15, 26, 6, 17, 29, 16, 24)
+
+
+def threefry2x32_numpy(key, x0, x1):
+    """Threefry-2x32 with 20 rounds (Salmon et al. 2011, Random123's threefry.h), on uint64
+    arrays holding 32-bit words."""
+    ks = [key[0], key[1], key[0] ^ key[1] ^ 0x1BD11BDA]
+    x0, x1 = (x0 + ks[0]) & MASK, (x1 + ks[1]) & MASK
+    for r in range(20):
+        rotation = ROTATIONS[r % 8]
+        x0 = (x0 + x1) & MASK
+        x1 = ((x1 << rotation) | (x1 >> (32 - rotation))) & MASK
+        x1 = x1 ^ x0
+        if r % 4 == 3:  # key injection every 4 rounds
+            i = r // 4 + 1
+            x0 = (x0 + ks[i % 3]) & MASK
+            x1 = (x1 + ks[(i + 1) % 3] + i) & MASK
+    return x0, x1
+
+
+def jax_threefry(key, count):
+    """jax's threefry_2x32 under jit (the lowering being tested) -> uint64 array."""
+    fn = jax.jit(lambda k0, k1, c: threefry.threefry_2x32((k0, k1), c))
+    out = fn(np.uint32(key[0]), np.uint32(key[1]), np.asarray(count, np.uint32))
+    return np.asarray(out).astype(np.uint64)
+
+
+# Random123's kat_vectors for threefry2x32_20: (key, counter, result).
+KNOWN = [
+    ((0x00000000, 0x00000000), (0x00000000, 0x00000000), (0x6B200159, 0x99BA4EFE)),
+    ((0xFFFFFFFF, 0xFFFFFFFF), (0xFFFFFFFF, 0xFFFFFFFF), (0x1CB996FC, 0xBB002BE7)),
+    ((0x13198A2E, 0x03707344), (0x243F6A88, 0x85A308D3), (0xC4923A9C, 0x483DF7A0)),
+]
+
+
+@pytest.mark.parametrize("key,counter,expected", KNOWN)
+def test_known_answers(key, counter, expected):
+    got = jax_threefry(key, counter)
+    assert tuple(int(v) for v in got) == expected
+    numpy = threefry2x32_numpy(key, np.uint64(counter[0]), np.uint64(counter[1]))
+    assert tuple(int(v) for v in numpy) == expected
+
+
+def test_many_counters_match_numpy():
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        key = tuple(int(k) for k in rng.integers(0, 2**32, 2, dtype=np.uint64))
+        count = rng.integers(0, 2**32, 2 * 513, dtype=np.uint64)
+        x0, x1 = np.split(count, 2)  # threefry_2x32 hashes the two halves as pairs
+        expected = np.concatenate(threefry2x32_numpy(key, x0, x1))
+        np.testing.assert_array_equal(jax_threefry(key, count), expected)
+
+
+def test_no_loops_on_cpu():
+    hlo = jax.jit(lambda k: jax.random.normal(k, (1000,))).lower(jax.random.key(0))
+    assert " while(" not in hlo.compile().as_text()
+
+
+class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Conv(8, (3, 3))(x)
+        x = nn.LayerNorm()(nn.Dense(16, kernel_init=nn.initializers.truncated_normal(0.02))(x))
+        return nn.Embed(10, 4)(jnp.zeros((2,), jnp.int32)), nn.Dense(3)(x)
+
+
+def test_flax_init_equals_jax_cpu_lowering():
+    """The same params as jax's own (rolled) CPU rule, which compiles to loops."""
+    x = jnp.ones((2, 5, 5, 3))
+
+    def init_and_hlo():
+        jax.clear_caches()
+        fn = jax.jit(Net().init)
+        compiled = fn.lower(jax.random.key(3), x).compile()
+        return jax.tree.leaves(compiled(jax.random.key(3), x)), compiled.as_text()
+
+    unrolled, unrolled_hlo = init_and_hlo()
+    try:
+        assert lowering.roll_threefry_on_cpu()
+        rolled, rolled_hlo = init_and_hlo()
+    finally:
+        assert lowering.unroll_threefry_on_cpu()
+        jax.clear_caches()
+    assert " while(" in rolled_hlo and " while(" not in unrolled_hlo
+    assert len(unrolled) == len(rolled) == 9
+    for a, b in zip(unrolled, rolled, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
