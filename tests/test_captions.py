@@ -70,6 +70,24 @@ def test_captioned_mnist_batches_caption_their_class_with_seen_templates_only():
         assert _caption_of(text, int(label), seen), text
 
 
+def test_captioned_mnist_decodes_only_the_examples_it_reads(monkeypatch):
+    monkeypatch.setattr(captions_kind, "_LOADED", {})  # a fresh load in this process
+    config = _config("captioned_mnist")
+    data.get_info(config)  # opens both splits
+    split = captions_kind._load(config, "train")
+    decoded = split.images._reader._decoded
+    assert split.images.shape == (60000, 28, 28, 1) and split.labels.shape == (60000,)
+    assert decoded.sum() == 2  # the first and last example, on open
+    batches = _take(data.make_iterator(config, "train", 64, 0, train=True), 2)
+    assert 128 <= decoded.sum() < 2000  # the batches read (and Grain's read-ahead), not 60,000
+    labels = np.concatenate([batch["label"] for batch in batches])
+    assert np.isin(labels, split.labels[np.flatnonzero(decoded)]).all()
+    images, all_labels = split.images._reader.read(np.array([3, 4, 5, 9]))
+    assert split.images[4].shape == (28, 28, 1) and split.labels[4] == all_labels[1]
+    np.testing.assert_array_equal(split.images[[3, 9]], images[[0, 3]])
+    np.testing.assert_array_equal(split.labels[3:6], all_labels[:3])
+
+
 def test_captions_resume_exactly_and_are_redrawn_every_epoch():
     config = _config("captioned_mnist", eval_split="train")
     iterator = data.make_iterator(config, "train", 20000, 0, train=True)  # 3 steps an epoch

@@ -2,8 +2,10 @@
 
 Each dataset loads, once per process, its splits as `CaptionedSplit`s: uint8 images
 [N, H, W, C], int32 labels [N] (class datasets only) and, per example, a list of candidate
-captions (ragged: `choices[starts[i]:starts[i + 1]]` index `texts`). The kind draws one
-candidate per example and epoch (captions_kind.py). Datasets:
+captions (ragged: `choices[starts[i]:starts[i + 1]]` index `texts`). A class dataset's
+candidates are per class instead (`by_class`: row c of starts is class c's), and its images
+and labels are decoded on their first read (`Decoded`): a short run reads few of them.
+The kind draws one candidate per example and epoch (captions_kind.py). Datasets:
 
   captioned_mnist, captioned_fashion_mnist: the image builders' MNIST / Fashion-MNIST, each class
       captioned by templates (TEMPLATES). Training examples use the "seen" templates; evaluation
@@ -78,11 +80,31 @@ TEMPLATES = {
 
 
 class CaptionedSplit(NamedTuple):
-    images: np.ndarray  # uint8 [N, H, W, C]
-    labels: np.ndarray | None  # int32 [N] for class datasets, else None
+    images: Any  # uint8 [N, H, W, C]: an array, or Decoded
+    labels: Any  # int32 [N] (an array, or Decoded) for class datasets, else None
     texts: list[str]  # the distinct captions
-    starts: np.ndarray  # int64 [N + 1]: example i's candidates are choices[starts[i]:starts[i+1]]
+    starts: np.ndarray  # int64 [rows + 1]: row r's candidates are choices[starts[r]:starts[r+1]]
     choices: np.ndarray  # int32 [M] indices into texts
+    by_class: bool = False  # rows are classes (example i's row is labels[i]), else examples
+
+
+class Decoded:
+    """The images (field 0) or labels (1) of a sources.SplitReader as an array: indexing
+    decodes those examples on their first read (the reader keeps them); len and shape
+    decode nothing."""
+
+    def __init__(self, reader: sources.SplitReader, field: int):
+        self._reader, self._field = reader, field
+        self.shape = (len(reader), *reader.image_shape)[: None if field == 0 else 1]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, indices) -> np.ndarray:
+        positions = np.arange(len(self))[indices]
+        return self._reader.read(np.atleast_1d(positions))[self._field].reshape(
+            positions.shape + self.shape[1:]
+        )
 
 
 def article(word: str) -> str:
@@ -104,14 +126,9 @@ def _from_lists(images, labels, captions: list[list[str]]) -> CaptionedSplit:
 def _from_classes(images, labels, class_captions: list[list[str]]) -> CaptionedSplit:
     """A CaptionedSplit whose examples of class c take the candidates class_captions[c]."""
     texts = [text for options in class_captions for text in options]
-    counts = np.asarray([len(options) for options in class_captions])
-    class_starts = np.concatenate([[0], np.cumsum(counts)])
-    per_example = counts[labels]
-    starts = np.concatenate([[0], np.cumsum(per_example)])
-    # Example i's candidates are class_starts[c] .. class_starts[c] + counts[c] - 1.
-    offsets = np.arange(starts[-1]) - np.repeat(starts[:-1], per_example)
-    choices = (np.repeat(class_starts[labels], per_example) + offsets).astype(np.int32)
-    return CaptionedSplit(images, labels, texts, starts, choices)
+    starts = np.concatenate([[0], np.cumsum([len(options) for options in class_captions])])
+    choices = np.arange(len(texts), dtype=np.int32)
+    return CaptionedSplit(images, labels, texts, starts, choices, by_class=True)
 
 
 def class_captions(name: str, template_set: str) -> list[list[str]] | None:
@@ -143,10 +160,9 @@ def load_class_dataset(data_config: ConfigDict, split: str) -> CaptionedSplit:
     image_config = ConfigDict(data_config.to_dict())
     image_config.name = name.removeprefix("captioned_")
     reader = sources.Dataset(image_config).reader(split, 0, 1)
-    images, labels = reader.read(np.arange(len(reader)))
     train = split == data_config.train_split
     per_class = class_captions(name, "seen" if train else data_config.eval_captions)
-    return _from_classes(images, labels, per_class)
+    return _from_classes(Decoded(reader, 0), Decoded(reader, 1), per_class)
 
 
 @CAPTION_DATASETS.register("emoji")

@@ -92,17 +92,19 @@ class _Split:
 
     def __init__(self, split: captions.CaptionedSplit, tokenizer: tokenizers.Tokenizer, length):
         self.images, self.labels = split.images, split.labels
-        self.starts, self.choices = split.starts, split.choices
+        self.starts, self.choices, self.by_class = split.starts, split.choices, split.by_class
         self.counts = np.diff(split.starts)
         self.tokens = encode_captions(tokenizer, split.texts, length)  # [texts, L]
 
     def batch(self, indices: np.ndarray, words: tuple) -> dict[str, np.ndarray]:
         """The examples at `indices`, each with candidate splitmix64(*words, index) % count."""
-        pick = splitmix64(*words, indices) % self.counts[indices].astype(np.uint64)
-        caption = self.tokens[self.choices[self.starts[indices] + pick.astype(np.int64)]]
+        labels = None if self.labels is None else self.labels[indices].astype(np.int32)
+        rows = labels if self.by_class else indices
+        pick = splitmix64(*words, indices) % self.counts[rows].astype(np.uint64)
+        caption = self.tokens[self.choices[self.starts[rows] + pick.astype(np.int64)]]
         batch = {"image": image_kind._symmetric(self.images[indices]), "caption": caption}
-        if self.labels is not None:
-            batch["label"] = self.labels[indices].astype(np.int32)
+        if labels is not None:
+            batch["label"] = labels
         return batch
 
 
