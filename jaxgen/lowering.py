@@ -1,46 +1,78 @@
-"""Lowering rules jaxgen sets for XLA's CPU backend: shorter compiles, the same bits.
+"""Threefry unrolled on CPU while init lowers: shorter init compiles, the same bits.
 
-Threefry, jax.random's default generator. On CPU jax lowers each threefry2x32 call to a
-`while` loop of 5 iterations of 4 rounds, and XLA's CPU backend compiles every loop body
-and condition as kernels of their own. Flax's per-parameter initialisers make many
-calls: the latent diffusion smoke U-Net's init has 141 such loops and 642 fusions. jaxgen
-lowers threefry on CPU unrolled, as jax does on every other backend. That is the same 20
-rounds and the same bits, with no loops and 72 fusions; that init compiles in ~0.7x the
-time (benchmarks/README.md). tests/test_lowering.py checks Random123's known answers and
-that Flax inits are bit-equal under both rules.
+Threefry is jax.random's default generator. On CPU jax lowers each threefry2x32 call to a
+`while` loop of 5 iterations of 4 rounds, and XLA's CPU backend compiles every loop body and
+condition as kernels of their own. Flax's per-parameter initialisers make many calls: the
+latent diffusion smoke U-Net's init has 141 loops and 642 fusions. Lowered unrolled, as jax
+does on every other backend, it is the same 20 rounds and the same bits, with no loops and
+72 fusions, and that init compiles in ~0.7x the time (benchmarks/README.md).
 
-This is jax's private API (jax._src). Where it has moved, jaxgen keeps jax's own rule and
-logs that it did. GPU and TPU lowerings are left alone.
+Only init gets it (`Placement.compile_init` lowers inside `unrolled_threefry()`; the rule
+reads a per-thread flag). In a train step the unrolled hash is fused into every consumer
+of its bits, so the forward and backward passes of each dropout mask each compile it:
+the seq2seq smoke step compiled in 5.2-5.6 s unrolled against 3.2-3.6 s rolled.
+tests/test_lowering.py checks Random123's known answers in both lowerings, and that Flax
+inits are bit-equal.
+
+This uses jax's private API (jax._src). Where that has moved, jax's own rule stays and
+jaxgen logs that it did. GPU and TPU lowerings are left alone.
 """
 
+import contextlib
 import logging
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
 
 log = logging.getLogger("jaxgen")
+_state = threading.local()
 
 
-def unroll_threefry_on_cpu() -> bool:
-    """Lower threefry2x32 on CPU as jax does elsewhere (unrolled); False where jax's private
-    lowering API has moved (jax's CPU rule stays)."""
+def _install() -> bool:
+    """Register, for CPU, a threefry2x32 rule that lowers jax's CPU rule (rolled) unless
+    the lowering thread is inside unrolled_threefry(); False where jax's API has moved."""
     try:
         from jax._src.interpreters import mlir
         from jax._src.random import threefry2x32 as threefry
 
-        rule, primitive = threefry._threefry2x32_lowering_rule, threefry.threefry2x32_p
-        mlir.register_lowering(primitive, rule, platform="cpu", inline=True)
+        unrolled = threefry._threefry2x32_lowering_rule
+        rolled = threefry._threefry2x32_cpu_lowering_rule
+
+        def rule(ctx, *args, **kwargs):
+            chosen = unrolled if getattr(_state, "unrolled", False) else rolled
+            return chosen(ctx, *args, **kwargs)
+
+        mlir.register_lowering(threefry.threefry2x32_p, rule, platform="cpu")
     except (ImportError, AttributeError, TypeError) as error:
         log.info("threefry keeps jax's CPU lowering (%r)", error)
         return False
     return True
 
 
-def roll_threefry_on_cpu() -> bool:
-    """jax's own CPU lowering of threefry2x32 (rolled loops) back; for comparisons."""
-    try:
-        from jax._src.interpreters import mlir
-        from jax._src.random import threefry2x32 as threefry
+INSTALLED = _install()
 
-        rule, primitive = threefry._threefry2x32_cpu_lowering_rule, threefry.threefry2x32_p
-        mlir.register_lowering(primitive, rule, platform="cpu")
-    except (ImportError, AttributeError, TypeError):
-        return False
-    return True
+
+@contextlib.contextmanager
+def unrolled_threefry() -> Iterator[None]:
+    """Programs lowered on this thread inside lower threefry unrolled on CPU."""
+    before = getattr(_state, "unrolled", False)
+    _state.unrolled = True
+    try:
+        yield
+    finally:
+        _state.unrolled = before
+
+
+class UnrolledThreefry:
+    """A jitted function whose lowering (first call, or lower()) is inside unrolled_threefry()."""
+
+    def __init__(self, jitted: Callable):
+        self._jitted = jitted
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with unrolled_threefry():
+            return self._jitted(*args, **kwargs)
+
+    def lower(self, *args: Any, **kwargs: Any) -> Any:
+        with unrolled_threefry():
+            return self._jitted.lower(*args, **kwargs)

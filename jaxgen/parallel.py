@@ -38,6 +38,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxgen import lowering
 from jaxgen.config import ConfigDict, ConfigError
 
 PyTree = Any
@@ -332,7 +333,8 @@ class Placement:
         return jax.jit(fn, out_shardings=self.replicated)
 
     def compile_init(self, init: Callable) -> Callable:
-        return jax.jit(init, out_shardings=self.replicated)
+        """init jitted, lowered with threefry unrolled on CPU (jaxgen/lowering.py)."""
+        return lowering.UnrolledThreefry(jax.jit(init, out_shardings=self.replicated))
 
     def first_metrics(self, metrics: PyTree) -> PyTree:
         """Metrics of a pmap step carry a device axis (equal after pmean): drop it."""

@@ -1,4 +1,6 @@
-"""jaxgen/lowering.py: threefry lowered unrolled on CPU gives Threefry's bits, with no loops."""
+"""jaxgen/lowering.py: init lowers threefry unrolled on CPU: Threefry's bits, with no loops."""
+
+import contextlib
 
 import flax.linen as nn
 import jax
@@ -7,7 +9,8 @@ import numpy as np
 import pytest
 from jax._src.random import threefry2x32 as threefry
 
-from jaxgen import lowering  # noqa: F401  (importing jaxgen sets the rule)
+from jaxgen import lowering, parallel
+from jaxgen.config import base_config
 
 MASK = 0xFFFFFFFF
 ROTATIONS = (13, 15, 26, 6, 17, 29, 16, 24)
@@ -30,11 +33,14 @@ def threefry2x32_numpy(key, x0, x1):
     return x0, x1
 
 
-def jax_threefry(key, count):
-    """jax's threefry_2x32 under jit (the lowering being tested) -> uint64 array."""
+def jax_threefry(key, count, unrolled):
+    """jax's threefry_2x32 under a new jit, lowered rolled or unrolled -> uint64 array."""
     fn = jax.jit(lambda k0, k1, c: threefry.threefry_2x32((k0, k1), c))
-    out = fn(np.uint32(key[0]), np.uint32(key[1]), np.asarray(count, np.uint32))
-    return np.asarray(out).astype(np.uint64)
+    args = np.uint32(key[0]), np.uint32(key[1]), np.asarray(count, np.uint32)
+    with lowering.unrolled_threefry() if unrolled else contextlib.nullcontext():
+        compiled = fn.lower(*args).compile()
+    assert (" while(" in compiled.as_text()) != unrolled
+    return np.asarray(compiled(*args)).astype(np.uint64)
 
 
 # Random123's kat_vectors for threefry2x32_20: (key, counter, result).
@@ -45,9 +51,11 @@ KNOWN = [
 ]
 
 
+@pytest.mark.parametrize("unrolled", [True, False])
 @pytest.mark.parametrize("key,counter,expected", KNOWN)
-def test_known_answers(key, counter, expected):
-    got = jax_threefry(key, counter)
+def test_known_answers(key, counter, expected, unrolled):
+    assert lowering.INSTALLED
+    got = jax_threefry(key, counter, unrolled)
     assert tuple(int(v) for v in got) == expected
     numpy = threefry2x32_numpy(key, np.uint64(counter[0]), np.uint64(counter[1]))
     assert tuple(int(v) for v in numpy) == expected
@@ -60,12 +68,7 @@ def test_many_counters_match_numpy():
         count = rng.integers(0, 2**32, 2 * 513, dtype=np.uint64)
         x0, x1 = np.split(count, 2)  # threefry_2x32 hashes the two halves as pairs
         expected = np.concatenate(threefry2x32_numpy(key, x0, x1))
-        np.testing.assert_array_equal(jax_threefry(key, count), expected)
-
-
-def test_no_loops_on_cpu():
-    hlo = jax.jit(lambda k: jax.random.normal(k, (1000,))).lower(jax.random.key(0))
-    assert " while(" not in hlo.compile().as_text()
+        np.testing.assert_array_equal(jax_threefry(key, count, unrolled=True), expected)
 
 
 class Net(nn.Module):
@@ -76,24 +79,14 @@ class Net(nn.Module):
         return nn.Embed(10, 4)(jnp.zeros((2,), jnp.int32)), nn.Dense(3)(x)
 
 
-def test_flax_init_equals_jax_cpu_lowering():
-    """The same params as jax's own (rolled) CPU rule, which compiles to loops."""
+def test_init_compiles_with_no_loops_and_jax_cpu_lowerings_bits():
+    """compile_init's program has no loops and the params of jax's own (rolled) CPU rule."""
     x = jnp.ones((2, 5, 5, 3))
-
-    def init_and_hlo():
-        jax.clear_caches()
-        fn = jax.jit(Net().init)
-        compiled = fn.lower(jax.random.key(3), x).compile()
-        return jax.tree.leaves(compiled(jax.random.key(3), x)), compiled.as_text()
-
-    unrolled, unrolled_hlo = init_and_hlo()
-    try:
-        assert lowering.roll_threefry_on_cpu()
-        rolled, rolled_hlo = init_and_hlo()
-    finally:
-        assert lowering.unroll_threefry_on_cpu()
-        jax.clear_caches()
-    assert " while(" in rolled_hlo and " while(" not in unrolled_hlo
-    assert len(unrolled) == len(rolled) == 9
-    for a, b in zip(unrolled, rolled, strict=True):
+    init = parallel.Placement(base_config().mesh).compile_init(Net().init)
+    unrolled = init.lower(jax.random.key(3), x).compile()
+    rolled = jax.jit(Net().init).lower(jax.random.key(3), x).compile()
+    assert " while(" not in unrolled.as_text() and " while(" in rolled.as_text()
+    params, expected = init(jax.random.key(3), x), rolled(jax.random.key(3), x)
+    assert len(jax.tree.leaves(params)) == len(jax.tree.leaves(expected)) == 9
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(expected), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
