@@ -4,13 +4,18 @@ Threefry is jax.random's default generator. On CPU jax lowers each threefry2x32 
 `while` loop of 5 iterations of 4 rounds, and XLA's CPU backend compiles every loop body and
 condition as kernels of their own. Flax's per-parameter initialisers make many calls: the
 latent diffusion smoke U-Net's init has 141 loops and 642 fusions. Lowered unrolled, as jax
-does on every other backend, it is the same 20 rounds and the same bits, with no loops and
-72 fusions, and that init compiles in ~0.7x the time (benchmarks/README.md).
+does on every other backend, a call is the same 20 rounds and gives the same bits in one
+fusion.
 
 Only init gets it (`Placement.compile_init` lowers inside `unrolled_threefry()`; the rule
-reads a per-thread flag). In a train step the unrolled hash is fused into every consumer
-of its bits, so the forward and backward passes of each dropout mask each compile it:
-the seq2seq smoke step compiled in 5.2-5.6 s unrolled against 3.2-3.6 s rolled.
+reads a per-thread flag), and only for calls of at least 64 pairs of words: the
+initialisers' draws. That init then has 71 loops and 292 fusions and compiles in 4.7-5.2 s
+against 7.9-8.1 s; the autoencoder smoke's in 1.7-2.0 s against 5.5-6.2 s
+(benchmarks/README.md). Key splits and fold-ins of a few words stay rolled: unrolled, each
+is a kernel of ~450 instructions with its own constants, and the DDPM smoke init compiled
+in 4.0-4.5 s against 2.8-3.2 s. In a train step the unrolled hash is fused into every
+consumer of its bits, so the forward and backward passes of each dropout mask each compile
+it: the seq2seq smoke step compiled in 5.2-5.6 s unrolled against 3.2-3.6 s rolled.
 tests/test_lowering.py checks Random123's known answers in both lowerings, and that Flax
 inits are bit-equal.
 
@@ -20,17 +25,20 @@ jaxgen logs that it did. GPU and TPU lowerings are left alone.
 
 import contextlib
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 log = logging.getLogger("jaxgen")
 _state = threading.local()
+UNROLL_MIN_WORDS = 64  # smaller calls (key splits and fold-ins) stay rolled
 
 
 def _install() -> bool:
-    """Register, for CPU, a threefry2x32 rule that lowers jax's CPU rule (rolled) unless
-    the lowering thread is inside unrolled_threefry(); False where jax's API has moved."""
+    """Register, for CPU, a threefry2x32 rule that lowers jax's CPU rule (rolled) unless the
+    lowering thread is inside unrolled_threefry() and the call hashes at least
+    UNROLL_MIN_WORDS pairs; False where jax's API has moved."""
     try:
         from jax._src.interpreters import mlir
         from jax._src.random import threefry2x32 as threefry
@@ -39,8 +47,9 @@ def _install() -> bool:
         rolled = threefry._threefry2x32_cpu_lowering_rule
 
         def rule(ctx, *args, **kwargs):
-            chosen = unrolled if getattr(_state, "unrolled", False) else rolled
-            return chosen(ctx, *args, **kwargs)
+            words = math.prod(ctx.avals_out[0].shape)
+            wanted = getattr(_state, "unrolled", False) and words >= UNROLL_MIN_WORDS
+            return (unrolled if wanted else rolled)(ctx, *args, **kwargs)
 
         mlir.register_lowering(threefry.threefry2x32_p, rule, platform="cpu")
     except (ImportError, AttributeError, TypeError) as error:

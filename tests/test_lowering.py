@@ -33,14 +33,15 @@ def threefry2x32_numpy(key, x0, x1):
     return x0, x1
 
 
-def jax_threefry(key, count, unrolled):
-    """jax's threefry_2x32 under a new jit, lowered rolled or unrolled -> uint64 array."""
+def jax_threefry(key, x0, x1, unrolled):
+    """jax's threefry_2x32 of the pairs (x0[i], x1[i]) under a new jit, lowered rolled or
+    unrolled (at least UNROLL_MIN_WORDS pairs) -> two uint64 arrays."""
     fn = jax.jit(lambda k0, k1, c: threefry.threefry_2x32((k0, k1), c))
-    args = np.uint32(key[0]), np.uint32(key[1]), np.asarray(count, np.uint32)
+    args = np.uint32(key[0]), np.uint32(key[1]), np.concatenate([x0, x1]).astype(np.uint32)
     with lowering.unrolled_threefry() if unrolled else contextlib.nullcontext():
         compiled = fn.lower(*args).compile()
     assert (" while(" in compiled.as_text()) != unrolled
-    return np.asarray(compiled(*args)).astype(np.uint64)
+    return np.split(np.asarray(compiled(*args)).astype(np.uint64), 2)
 
 
 # Random123's kat_vectors for threefry2x32_20: (key, counter, result).
@@ -55,20 +56,34 @@ KNOWN = [
 @pytest.mark.parametrize("key,counter,expected", KNOWN)
 def test_known_answers(key, counter, expected, unrolled):
     assert lowering.INSTALLED
-    got = jax_threefry(key, counter, unrolled)
-    assert tuple(int(v) for v in got) == expected
-    numpy = threefry2x32_numpy(key, np.uint64(counter[0]), np.uint64(counter[1]))
-    assert tuple(int(v) for v in numpy) == expected
+    pairs = lowering.UNROLL_MIN_WORDS  # the known pair first, then others
+    x0, x1 = np.arange(pairs, dtype=np.uint64), np.arange(pairs, dtype=np.uint64) + 7
+    x0[0], x1[0] = counter
+    y0, y1 = jax_threefry(key, x0, x1, unrolled)
+    assert (int(y0[0]), int(y1[0])) == expected
+    numpy = threefry2x32_numpy(key, x0, x1)
+    assert (int(numpy[0][0]), int(numpy[1][0])) == expected
+    np.testing.assert_array_equal(y0, numpy[0])
+    np.testing.assert_array_equal(y1, numpy[1])
 
 
 def test_many_counters_match_numpy():
     rng = np.random.default_rng(0)
     for _ in range(4):
         key = tuple(int(k) for k in rng.integers(0, 2**32, 2, dtype=np.uint64))
-        count = rng.integers(0, 2**32, 2 * 513, dtype=np.uint64)
-        x0, x1 = np.split(count, 2)  # threefry_2x32 hashes the two halves as pairs
-        expected = np.concatenate(threefry2x32_numpy(key, x0, x1))
-        np.testing.assert_array_equal(jax_threefry(key, count, unrolled=True), expected)
+        x0, x1 = rng.integers(0, 2**32, (2, 513), dtype=np.uint64)
+        for got, expected in zip(
+            jax_threefry(key, x0, x1, unrolled=True), threefry2x32_numpy(key, x0, x1), strict=True
+        ):
+            np.testing.assert_array_equal(got, expected)
+
+
+def test_small_calls_stay_rolled():
+    """Key splits and fold-ins (a few words) keep jax's CPU rule even inside the context."""
+    fn = jax.jit(lambda key: jax.random.split(key, 4))
+    with lowering.unrolled_threefry():
+        hlo = fn.lower(jax.random.key(0)).compile().as_text()
+    assert " while(" in hlo
 
 
 class Net(nn.Module):
@@ -79,13 +94,14 @@ class Net(nn.Module):
         return nn.Embed(10, 4)(jnp.zeros((2,), jnp.int32)), nn.Dense(3)(x)
 
 
-def test_init_compiles_with_no_loops_and_jax_cpu_lowerings_bits():
-    """compile_init's program has no loops and the params of jax's own (rolled) CPU rule."""
+def test_init_compiles_fewer_loops_and_jax_cpu_lowerings_bits():
+    """compile_init unrolls the initialisers' draws and gives the params of jax's CPU rule."""
     x = jnp.ones((2, 5, 5, 3))
     init = parallel.Placement(base_config().mesh).compile_init(Net().init)
     unrolled = init.lower(jax.random.key(3), x).compile()
     rolled = jax.jit(Net().init).lower(jax.random.key(3), x).compile()
-    assert " while(" not in unrolled.as_text() and " while(" in rolled.as_text()
+    loops = [hlo.count(" while(") for hlo in (unrolled.as_text(), rolled.as_text())]
+    assert loops[0] < loops[1]  # the initialisers' draws unrolled
     params, expected = init(jax.random.key(3), x), rolled(jax.random.key(3), x)
     assert len(jax.tree.leaves(params)) == len(jax.tree.leaves(expected)) == 9
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(expected), strict=True):
