@@ -47,8 +47,10 @@ def _install() -> bool:
         rolled = threefry._threefry2x32_cpu_lowering_rule
 
         def rule(ctx, *args, **kwargs):
-            words = math.prod(ctx.avals_out[0].shape)
-            wanted = getattr(_state, "unrolled", False) and words >= UNROLL_MIN_WORDS
+            wanted = getattr(_state, "unrolled", False)
+            if wanted:  # a symbolic (shape-polymorphic) size stays rolled
+                words = math.prod(ctx.avals_out[0].shape)
+                wanted = isinstance(words, int) and words >= UNROLL_MIN_WORDS
             return (unrolled if wanted else rolled)(ctx, *args, **kwargs)
 
         mlir.register_lowering(threefry.threefry2x32_p, rule, platform="cpu")

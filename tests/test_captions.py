@@ -1,5 +1,6 @@
 """The "captions" kind: captioned MNIST, emoji, a captions.jsonl folder, a TFDS catalog dataset."""
 
+import collections
 import json
 
 import numpy as np
@@ -9,7 +10,7 @@ from PIL import Image
 
 from jaxgen import data, tokenizers
 from jaxgen.config import ConfigError, base_config
-from jaxgen.data import captions, captions_kind, emoji
+from jaxgen.data import captions, captions_kind, emoji, sources
 from jaxgen.data.captions_kind import PAD_ID, decode_caption, splitmix64
 
 
@@ -71,7 +72,8 @@ def test_captioned_mnist_batches_caption_their_class_with_seen_templates_only():
 
 
 def test_captioned_mnist_decodes_only_the_examples_it_reads(monkeypatch):
-    monkeypatch.setattr(captions_kind, "_LOADED", {})  # a fresh load in this process
+    monkeypatch.setattr(captions_kind, "_LOADED", {})  # a fresh load and reader in this process
+    monkeypatch.setattr(sources, "_READERS", collections.OrderedDict())
     config = _config("captioned_mnist")
     data.get_info(config)  # opens both splits
     split = captions_kind._load(config, "train")
