@@ -9,9 +9,9 @@ fusion.
 
 Only init gets it (`Placement.compile_init` lowers inside `unrolled_threefry()`; the rule
 reads a per-thread flag), and only for calls of at least 64 pairs of words: the
-initialisers' draws. That init then has 71 loops and 292 fusions and compiles in 4.7-5.2 s
-against 7.9-8.1 s; the autoencoder smoke's in 1.7-2.0 s against 5.5-6.2 s
-(benchmarks/README.md). Key splits and fold-ins of a few words stay rolled: unrolled, each
+initialisers' draws. That init then has 71 loops and 292 fusions and compiles in 5.85 s
+against 9.42 s; the autoencoder smoke's in 2.30 s against 6.53 s (`python -m
+benchmarks.init_compile`, benchmarks/README.md). Key splits and fold-ins of a few words stay rolled: unrolled, each
 is a kernel of ~450 instructions with its own constants, and the DDPM smoke init compiled
 in 4.0-4.5 s against 2.8-3.2 s. In a train step the unrolled hash is fused into every
 consumer of its bits, so the forward and backward passes of each dropout mask each compile
