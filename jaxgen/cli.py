@@ -11,13 +11,20 @@ an error inside a config file (its path and line).
 Before anything starts jax's backend, `run` turns on the persistent compilation cache
 (--compilation_cache) and, on CPU, splits the host into one device per core for
 data-parallel steps (--cpu_devices; jaxgen.parallel.set_cpu_devices).
+
+Until the training loop takes them over, SIGTERM and SIGINT raise Stopped in the main thread
+(one line, exit 128 + the signal's number), never inside a garbage collection: a signal that
+lands in one (in jax's gc callback, in a finalizer) is held back and raised once it is over,
+and one that lands in a finalizer outside a collection is sent again by sys.unraisablehook.
 """
 
+import gc
 import logging
 import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 
@@ -92,34 +99,134 @@ class Stopped(BaseException):
         self.signum = signum
 
 
-def _raise_stopped(signum, frame):
+# Where an exception raised by the signal handler would not propagate (Python would print
+# "Exception ignored in ..." and carry on), the handler records the signal instead. CPython
+# runs a Python signal handler in the main thread only at a check between bytecodes (a
+# function's entry, a call's return, a backward jump), so a flag set or cleared by a plain
+# assignment is never half-written when it reads it. A collection in another thread (they run
+# one at a time) holds a signal back too, for the rest of that collection.
+_collecting = False  # a garbage collection is in progress, between our first and last callbacks
+_in_hook = 0  # how many calls of _redeliver_stopped (sys.unraisablehook) are running
+_pending: int | None = None  # the signal held back, to raise once outside
+
+
+def _raise_stopped(signum: int, frame) -> None:
+    """The SIGTERM and SIGINT handler: raises Stopped in the main thread, or, inside a garbage
+    collection or cli's own hook and callbacks, records the signal for _resend_when_safe."""
+    global _pending
+    # The frame check: the handler may run at the entry of a callback or of the hook, before
+    # its first line sets the flag.
+    if _collecting or _in_hook or (frame is not None and frame.f_code in _OWN_CODE):
+        if _pending is None:  # the first signal wins, as it does outside
+            _pending = signum
+        return
     raise Stopped(signum)
+
+
+def _collection_starts(phase: str, info: dict) -> None:
+    """gc callback, first in gc.callbacks: the collection's callbacks (jax's among them) and
+    finalizers run from here on."""
+    global _collecting
+    if phase == "start":
+        _collecting = True  # no call before this line: see _raise_stopped's frame check
+
+
+def _collection_ends(phase: str, info: dict) -> None:
+    """gc callback, last in gc.callbacks: the collection is over; a signal it held back is sent
+    again, to be raised in the main thread outside it."""
+    global _collecting, _pending
+    if phase != "stop":
+        return
+    try:
+        if _pending is not None and not _in_hook:
+            signum, _pending = _pending, None
+            _resend_when_safe(signum)
+    finally:
+        # The last statement, with no check for signals between it and the return to gc:
+        # once a thread sees it, the main thread is past every callback.
+        _collecting = False
+
+
+def _resend_when_safe(signum: int) -> None:
+    """Send `signum` to the main thread again as soon as it is out of the collection or hook.
+
+    Not from this thread: signal.raise_signal, os.kill and signal.pthread_kill to this process
+    run the handler before they return, and _thread.interrupt_main at the next call, all
+    still inside the callback. Not after a fixed delay either (the old 50 ms timer): a full
+    collection can take longer than that, and the signal landed in it again. A thread can
+    look at the flags and send only while it holds the GIL, that is while the main thread
+    waits at a check for signals or in a blocking call. When it finds both flags down, the
+    main thread has run past the statements that cleared them, which are the last ones of
+    the gc callback and of the hook, with no check for signals after them: the handler then
+    runs at the main thread's next check, in ordinary code, or in a new collection, which
+    holds the signal back and sends it again at its end; nothing is lost and nothing waits
+    longer than it must. pthread_kill to the main thread rather than a signal to the process
+    (which the kernel may hand to any thread), so that a blocking call of the main thread (a
+    sleep, a lock, a read) is interrupted at once.
+    """
+    main = threading.main_thread().ident
+
+    def resend():
+        while _collecting or _in_hook:
+            time.sleep(0.001)
+        signal.pthread_kill(main, signum)
+
+    name = f"resend {signal.Signals(signum).name}"
+    threading.Thread(target=resend, name=name, daemon=True).start()
 
 
 _previous_unraisablehook = sys.unraisablehook
 
 
 def _redeliver_stopped(unraisable) -> None:
-    """sys.unraisablehook: a Stopped raised where Python cannot propagate it (the signal landed
-    in a gc callback such as jax's, a __del__ or a weakref callback, and Python would print
-    "Exception ignored in ..." and carry on) sends the signal again; its handler then runs in
-    the main thread 50 ms later, and the stop is one line as anywhere else."""
-    if isinstance(unraisable.exc_value, Stopped):
-        # A little later, from another thread: a signal sent now would run its handler inside
-        # this hook, which would swallow it too.
-        resend = threading.Timer(0.05, os.kill, (os.getpid(), unraisable.exc_value.signum))
-        resend.daemon = True
-        resend.start()
-    else:
-        _previous_unraisablehook(unraisable)
+    """sys.unraisablehook: a Stopped raised where Python cannot propagate it is sent again.
+
+    That is a finalizer run outside a garbage collection (a __del__ when the last reference
+    goes, a weakref callback), or a gc callback placed before cli's first one or after its
+    last. Python would print "Exception ignored in ..." and carry on; instead the signal is
+    raised again in the main thread once this hook has returned (_resend_when_safe), and the
+    stop is one line as anywhere else. Anything else goes to the previous hook.
+    """
+    global _in_hook, _pending
+    _in_hook += 1  # no call before this line: see _raise_stopped's frame check
+    try:
+        if isinstance(unraisable.exc_value, Stopped):
+            if _pending is None:
+                _pending = unraisable.exc_value.signum
+        else:
+            _previous_unraisablehook(unraisable)
+        if _pending is not None and _in_hook == 1 and not _collecting:
+            signum, _pending = _pending, None
+            _resend_when_safe(signum)
+    finally:
+        _in_hook -= 1
+
+
+_OWN_CODE = frozenset(
+    f.__code__ for f in (_collection_starts, _collection_ends, _redeliver_stopped)
+)
 
 
 def stop_on_signals() -> None:
-    """SIGTERM and SIGINT raise Stopped in the main thread, wherever they land."""
+    """SIGTERM and SIGINT raise Stopped in the main thread, at a point where it propagates.
+
+    The handler never raises inside a garbage collection: cli's gc callbacks, placed first and
+    last in gc.callbacks (around jax's, registered when jax is imported), mark the collection,
+    and a signal landing in it (in a callback or in a finalizer the collection runs) is held
+    back and raised in the main thread once the collection is over. A Stopped raised where it
+    cannot propagate all the same (a finalizer outside a collection, a gc callback registered
+    after this call) reaches sys.unraisablehook, which sends the signal again. Calling this
+    again puts the callbacks back first and last.
+    """
     global _previous_unraisablehook
     if sys.unraisablehook is not _redeliver_stopped:
         _previous_unraisablehook = sys.unraisablehook
         sys.unraisablehook = _redeliver_stopped
+    for callback in (_collection_starts, _collection_ends):
+        while callback in gc.callbacks:
+            gc.callbacks.remove(callback)
+    gc.callbacks.insert(0, _collection_starts)
+    gc.callbacks.append(_collection_ends)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _raise_stopped)
 
