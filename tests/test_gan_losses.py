@@ -48,10 +48,28 @@ def test_every_registered_loss_has_a_hand_computed_value():
     assert set(losses.LOSSES.names()) == set(EXPECTED)
 
 
-def test_only_wgan_gp_asks_for_the_gradient_penalty():
-    assert [n for n in losses.LOSSES.names() if losses.LOSSES.get(n).gradient_penalty] == [
-        "wgan_gp"
-    ]
+def test_only_wgan_gp_requires_a_regularizer_and_it_is_the_gradient_penalty():
+    required = {n: losses.LOSSES.get(n).requires for n in losses.LOSSES.names()}
+    assert {n: r for n, r in required.items() if r} == {"wgan_gp": ("gradient_penalty",)}
+    for names in required.values():
+        assert all(name in losses.REGULARIZERS for name in names)
+
+
+def test_regularizers_keep_the_config_keywords_and_scales_of_saved_runs():
+    # gp_weight and r1_gamma are in every GAN config.json written so far: they must not move.
+    entries = {n: losses.REGULARIZERS.get(n) for n in losses.REGULARIZERS.names()}
+    assert {n: (e.keyword, e.metric, e.scale) for n, e in entries.items()} == {
+        "gradient_penalty": ("gp_weight", "gp", 1.0),
+        "r1": ("r1_gamma", "r1", 0.5),  # γ / 2 (Mescheder et al. 2018, eq. 9)
+    }
+    assert {(e.player, e.interval) for e in entries.values()} == {("discriminator", 1)}
+
+
+def test_regularizer_inputs_are_interpolates_or_real_images():
+    real, fake, mix = jnp.ones((2, 1, 1, 1)), jnp.zeros((2, 1, 1, 1)), jnp.array([0.25, 1.0])
+    gp, r1 = losses.REGULARIZERS.get("gradient_penalty"), losses.REGULARIZERS.get("r1")
+    np.testing.assert_array_equal(gp.inputs(real, fake, mix)[:, 0, 0, 0], [0.25, 1.0])
+    np.testing.assert_array_equal(r1.inputs(real, fake, mix), real)
 
 
 def test_unknown_loss_names_the_field():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxgen import diffusion
-from jaxgen.config import base_config
+from jaxgen.config import ConfigDict, base_config
 from jaxgen.losses import ddpm as ddpm_losses
 from jaxgen.losses import gan as gan_losses
 from jaxgen.metrics import likelihood
@@ -85,6 +85,7 @@ def test_train_inputs_draw_per_example_and_apply_label_dropout_and_flips():
 
 
 def critic_setup(loss: str, gp_weight: float = 0.0, r1_gamma: float = 0.0) -> gan.Setup:
+    loss_kw = ConfigDict({"gp_weight": gp_weight, "r1_gamma": r1_gamma})
     return gan.Setup(
         generator=None,
         discriminator=LinearCritic(),
@@ -93,8 +94,7 @@ def critic_setup(loss: str, gp_weight: float = 0.0, r1_gamma: float = 0.0) -> ga
         latent_dim=2,
         num_classes=0,
         n_critic=1,
-        gp_weight=gp_weight,
-        r1_gamma=r1_gamma,
+        regularizers=gan.active_regularizers(loss_kw),
     )
 
 

@@ -8,7 +8,9 @@ import pytest
 from jaxgen import parallel
 from jaxgen.config import ConfigError
 from jaxgen.data import DatasetInfo
-from jaxgen.train import gan, loop, vae
+from jaxgen.losses import gan as losses
+from jaxgen.registry import Registry
+from jaxgen.train import gan, get_family, loop, vae
 from tests.helpers import load_config, vae_smoke_config
 
 INFO = DatasetInfo(image_shape=(28, 28, 1), num_classes=10, num_examples={"train": 64, "test": 64})
@@ -205,3 +207,89 @@ def test_generate_draws_images_for_the_sample_evaluators():
     threes = generate(state, rng, 8, jnp.full((8,), 3, jnp.int32))
     sevens = generate(state, rng, 8, jnp.full((8,), 7, jnp.int32))
     assert float(jnp.abs(threes - sevens).max()) > 1e-4
+
+
+def drift_penalty(critic, images):
+    """E[D(x)^2] on real images: Progressive GAN's drift penalty (Karras et al. 2018, A.1)."""
+    return jnp.mean(jnp.square(critic(images))), {}
+
+
+def register_drift(monkeypatch, **fields):
+    """The built-in regularizers plus "drift" (weight: config.loss.kw.drift_weight), for
+    this test only: losses.REGULARIZERS is replaced, not added to."""
+    registry = Registry("regularizer", "config.loss.kw")
+    for name in losses.REGULARIZERS.names():
+        registry.register(name)(losses.REGULARIZERS.get(name))
+    drift = losses.Regularizer(
+        drift_penalty, losses.real_images, keyword="drift_weight", metric="drift", **fields
+    )
+    registry.register("drift")(drift)
+    monkeypatch.setattr(losses, "REGULARIZERS", registry)
+
+
+def test_the_family_reads_the_keywords_of_the_registered_regularizers():
+    assert get_family("gan").loss_keywords == ("gp_weight", "r1_gamma")
+
+
+def test_a_registered_regularizer_is_applied_by_the_step_with_its_weight(monkeypatch):
+    register_drift(monkeypatch)
+    config = tiny_config("configs/gan/mnist_mlp.py", **{"train.n_critic": 1})
+    metrics = {}
+    for weight in (0.0, 0.5):
+        config.loss.kw.drift_weight = weight
+        gan.validate(config, INFO)
+        players = gan.make_players(config, INFO)
+        state = jax.jit(players.init)(jax.random.PRNGKey(0), fixed_batch())
+        _, metrics[weight] = jax.jit(players.discriminator_updates)(state, fixed_batch())
+    assert "drift" not in metrics[0.0]  # weight 0: not evaluated at all
+    drift = float(metrics[0.5]["drift"])
+    assert drift > 0
+    # The same params, fakes and real batch: the losses differ by the weighted penalty alone.
+    d_loss = {weight: float(m["d_loss"]) for weight, m in metrics.items()}
+    np.testing.assert_allclose(d_loss[0.5] - d_loss[0.0], 0.5 * drift, rtol=1e-5)
+    assert float(metrics[0.5]["d_grad_norm"]) != float(metrics[0.0]["d_grad_norm"])
+
+
+def test_a_registered_regularizer_is_validated_by_its_keyword(monkeypatch):
+    register_drift(monkeypatch)
+    config = load_config("configs/gan/mnist_dcgan.py", "smoke")  # BatchNorm in D
+    with pytest.raises(ConfigError, match=r"^config\.loss\.kw\.drift_weight: missing \(0 disab"):
+        gan.validate(config, INFO)
+    config.loss.kw.drift_weight = -1.0
+    with pytest.raises(ConfigError, match=r"^config\.loss\.kw\.drift_weight: must be >= 0"):
+        gan.validate(config, INFO)
+    config.loss.kw.drift_weight = 0.0
+    gan.validate(config, INFO)  # off: BatchNorm is fine
+    config.loss.kw.drift_weight = 1.0
+    with pytest.raises(ConfigError, match=r"^config\.model\.norm: a gradient penalty"):
+        gan.validate(config, INFO)
+
+
+def test_a_loss_requiring_a_regularizer_with_weight_0_names_its_field(monkeypatch):
+    register_drift(monkeypatch)
+    registry = Registry("loss", "config.loss.name")
+    hinge = losses.LOSSES.get("hinge")
+    registry.register("drifting_hinge")(hinge._replace(requires=("drift",)))
+    monkeypatch.setattr(losses, "LOSSES", registry)
+    config = load_config("configs/gan/cifar10_wgan_gp.py", "smoke")  # a LayerNorm critic
+    config.loss.name = "drifting_hinge"
+    config.loss.kw.drift_weight = 0.0
+    with pytest.raises(
+        ConfigError, match=r"^config\.loss\.kw\.drift_weight: 'drifting_hinge' needs a drift"
+    ):
+        gan.validate(config, INFO)
+    config.loss.kw.drift_weight = 1e-3
+    gan.validate(config, INFO)
+
+
+@pytest.mark.parametrize("fields", [{"interval": 16}, {"player": "generator"}])
+def test_lazy_or_generator_regularizers_are_not_run_by_this_family(monkeypatch, fields):
+    # StyleGAN2's lazy R1 and path length need a step that schedules them; until one does,
+    # turning such an entry on is a ConfigError rather than a penalty applied every step.
+    register_drift(monkeypatch, **fields)
+    config = load_config("configs/gan/cifar10_wgan_gp.py", "smoke")
+    config.loss.kw.drift_weight = 0.0
+    gan.validate(config, INFO)  # off: nothing to schedule
+    config.loss.kw.drift_weight = 1.0
+    with pytest.raises(ConfigError, match=r"^config\.loss\.kw\.drift_weight: the gan family"):
+        gan.validate(config, INFO)

@@ -1,16 +1,24 @@
-"""GAN losses: one registered GANLoss per objective, plus the gradient penalty and R1.
+"""GAN losses: one registered GANLoss per objective, and the regularizers (penalties).
 
 A GANLoss is a pair of pure functions of discriminator outputs (logits, [B] float32):
   discriminator(real_logits, fake_logits) -> (loss, metrics)   minimised by D
   generator(fake_logits) -> (loss, metrics)                     minimised by G
-and `gradient_penalty`, which says whether the objective needs the WGAN-GP penalty on
-interpolates (its weight λ is config.loss.kw.gp_weight). A new objective is a new pair of
-functions and one `register` line here; config.loss.name picks it.
+and `requires`, the names of the regularizers the objective cannot do without (WGAN-GP's
+critic needs the gradient penalty). A new objective is a new pair of functions and one
+`register` line in LOSSES; config.loss.name picks it.
+
+A Regularizer is a penalty added to one player's loss, registered by name in REGULARIZERS:
+"gradient_penalty" (WGAN-GP, on interpolates of real and fake) and "r1" (on real data).
+Each entry names the config.loss.kw keyword holding its weight (gp_weight, r1_gamma; 0
+turns it off), so any objective takes any penalty, and says how the weight scales it, which
+images it differentiates at, and how often it runs (`interval`, for StyleGAN2's lazy
+regularization). A new penalty is a function and one `register` line in REGULARIZERS; the
+train step (train/gan.py) applies every entry whose weight is > 0, without naming any.
 
 The penalties take a critic function `critic(images [B, H, W, C]) -> logits [B]` (the
 discriminator with its params closed over) and images, and differentiate it with respect
-to the images. R1 (config.loss.kw.r1_gamma > 0) can be added to any objective.
-The train step owns the randomness (the interpolation weights) and the models.
+to the images. The train step owns the randomness (the interpolation weights) and the
+models; nothing here sees params.
 """
 
 from collections.abc import Callable
@@ -28,7 +36,8 @@ Critic = Callable[[jax.Array], jax.Array]
 class GANLoss(NamedTuple):
     discriminator: Callable[[jax.Array, jax.Array], tuple[jax.Array, Metrics]]
     generator: Callable[[jax.Array], tuple[jax.Array, Metrics]]
-    gradient_penalty: bool = False  # add kw.gp_weight * gradient_penalty on interpolates
+    # Names of REGULARIZERS entries this objective needs with a weight > 0.
+    requires: tuple[str, ...] = ()
 
 
 LOSSES = Registry("loss", "config.loss.name")
@@ -99,7 +108,7 @@ def hinge_generator(fake_logits):
 LOSSES.register("non_saturating")(GANLoss(non_saturating_discriminator, non_saturating_generator))
 LOSSES.register("minimax")(GANLoss(non_saturating_discriminator, minimax_generator))
 LOSSES.register("wgan_gp")(
-    GANLoss(wasserstein_discriminator, wasserstein_generator, gradient_penalty=True)
+    GANLoss(wasserstein_discriminator, wasserstein_generator, requires=("gradient_penalty",))
 )
 LOSSES.register("hinge")(GANLoss(hinge_discriminator, hinge_generator))
 
@@ -135,3 +144,50 @@ def r1_penalty(critic: Critic, real: jax.Array) -> tuple[jax.Array, Metrics]:
     """
     norms = _input_grad_norms(critic, real)
     return jnp.mean(jnp.square(norms)), {"r1_grad_norm": jnp.mean(norms)}
+
+
+class Regularizer(NamedTuple):
+    """A penalty on one player, weighted by a config.loss.kw keyword (0 turns it off).
+
+    penalty(critic, images) -> (value, metrics): the unweighted penalty at `images`.
+    inputs(real, fake, mix) -> images: where the penalty is evaluated, from the real and
+        fake images [B, H, W, C] and the per-example interpolation weights mix [B] that the
+        step draws: `interpolate` (WGAN-GP) or `real_images` (R1).
+    keyword: the config.loss.kw field of its weight w (kept as "gp_weight" and "r1_gamma"
+        so that every config and every saved run's config.json reads as before).
+    metric: the name under which the step reports `value` ("gp", "r1").
+    player: the network whose loss it enters: "discriminator" (the critic's input
+        gradients); "generator" is reserved for StyleGAN2's path length regularization.
+    scale: the loss gains scale * w * value (R1 is γ / 2 · R1, so scale 0.5).
+    interval: lazy regularization (Karras et al. 2020, "Analyzing and Improving the Image
+        Quality of StyleGAN", section 3.1): a family that schedules it evaluates the
+        penalty only on every `interval`-th update of its player and multiplies its
+        coefficient by `interval`, so that the expected penalty is unchanged (StyleGAN2:
+        R1 every 16 D updates, path length every 4 G updates). 1 = every update, the only
+        value the "gan" family applies (its validate rejects an active entry with another).
+    """
+
+    penalty: Callable[[Critic, jax.Array], tuple[jax.Array, Metrics]]
+    inputs: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+    keyword: str
+    metric: str
+    player: str = "discriminator"
+    scale: float = 1.0
+    interval: int = 1
+
+
+REGULARIZERS = Registry("regularizer", "config.loss.kw")
+
+
+def real_images(real: jax.Array, fake: jax.Array, mix: jax.Array) -> jax.Array:
+    """The real images themselves (R1 penalises D's gradient on the data)."""
+    del fake, mix
+    return real
+
+
+REGULARIZERS.register("gradient_penalty")(
+    Regularizer(gradient_penalty, interpolate, keyword="gp_weight", metric="gp")
+)
+REGULARIZERS.register("r1")(
+    Regularizer(r1_penalty, real_images, keyword="r1_gamma", metric="r1", scale=0.5)
+)

@@ -73,7 +73,7 @@ class Family(NamedTuple):
         options of the selected loss (parameters with a default) are what config.loss.kw
         may set; anything else is a ConfigError before compiling.
     loss_keywords: further config.loss.kw fields the family reads itself (the GAN's
-        gp_weight and r1_gamma).
+        regularizer weights, gp_weight and r1_gamma: the keywords of losses.gan.REGULARIZERS).
     passed_loss_keywords: loss options the family passes itself (the VAE's likelihood
         comes from config.model), which config.loss.kw therefore must not set.
     write_sample(config, name, array, stem) -> path: writes one output of Steps.sample

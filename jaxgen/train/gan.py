@@ -20,6 +20,14 @@ Randomness: per-example keys (parallel.example_rngs) from fold_in(state.rng, sta
 so 1 device, 4 under jit and 4 under pmap give the same step. Metrics are scalar means;
 "loss" is the discriminator's loss (the one the loop checks for NaN).
 
+Regularizers come from losses.REGULARIZERS, not from this file: validate checks each
+entry's config.loss.kw weight (present, >= 0, > 0 where the loss `requires` it) and
+make_setup keeps those with a weight > 0, in name order, as Setup.regularizers;
+discriminator_loss adds scale * weight * penalty of each one and reports it under its
+metric name. The family's loss keywords are the entries' keywords. Only discriminator
+penalties applied on every update are run here (lazy and generator entries, StyleGAN2's,
+need a step that schedules them).
+
 The pieces are module-level pure functions of a `Setup` (networks, loss, optimizers, built
 once from the config): discriminator_loss and discriminator_update (one critic step),
 generator_loss and generator_update. make_players binds the two halves (tests run each
@@ -70,17 +78,28 @@ class GANState:
 def validate(config: ConfigDict, info: Any) -> None:
     models.check_config(config.model, info.image_shape)
     gan_loss = losses.LOSSES.get(config.loss.name)
-    for field in ("gp_weight", "r1_gamma"):
+    for name in losses.REGULARIZERS.names():
+        field = losses.REGULARIZERS.get(name).keyword
         if field not in config.loss.kw:
             raise ConfigError(f"config.loss.kw.{field}: missing (0 disables it)")
         if not config.loss.kw[field] >= 0:
             raise ConfigError(f"config.loss.kw.{field}: must be >= 0, got {config.loss.kw[field]}")
-    if gan_loss.gradient_penalty and not config.loss.kw.gp_weight > 0:
-        raise ConfigError(
-            f"config.loss.kw.gp_weight: {config.loss.name!r} needs a gradient penalty weight > 0"
-        )
-    penalised = gan_loss.gradient_penalty or config.loss.kw.r1_gamma > 0
-    if penalised and config.model.get("norm") == "batch":
+    for name in gan_loss.requires:
+        field = losses.REGULARIZERS.get(name).keyword
+        if not config.loss.kw[field] > 0:
+            raise ConfigError(
+                f"config.loss.kw.{field}: {config.loss.name!r} needs a "
+                f"{name.replace('_', ' ')} weight > 0"
+            )
+    active = active_regularizers(config.loss.kw)
+    for regularizer, _ in active:
+        if regularizer.player != "discriminator" or regularizer.interval != 1:
+            raise ConfigError(
+                f"config.loss.kw.{regularizer.keyword}: the gan family applies discriminator "
+                f"penalties on every update; this one regularises the {regularizer.player} "
+                f"every {regularizer.interval} updates"
+            )
+    if active and config.model.get("norm") == "batch":
         raise ConfigError(
             "config.model.norm: a gradient penalty needs each example's own gradient, which "
             "BatchNorm in the discriminator couples; use 'layer' or 'none'"
@@ -122,18 +141,24 @@ class Players(NamedTuple):
     draw: Callable[..., tuple]  # (rng, size, axis) -> z, label, mix
 
 
+def active_regularizers(loss_kw: ConfigDict) -> tuple[tuple[losses.Regularizer, float], ...]:
+    """(entry, weight) of each registered regularizer whose weight is > 0, in name order."""
+    entries = [losses.REGULARIZERS.get(name) for name in losses.REGULARIZERS.names()]
+    return tuple((entry, loss_kw[entry.keyword]) for entry in entries if loss_kw[entry.keyword] > 0)
+
+
 class Setup(NamedTuple):
     """The fixed parts of a GAN step, built once from the config."""
 
     generator: nn.Module
     discriminator: nn.Module
-    gan_loss: Any  # a losses.LOSSES entry: .discriminator, .generator, .gradient_penalty
+    gan_loss: losses.GANLoss  # a losses.LOSSES entry
     optimizers: dict[str, train_state.Optimizer]  # by player
     latent_dim: int
     num_classes: int  # 0: unconditional
     n_critic: int
-    gp_weight: float  # λ of the WGAN-GP penalty
-    r1_gamma: float  # γ of R1; 0: off
+    # (losses.REGULARIZERS entry, its config.loss.kw weight > 0), added in this order.
+    regularizers: tuple[tuple[losses.Regularizer, float], ...]
     axis_name: str | None = None  # the pmap axis, None under jit
 
 
@@ -156,8 +181,7 @@ def make_setup(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
         latent_dim=config.model.latent_dim,
         num_classes=num_classes,
         n_critic=n_critic,
-        gp_weight=config.loss.kw.gp_weight,
-        r1_gamma=config.loss.kw.r1_gamma,
+        regularizers=active_regularizers(config.loss.kw),
         axis_name=axis_name,
     )
 
@@ -212,7 +236,8 @@ def init(rng, batch, *, setup: Setup) -> GANState:
 
 def discriminator_loss(params, model_state, real, fake, *, setup: Setup):
     """(loss, (metrics, new model_state)) of D on real {"image", "label"} and fake
-    {"image", "label", "mix"} (mix: the interpolation weights of the gradient penalty)."""
+    {"image", "label", "mix"} (mix: the interpolation weights of the gradient penalty),
+    with setup.regularizers added: loss + scale * weight * penalty, one after another."""
     discriminator = setup.discriminator
     image, real_label = real["image"], real["label"]
     real_logits, new_state = run_network(discriminator, params, model_state, image, real_label)
@@ -225,13 +250,12 @@ def discriminator_loss(params, model_state, real, fake, *, setup: Setup):
     def critic(x):  # C(x) per example; penalties ignore its state updates
         return run_network(discriminator, params, model_state, x, real_label)[0]
 
-    if setup.gan_loss.gradient_penalty:
-        interpolates = losses.interpolate(image, fake["image"], fake["mix"])
-        gp, extra = losses.gradient_penalty(critic, interpolates)
-        loss, metrics = loss + setup.gp_weight * gp, metrics | extra | {"gp": gp}
-    if setup.r1_gamma:
-        r1, extra = losses.r1_penalty(critic, image)
-        loss, metrics = loss + 0.5 * setup.r1_gamma * r1, metrics | extra | {"r1": r1}
+    for regularizer, weight in setup.regularizers:
+        images = regularizer.inputs(image, fake["image"], fake["mix"])
+        value, extra = regularizer.penalty(critic, images)
+        # scale * weight is a Python float (0.5 * γ for R1), as it was before the registry.
+        loss = loss + regularizer.scale * weight * value
+        metrics = metrics | extra | {regularizer.metric: value}
     return loss, (metrics | {"d_loss": loss}, new_state)
 
 
@@ -401,5 +425,12 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
 
 
 FAMILIES.register("gan")(
-    Family(validate, make_steps, losses=losses.LOSSES, loss_keywords=("gp_weight", "r1_gamma"))
+    Family(
+        validate,
+        make_steps,
+        losses=losses.LOSSES,
+        loss_keywords=tuple(
+            losses.REGULARIZERS.get(n).keyword for n in losses.REGULARIZERS.names()
+        ),
+    )
 )
