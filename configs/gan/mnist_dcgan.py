@@ -37,7 +37,8 @@ def get_config(arg: str = "") -> ConfigDict:
     config.model.conditional = "conditional" in args
 
     config.loss.name = "non_saturating"
-    # gp_weight: λ of the WGAN-GP penalty (used by loss "wgan_gp"); r1_gamma: γ of R1, 0 = off.
+    # Regularizer weights (losses/gan.py REGULARIZERS), 0 = off: gp_weight, λ of the WGAN-GP
+    # gradient penalty (loss "wgan_gp" requires it); r1_gamma, γ of R1.
     config.loss.kw = ConfigDict({"gp_weight": 0.0, "r1_gamma": 0.0})
 
     # Radford et al.: Adam 2e-4 with β1 = 0.5 (0.9 oscillated in their runs), both players.
