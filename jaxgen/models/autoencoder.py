@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.models.building import from_config
 
 LOGVAR_RANGE = (-30.0, 20.0)  # LDM's DiagonalGaussianDistribution clamps logvar to this
 
@@ -129,9 +130,4 @@ def check_config(model_config: ConfigDict, image_shape: tuple[int, ...]) -> None
 
 
 def make_model(model_config: ConfigDict, image_shape: tuple[int, ...]) -> KLAutoencoder:
-    return KLAutoencoder(
-        channels=tuple(model_config.channels),
-        latent_channels=model_config.latent_channels,
-        out_channels=image_shape[-1],
-        groups=model_config.groups,
-    )
+    return from_config(KLAutoencoder, model_config, out_channels=image_shape[-1])

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.models.building import from_config
 from jaxgen.registry import Registry
 
 MODELS = Registry("model", "config.model.name")
@@ -72,10 +73,4 @@ def check_config(model_config: ConfigDict, num_classes: int | None) -> None:
 
 
 def make_model(model_config: ConfigDict, num_classes: int) -> nn.Module:
-    return MODELS.get(model_config.name)(
-        num_classes=num_classes,
-        features=tuple(model_config.features),
-        hidden=model_config.hidden,
-        dtype=jnp.dtype(model_config.dtype),
-        param_dtype=jnp.dtype(model_config.param_dtype),
-    )
+    return from_config(MODELS.get(model_config.name), model_config, num_classes=num_classes)

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.models.building import from_config
 
 PAD_ID = 0  # jaxgen.data.captions_kind.PAD_ID (models do not import the data layer)
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -145,13 +146,4 @@ def check_config(model_config: ConfigDict) -> None:
 
 
 def make_model(model_config: ConfigDict, vocab_size: int, caption_len: int) -> Clip:
-    return Clip(
-        vocab_size=vocab_size,
-        caption_len=caption_len,
-        embed_dim=model_config.embed_dim,
-        channels=tuple(model_config.channels),
-        width=model_config.width,
-        depth=model_config.depth,
-        heads=model_config.heads,
-        groups=model_config.groups,
-    )
+    return from_config(Clip, model_config, vocab_size=vocab_size, caption_len=caption_len)

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.models.building import from_config
 from jaxgen.registry import Registry
 
 MODELS = Registry("model", "config.model.name")
@@ -207,16 +208,9 @@ def check_model_config(model_config: ConfigDict, image_shape: tuple[int, int, in
 
 def make_model(model_config: ConfigDict, image_shape: tuple[int, int, int], num_classes: int):
     """The registered model of config.model; num_classes > 0 makes it class-conditional."""
-    cls = MODELS.get(model_config.name)
-    return cls(
-        channels=model_config.channels,
-        channel_multipliers=tuple(model_config.channel_multipliers),
-        num_res_blocks=model_config.num_res_blocks,
-        attention_resolutions=tuple(model_config.attention_resolutions),
-        dropout=model_config.dropout,
-        groups=model_config.groups,
+    return from_config(
+        MODELS.get(model_config.name),
+        model_config,
         num_classes=num_classes,
         out_channels=image_shape[-1],
-        dtype=jnp.dtype(model_config.dtype),
-        param_dtype=jnp.dtype(model_config.param_dtype),
     )

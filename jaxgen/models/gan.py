@@ -16,7 +16,6 @@ too. So the update does not depend on the device count.
 There is no randomness inside the models: the train step draws z per example.
 """
 
-import dataclasses
 import functools
 import math
 from typing import Any, NamedTuple
@@ -26,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.models.building import config_fields, from_config
 from jaxgen.registry import Registry
 
 MODELS = Registry("model", "config.model.name")
@@ -249,13 +249,8 @@ MODELS.register("mlp")(GANPair(MLPGenerator, MLPDiscriminator))
 MODELS.register("dcgan")(GANPair(DCGANGenerator, DCGANDiscriminator))
 MODELS.register("sngan")(GANPair(DCGANGenerator, SNGANDiscriminator))
 
-_NOT_FROM_CONFIG = {"parent", "name", "image_shape", "num_classes", "axis_name", "dtype"}
-_NOT_FROM_CONFIG |= {"param_dtype"}
-
-
-def _module_fields(cls: type) -> list[str]:
-    """The hyperparameters a module takes from config.model."""
-    return [f.name for f in dataclasses.fields(cls) if f.name not in _NOT_FROM_CONFIG]
+# The fields make_models passes itself; every other field comes from config.model.
+_NOT_FROM_CONFIG = ("image_shape", "num_classes", "axis_name")
 
 
 def check_config(model_config: ConfigDict, image_shape: tuple[int, ...]) -> None:
@@ -263,7 +258,7 @@ def check_config(model_config: ConfigDict, image_shape: tuple[int, ...]) -> None
     name = model_config.name
     pair = MODELS.get(name)
     for cls in pair:
-        for field in _module_fields(cls):
+        for field in config_fields(cls, fixed=_NOT_FROM_CONFIG):
             if field not in model_config:
                 raise ConfigError(f"config.model.{field}: missing; model {name!r} needs it")
     if model_config.latent_dim < 1:
@@ -277,7 +272,7 @@ def check_config(model_config: ConfigDict, image_shape: tuple[int, ...]) -> None
             f"config.model.name: {name!r} is built for 28x28 or 32x32 images, got "
             f"{image_shape[0]}x{image_shape[1]} (use 'mlp', or a dataset of those sizes)"
         )
-    if "norm" in _module_fields(pair.discriminator) and model_config.norm not in NORMS:
+    if "norm" in config_fields(pair.discriminator) and model_config.norm not in NORMS:
         raise ConfigError(
             f"config.model.norm: {model_config.norm!r} is not one of {', '.join(NORMS)}"
         )
@@ -305,19 +300,8 @@ def make_models(
     """
     check_config(model_config, image_shape)
     pair = MODELS.get(model_config.name)
-
-    def build(cls):
-        kwargs = {}
-        for field in _module_fields(cls):
-            value = model_config[field]
-            kwargs[field] = tuple(value) if isinstance(value, list | tuple) else value
-        return cls(
-            image_shape=tuple(image_shape),
-            num_classes=num_classes,
-            axis_name=axis_name,
-            dtype=jnp.dtype(model_config.dtype),
-            param_dtype=jnp.dtype(model_config.param_dtype),
-            **kwargs,
-        )
-
-    return build(pair.generator), build(pair.discriminator)
+    fixed = dict(image_shape=image_shape, num_classes=num_classes, axis_name=axis_name)
+    return (
+        from_config(pair.generator, model_config, **fixed),
+        from_config(pair.discriminator, model_config, **fixed),
+    )

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.models.building import from_config
 
 POSITIONS = ("learned", "rope")
 ATTENTION = ("auto", "xla", "cudnn", "einsum")
@@ -401,18 +402,10 @@ def check_config(model_config: ConfigDict, vocab_size: int, seq_len: int) -> Non
 def make_model(model_config: ConfigDict, vocab_size: int) -> GPT:
     """The GPT of config.model; its vocabulary is config.model.vocab_size if set (e.g. 50304,
     GPT-2's 50257 padded to a multiple of 64 for faster matmuls), else the tokenizer's."""
-    return GPT(
-        vocab_size=model_config.vocab_size or vocab_size,
-        block_size=model_config.block_size,
-        num_layers=model_config.num_layers,
-        num_heads=model_config.num_heads,
-        width=model_config.width,
-        dropout=model_config.dropout,
-        bias=model_config.bias,
-        position=model_config.position,
-        attention=model_config.attention,
-        dtype=jnp.dtype(model_config.dtype),
-        param_dtype=jnp.dtype(model_config.param_dtype),
+    return from_config(
+        GPT,
+        model_config,
         # Runs saved before the field existed have none: GPT-2's value.
-        layer_norm_epsilon=model_config.get("layer_norm_epsilon", 1e-5),
+        defaults={"layer_norm_epsilon": 1e-5},
+        vocab_size=model_config.vocab_size or vocab_size,
     )

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.models.building import from_config
 from jaxgen.models.ddpm import ResBlock, timestep_embedding
 
 Dtype = Any
@@ -141,15 +142,4 @@ def check_config(model_config: ConfigDict) -> None:
 
 
 def make_model(model_config: ConfigDict, latent_channels: int) -> LatentUNet:
-    return LatentUNet(
-        channels=model_config.channels,
-        channel_multipliers=tuple(model_config.channel_multipliers),
-        num_res_blocks=model_config.num_res_blocks,
-        attention_resolutions=tuple(model_config.attention_resolutions),
-        heads=model_config.heads,
-        dropout=model_config.dropout,
-        groups=model_config.groups,
-        out_channels=latent_channels,
-        dtype=jnp.dtype(model_config.dtype),
-        param_dtype=jnp.dtype(model_config.param_dtype),
-    )
+    return from_config(LatentUNet, model_config, out_channels=latent_channels)

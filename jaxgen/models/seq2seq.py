@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.models.building import from_config
 
 NORMS = ("post", "pre")
 
@@ -337,17 +338,4 @@ def check_config(model_config: ConfigDict, source_len: int, target_len: int) -> 
 
 def make_model(model_config: ConfigDict, vocab_size: int, pad_id: int) -> Transformer:
     """The Transformer of config.model over the shared vocabulary of `vocab_size` ids."""
-    return Transformer(
-        vocab_size=vocab_size,
-        pad_id=pad_id,
-        num_layers=model_config.num_layers,
-        num_decoder_layers=model_config.num_decoder_layers,
-        num_heads=model_config.num_heads,
-        width=model_config.width,
-        ff_width=model_config.ff_width,
-        dropout=model_config.dropout,
-        norm=model_config.norm,
-        max_len=model_config.max_len,
-        dtype=jnp.dtype(model_config.dtype),
-        param_dtype=jnp.dtype(model_config.param_dtype),
-    )
+    return from_config(Transformer, model_config, vocab_size=vocab_size, pad_id=pad_id)

@@ -13,7 +13,6 @@ The output heads compute in float32 even under bf16 compute, because log-likelih
 summed over hundreds of pixels need more than bf16's 8 bits of mantissa.
 """
 
-import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -24,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.models.building import config_fields, from_config
 from jaxgen.registry import Registry
 
 MODELS = Registry("model", "config.model.name")
@@ -179,17 +179,11 @@ class ConvVAE(_VAE):
         return self.decoder_head(h)  # [N, H, W, C']
 
 
-def _module_fields(cls: type) -> list[str]:
-    """The hyperparameters a module takes from config.model (all but shape and dtypes)."""
-    skip = {"parent", "name", "image_shape", "dtype", "param_dtype"}
-    return [f.name for f in dataclasses.fields(cls) if f.name not in skip]
-
-
 def check_image_shape(model_config: ConfigDict, image_shape: tuple[int, ...]) -> None:
     """Raises a one-line ConfigError if config.model cannot be built for this image shape."""
     name = model_config.name
     cls = MODELS.get(name)
-    for field in _module_fields(cls):
+    for field in config_fields(cls, fixed=("image_shape",)):
         if field not in model_config:
             raise ConfigError(f"config.model.{field}: missing; model {name!r} needs it")
     if model_config.likelihood not in LIKELIHOODS:
@@ -218,14 +212,4 @@ def make_model(model_config: ConfigDict, image_shape: tuple[int, int, int]) -> n
     defaults are documentation, not fallbacks); lists become tuples so the module hashes.
     """
     check_image_shape(model_config, image_shape)
-    cls = MODELS.get(model_config.name)
-    kwargs = {}
-    for field in _module_fields(cls):
-        value = model_config[field]
-        kwargs[field] = tuple(value) if isinstance(value, list | tuple) else value
-    return cls(
-        image_shape=tuple(image_shape),
-        dtype=jnp.dtype(model_config.dtype),
-        param_dtype=jnp.dtype(model_config.param_dtype),
-        **kwargs,
-    )
+    return from_config(MODELS.get(model_config.name), model_config, image_shape=image_shape)
