@@ -1,5 +1,7 @@
 """The module-level pieces of the train steps, each alone: losses of params against NumPy,
-the per-example input draws, the shared optimizer update and EMA."""
+the per-example input draws, the shared optimizer update, step and EMA."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -69,9 +71,9 @@ def test_train_inputs_draw_per_example_and_apply_label_dropout_and_flips():
     }
     key = jax.random.PRNGKey(3)
     draw = dict(num_steps=50, num_classes=10, random_flip=True)
-    everything = ddpm.train_inputs(batch, key, label_dropout=1.0, **draw)
+    everything = ddpm.train_inputs(None, batch, key, label_dropout=1.0, **draw)
     assert np.all(np.asarray(everything["label"]) == 10)  # all dropped to the null label
-    kept = ddpm.train_inputs(batch, key, label_dropout=0.0, **draw)
+    kept = ddpm.train_inputs(None, batch, key, label_dropout=0.0, **draw)
     np.testing.assert_array_equal(kept["label"], batch["label"])
     image, flipped = np.asarray(batch["image"]), np.asarray(kept["image"])
     same = np.all(flipped == image, axis=(1, 2, 3))
@@ -79,7 +81,9 @@ def test_train_inputs_draw_per_example_and_apply_label_dropout_and_flips():
     assert np.all(same | mirrored) and mirrored.any() and (~mirrored).any()
     assert np.all((0 <= np.asarray(kept["t"])) & (np.asarray(kept["t"]) < 50))
     # Each example's draws come from its index: the first half alone draws the same.
-    half = ddpm.train_inputs({k: v[:4] for k, v in batch.items()}, key, label_dropout=0.0, **draw)
+    half = ddpm.train_inputs(
+        None, {k: v[:4] for k, v in batch.items()}, key, label_dropout=0.0, **draw
+    )
     for name in ("t", "noise", "image"):
         np.testing.assert_array_equal(half[name], np.asarray(kept[name])[:4])
 
@@ -146,6 +150,63 @@ def test_gradient_step_is_one_sgd_update_of_the_mean_loss():
     np.testing.assert_allclose(metrics["grad_norm"], 2.0 * np.sqrt(5.0), rtol=1e-6)
     np.testing.assert_allclose(metrics["lr"], 0.1, rtol=1e-6)
     assert int(new_state.step) == 1 and new_state.ema_params == {}
+
+
+def test_train_step_is_gradient_step_on_the_inputs_of_the_step_key():
+    """train_state.train_step == gradient_step on inputs_of(state, batch, fold_in(rng, step)),
+    at a later step too (the key changes with state.step), with microbatches."""
+    optim = base_config().optim
+    optim.update(name="adam", lr=0.1, ema_decay=0.9)
+    optimizer = train_state.make_optimizer(optim, num_steps=10, skip_nonfinite=False)
+    state = train_state.create({"w": jnp.array([1.0, -2.0])}, optimizer, jax.random.PRNGKey(3))
+    batch = {"x": jnp.array([1.0, 3.0, -1.0, 0.5]), "unused": jnp.zeros(4)}
+
+    def inputs_of(state, batch, rng):  # the batch plus a per-step draw
+        del state
+        return {"x": batch["x"], "noise": jax.random.normal(rng, batch["x"].shape)}
+
+    def loss_fn(params, inputs):
+        loss = jnp.mean((inputs["x"] + inputs["noise"]) * jnp.sum(params["w"] ** 2))
+        return loss, {"noise": jnp.mean(inputs["noise"])}
+
+    kw = dict(optimizer=optimizer, microbatches=2)
+    step = jax.jit(
+        functools.partial(train_state.train_step, inputs_of=inputs_of, loss_of=loss_fn, **kw)
+    )
+    by_hand = jax.jit(functools.partial(train_state.gradient_step, loss_fn=loss_fn, **kw))
+    for _ in range(2):
+        new_state, metrics = step(state, batch)
+        rng = jax.random.fold_in(state.rng, state.step)
+        inputs = {"x": batch["x"], "noise": jax.random.normal(rng, (4,))}
+        expected, expected_metrics = by_hand(state, inputs)
+        jax.tree.map(np.testing.assert_array_equal, new_state, expected)
+        jax.tree.map(np.testing.assert_array_equal, metrics, expected_metrics)
+        state = new_state
+    assert int(state.step) == 2
+
+
+def test_train_step_passes_the_state_to_inputs_of():
+    """A family whose inputs need more than params (latent diffusion's state.frozen) reads
+    them from the state that train_step hands to inputs_of."""
+    optimizer = train_state.make_optimizer(base_config().optim, 10, skip_nonfinite=False)
+    state = train_state.create({"w": jnp.ones(2)}, optimizer, jax.random.PRNGKey(0))
+
+    def inputs_of(state, batch, rng):
+        del rng
+        return {"x": batch["x"] * state.params["w"][0] + state.step}
+
+    def loss_fn(params, inputs):
+        return jnp.sum(params["w"]) * jnp.mean(inputs["x"]), {"x": jnp.mean(inputs["x"])}
+
+    state = state.replace(step=jnp.asarray(5, jnp.int32))
+    _, metrics = train_state.train_step(
+        state,
+        {"x": jnp.array([2.0, 4.0])},
+        inputs_of=inputs_of,
+        loss_of=loss_fn,
+        optimizer=optimizer,
+    )
+    assert float(metrics["x"]) == 3.0 + 5.0
 
 
 @pytest.mark.parametrize("step,decay", [(0, 0.1), (90, 0.91), (10_000, 0.999)])

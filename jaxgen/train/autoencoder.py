@@ -2,7 +2,8 @@
 
 Trains the KL autoencoder (models/autoencoder.py) on L1/L2 + KL (losses/autoencoder.py). The
 posterior noise is drawn per example from its index in the global batch (parallel.example_rngs),
-so the update does not depend on the device count or the number of microbatches.
+so the update does not depend on the device count or the number of microbatches. The train step
+is train_state.train_step over train_inputs (the noise draw) and autoencoder_loss.
 
 Evaluations:
   "reconstruction": per-pixel L1 and MSE of the posterior-mean reconstruction, and
@@ -57,19 +58,11 @@ def init(rng, batch, *, model, latent_shape, optimizer):
     return train_state.create(params, optimizer, state_rng)
 
 
-def train_step(state, batch, *, loss_of, latent_shape, optimizer, microbatches, axis_name):
-    """One update with fresh posterior noise from fold_in(state.rng, state.step)."""
-    noise_rng = jax.random.fold_in(state.rng, state.step)
+def train_inputs(state, batch, rng, *, latent_shape, axis_name=None):
+    """{"image", "noise" [B, h, w, c]}: the step's posterior noise (state unused)."""
+    del state
     image = batch["image"]
-    noise = draw_noise(noise_rng, image.shape[0], latent_shape, axis_name)
-    return train_state.gradient_step(
-        state,
-        {"image": image, "noise": noise},
-        loss_fn=loss_of,
-        optimizer=optimizer,
-        microbatches=microbatches,
-        axis_name=axis_name,
-    )
+    return {"image": image, "noise": draw_noise(rng, image.shape[0], latent_shape, axis_name)}
 
 
 def reconstruct(params, image, *, model):
@@ -151,9 +144,11 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
     return Steps(
         init=functools.partial(init, model=model, latent_shape=latent_shape, optimizer=optimizer),
         train_step=functools.partial(
-            train_step,
+            train_state.train_step,
+            inputs_of=functools.partial(
+                train_inputs, latent_shape=latent_shape, axis_name=axis_name
+            ),
             loss_of=loss_of,
-            latent_shape=latent_shape,
             optimizer=optimizer,
             microbatches=config.train.microbatches,
             axis_name=axis_name,

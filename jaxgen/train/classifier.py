@@ -1,6 +1,7 @@
 """Classifier family: the domain network of metrics/domain.py, trained by the generic loop.
 
-A supervised family in the same shape as train/vae.py. Its `sample` returns no
+A supervised family in the same shape as train/vae.py: its train step is
+train_state.train_step over train_inputs and classifier_loss. Its `sample` returns no
 images (the loop writes nothing); its eval step "accuracy" gives masked sums of
 correct predictions and cross-entropy over the eval split.
 """
@@ -41,17 +42,10 @@ def init(rng: jax.Array, batch: dict, *, model, optimizer: train_state.Optimizer
     return train_state.create(params, optimizer, state_rng)
 
 
-def train_step(state, batch, *, model, loss_fn, loss_kw, optimizer, microbatches, axis_name):
-    inputs = {"image": batch["image"], "label": batch["label"]}
-    loss_of = functools.partial(classifier_loss, model=model, loss_fn=loss_fn, loss_kw=loss_kw)
-    return train_state.gradient_step(
-        state,
-        inputs,
-        loss_fn=loss_of,
-        optimizer=optimizer,
-        microbatches=microbatches,
-        axis_name=axis_name,
-    )
+def train_inputs(state, batch, rng):
+    """{"image", "label"} of the batch: the step draws nothing (state and rng unused)."""
+    del state, rng
+    return {"image": batch["image"], "label": batch["label"]}
 
 
 def accuracy_sums(params, batch, rng, *, model):
@@ -72,10 +66,14 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
     model = models.make_model(config.model, info.num_classes)
     optimizer = train_state.from_config(config)
     step = functools.partial(
-        train_step,
-        model=model,
-        loss_fn=losses.LOSSES.get(config.loss.name),
-        loss_kw=config.loss.kw.to_dict(),
+        train_state.train_step,
+        inputs_of=train_inputs,
+        loss_of=functools.partial(
+            classifier_loss,
+            model=model,
+            loss_fn=losses.LOSSES.get(config.loss.name),
+            loss_kw=config.loss.kw.to_dict(),
+        ),
         optimizer=optimizer,
         microbatches=config.train.microbatches,
         axis_name=axis_name,

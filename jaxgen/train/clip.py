@@ -3,7 +3,8 @@
 The step is the symmetric InfoNCE over the whole global batch (losses/clip.py): under the default
 jit path the batch is one array sharded over devices, so every image meets every caption of the
 batch whatever the device count. The pmap path and microbatches would contrast only within a
-device's or a microbatch's share, a different loss, so validate refuses them.
+device's or a microbatch's share, a different loss, so validate refuses them. The step is
+train_state.train_step over train_inputs and clip_loss, one microbatch, no device axis.
 
 Evaluation "clip_score": over the eval split, the CLIP score (metrics/clip_score.py) of each
 image with its own caption and, as the chance baseline, with the next example's caption, and
@@ -50,9 +51,10 @@ def init(rng, batch, *, model, optimizer):
     return train_state.create(params, optimizer, state_rng)
 
 
-def train_step(state, batch, *, loss_of, optimizer):
-    batch = {"image": batch["image"], "caption": batch["caption"]}
-    return train_state.gradient_step(state, batch, loss_fn=loss_of, optimizer=optimizer)
+def train_inputs(state, batch, rng):
+    """{"image", "caption"} of the batch: the step draws nothing (state and rng unused)."""
+    del state, rng
+    return {"image": batch["image"], "caption": batch["caption"]}
 
 
 def clip_score_sums(params, batch, rng, *, model):
@@ -81,7 +83,9 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
     scores = train_state.on_eval_params(functools.partial(clip_score_sums, model=model))
     return Steps(
         init=functools.partial(init, model=model, optimizer=optimizer),
-        train_step=functools.partial(train_step, loss_of=loss_of, optimizer=optimizer),
+        train_step=functools.partial(
+            train_state.train_step, inputs_of=train_inputs, loss_of=loss_of, optimizer=optimizer
+        ),
         eval_steps={"clip_score": lambda entry: scores},
         sample=lambda state, batch, rng: {},
     )

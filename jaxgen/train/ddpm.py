@@ -8,7 +8,8 @@ Evaluation is bits/dim from the variational bound ("bpd", metrics/likelihood.py)
 all T terms or an unbiased subsample of them; sampling is DDPM ancestral or DDIM, with
 classifier-free guidance for class-conditional models, one lax.scan inside the compiled
 sample step. The pieces are module-level pure functions (train_inputs, denoise_loss,
-denoise_images, ...); make_steps only binds them to the config with functools.partial.
+denoise_images, ...); make_steps only binds them to the config with functools.partial, the
+train step being train_state.train_step over train_inputs and denoise_loss.
 """
 
 import functools
@@ -123,6 +124,7 @@ def draw_example(key: jax.Array, image: jax.Array, *, num_steps: int, label_drop
 
 
 def train_inputs(
+    state: Any,
     batch: dict,
     rng: jax.Array,
     *,
@@ -136,7 +138,9 @@ def train_inputs(
 
     Flips and label dropout (to the null label `num_classes`) are applied here; every draw
     comes from the example's own key, so the inputs do not depend on the device count.
+    The state is unused: the signature is train_state.train_step's `inputs_of`.
     """
+    del state
     image = batch["image"]
     keys = example_rngs(rng, image.shape[0], axis_name)
     draw = functools.partial(draw_example, num_steps=num_steps, label_dropout=label_dropout)
@@ -181,19 +185,6 @@ def init(rng, batch, *, model, num_classes, optimizer):
     label = jnp.zeros((1,), jnp.int32) if num_classes else None
     params = models.init_params(model, params_rng, image, jnp.zeros((1,), jnp.int32), label)
     return train_state.create(params, optimizer, state_rng)
-
-
-def train_step(state, batch, *, inputs_of, loss_of, optimizer, microbatches, axis_name):
-    """One update: `inputs_of(batch, step rng)` (train_inputs), then `loss_of`'s gradient."""
-    inputs = inputs_of(batch, jax.random.fold_in(state.rng, state.step))
-    return train_state.gradient_step(
-        state,
-        inputs,
-        loss_fn=loss_of,
-        optimizer=optimizer,
-        microbatches=microbatches,
-        axis_name=axis_name,
-    )
 
 
 def denoise_images(
@@ -311,7 +302,7 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
             init, model=diffusion_kw["model"], num_classes=num_classes, optimizer=optimizer
         ),
         train_step=functools.partial(
-            train_step,
+            train_state.train_step,
             inputs_of=inputs_of,
             loss_of=loss_of,
             optimizer=optimizer,

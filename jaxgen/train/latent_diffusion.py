@@ -10,6 +10,8 @@ whose runs config.model.autoencoder=W_AE and config.model.text_encoder=W_CLIP na
             (Ho & Salimans 2022);
   loss      jaxgen.losses.ddpm's registered losses on z_t = q_sample(z_0, t, ε): the same
             diffusion maths (jaxgen.diffusion) as the pixel DDPM, no second copy;
+  step      train_state.train_step over train_inputs (the draws above, from state.frozen)
+            and denoise_loss (the U-Net's gradient only);
   sampling  sampling/latent_diffusion.py (DDIM/DDPM with classifier-free guidance, diffusers'
             guidance_scale convention), then the autoencoder's decoder.
 
@@ -183,7 +185,7 @@ def encode_latents(ae_params, image, noise, *, autoencoder, scale_factor) -> jax
 
 
 def train_inputs(
-    frozen,
+    state,
     batch,
     rng,
     *,
@@ -195,7 +197,9 @@ def train_inputs(
     axis_name=None,
 ):
     """The denoising batch {"latents", "context", "t", "noise", "dropout_rng"} of a data batch
-    {"image", "caption"}: every draw from the example's own key."""
+    {"image", "caption"}: every draw from the example's own key; the frozen encoders
+    (state.frozen) run outside the gradient."""
+    frozen = state.frozen
     caption_rng, example_rng = jax.random.split(rng)
     captions = drop_captions(batch["caption"], caption_rng, caption_dropout, axis_name)
     keys = example_rngs(example_rng, captions.shape[0], axis_name)
@@ -262,19 +266,6 @@ def load_frozen(config: ConfigDict, info: Any) -> dict:
 
 def setup(state, *, config, info):
     return state.replace(frozen=load_frozen(config, info))
-
-
-def train_step(state, batch, *, inputs_of, loss_of, optimizer, microbatches, axis_name):
-    """One update of the U-Net; the frozen encoders run outside the gradient."""
-    inputs = inputs_of(state.frozen, batch, jax.random.fold_in(state.rng, state.step))
-    return train_state.gradient_step(
-        state,
-        inputs,
-        loss_fn=loss_of,
-        optimizer=optimizer,
-        microbatches=microbatches,
-        axis_name=axis_name,
-    )
 
 
 def clip_score_sums(state, batch, rng, *, images_of, clip, latent_shape):
@@ -348,7 +339,7 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
             optimizer=optimizer,
         ),
         train_step=functools.partial(
-            train_step,
+            train_state.train_step,
             inputs_of=functools.partial(
                 train_inputs,
                 autoencoder=ae,

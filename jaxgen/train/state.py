@@ -1,9 +1,13 @@
-"""The train state shared by single-model families, its optimizer set-up and its update.
+"""The train state shared by single-model families, its optimizer set-up, its update and its step.
 
 Every family opens with the same set-up (an optax optimizer, its learning-rate schedule and
 the EMA decay from one `config.optim` section: `Optimizer`) and ends its step with the same
 update (`gradient_step`: mean gradients over microbatches and devices, one optimizer update,
-the EMA of params). The GAN keeps its own two-player state but uses the same pieces.
+the EMA of params). `train_step` is the whole step of every single-model family: the step key
+fold_in(state.rng, state.step), the family's `inputs_of(state, batch, rng)` (its per-example
+draws: noise, timesteps, dropout keys) and the gradient step of its `loss_of(params, inputs)`;
+make_steps binds it to the family's two functions with functools.partial. The GAN keeps its
+own two-player state and step but uses the same pieces.
 """
 
 from collections.abc import Callable
@@ -108,6 +112,34 @@ def gradient_step(
     grads, metrics = grads_and_metrics(loss_fn, state.params, batch, microbatches, axis_name)
     metrics["lr"] = optimizer.lr(state.step)
     return apply_gradients(state, grads, optimizer), metrics
+
+
+def train_step(
+    state: TrainState,
+    batch: PyTree,
+    *,
+    inputs_of: Callable[[TrainState, PyTree, jax.Array], PyTree],
+    loss_of: Callable[[PyTree, PyTree], tuple[jax.Array, dict]],
+    optimizer: Optimizer,
+    microbatches: int = 1,
+    axis_name: str | None = None,
+) -> tuple[TrainState, dict]:
+    """One update: the gradient step of `loss_of` on `inputs_of(state, batch, rng)`.
+
+    rng is fold_in(state.rng, state.step), the step's key; `inputs_of` takes the arguments of
+    an eval step (state for what it carries besides params, e.g. latent diffusion's frozen
+    encoders) and returns the prepared batch that `loss_of(params, inputs)` differentiates and
+    microbatching splits along its first axis.
+    """
+    inputs = inputs_of(state, batch, jax.random.fold_in(state.rng, state.step))
+    return gradient_step(
+        state,
+        inputs,
+        loss_fn=loss_of,
+        optimizer=optimizer,
+        microbatches=microbatches,
+        axis_name=axis_name,
+    )
 
 
 def on_eval_params(fn: Callable[..., dict]) -> Callable[..., dict]:

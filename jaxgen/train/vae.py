@@ -3,7 +3,9 @@
 The encoder's noise is drawn per example from the example's index in the
 global batch (parallel.example_rngs), so the update does not depend on the
 device count or the number of microbatches. Dynamic binarisation happens in the
-data pipeline, not here.
+data pipeline, not here. The train step is train_state.train_step over two module-level
+functions, train_inputs (the noise draw) and vae_loss, that make_steps binds with
+functools.partial.
 """
 
 import functools
@@ -81,23 +83,12 @@ def init(rng, batch, *, model, latent_dim, optimizer):
     return train_state.create(params, optimizer, state_rng)
 
 
-def train_step(
-    state, batch, *, loss_of, num_samples, latent_dim, optimizer, microbatches, axis_name
-):
-    """One update of `loss_of(params, {"image", "noise"})` with fresh encoder noise."""
-    noise_rng = jax.random.fold_in(state.rng, state.step)
+def train_inputs(state, batch, rng, *, num_samples, latent_dim, axis_name=None):
+    """{"image", "noise" [B, num_samples, D]}: the step's encoder noise (state unused)."""
+    del state
     image = batch["image"]
-    noise = draw_noise(
-        noise_rng, image.shape[0], num_samples, latent_dim=latent_dim, axis_name=axis_name
-    )
-    return train_state.gradient_step(
-        state,
-        {"image": image, "noise": noise},
-        loss_fn=loss_of,
-        optimizer=optimizer,
-        microbatches=microbatches,
-        axis_name=axis_name,
-    )
+    noise = draw_noise(rng, image.shape[0], num_samples, latent_dim=latent_dim, axis_name=axis_name)
+    return {"image": image, "noise": noise}
 
 
 def elbo_sums(params, batch, rng, *, model, likelihood, latent_dim):
@@ -191,10 +182,14 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
     return Steps(
         init=functools.partial(init, model=model, latent_dim=latent_dim, optimizer=optimizer),
         train_step=functools.partial(
-            train_step,
+            train_state.train_step,
+            inputs_of=functools.partial(
+                train_inputs,
+                num_samples=config.loss.num_samples,
+                latent_dim=latent_dim,
+                axis_name=axis_name,
+            ),
             loss_of=loss_of,
-            num_samples=config.loss.num_samples,
-            latent_dim=latent_dim,
             optimizer=optimizer,
             microbatches=config.train.microbatches,
             axis_name=axis_name,
