@@ -118,6 +118,23 @@ def test_loss_eval_sums_match_a_direct_computation():
     np.testing.assert_allclose(means["perplexity"], math.exp(nll / 48))
 
 
+def test_only_the_sample_function_reads_the_tokenizer(monkeypatch):
+    """The prompt is encoded when the sample function is traced, not when the steps are built."""
+
+    def no_tokenizer(data_config):
+        raise RuntimeError("tokenizer read")
+
+    monkeypatch.setattr(gpt.data, "load_tokenizer", no_tokenizer)
+    config = smoke_config()
+    steps = gpt.make_steps(config, INFO)
+    batch = token_batches(1, 8)[0]
+    state = steps.init(jax.random.PRNGKey(0), batch)
+    state, metrics = jax.jit(steps.train_step)(state, batch)
+    assert np.isfinite(float(metrics["loss"]))
+    with pytest.raises(RuntimeError, match="tokenizer read"):
+        jax.eval_shape(steps.sample, state, batch, jax.random.PRNGKey(1))
+
+
 @pytest.mark.skipif(
     not (SHARED_DATA / "tinyshakespeare.txt").exists(), reason="needs ../shared/data (offline)"
 )

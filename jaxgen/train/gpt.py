@@ -6,8 +6,12 @@ example's index in the global batch (parallel.example_rngs), so an update does n
 device count, the backend or the number of microbatches. Evaluation sums the token NLL over
 non-overlapping windows of the eval split and reports nats, bits and perplexity per token.
 Sampling (sampling/gpt.py) runs the whole decode loop inside the one compiled sample function.
+The pieces are module-level pure functions (train_inputs, gpt_loss, loss_sums, sample_text);
+make_steps only binds them with functools.partial, the train step being train_state.train_step
+over train_inputs and gpt_loss.
 """
 
+import functools
 import math
 from typing import Any
 
@@ -24,7 +28,6 @@ from jaxgen.sampling import decoding
 from jaxgen.sampling import gpt as sampling
 from jaxgen.train import FAMILIES, Family, Steps
 from jaxgen.train import state as train_state
-from jaxgen.train.gradients import grads_and_metrics
 
 PyTree = Any
 
@@ -55,96 +58,114 @@ def prompt_tokens(config: ConfigDict):
         raise ConfigError(f"config.sample.prompt: {error}") from None
 
 
+def logits_of(params, inputs, dropout_rngs=None, *, model):
+    """Training-mode logits [B, T, V]; with dropout, each example uses its own key."""
+    if dropout_rngs is None:
+        return model.apply({"params": params}, inputs, train=True)
+
+    def one(tokens, rng):
+        return model.apply({"params": params}, tokens[None], train=True, rngs={"dropout": rng})
+
+    return jax.vmap(one)(inputs, dropout_rngs)[:, 0]
+
+
+def train_inputs(state, batch, rng, *, dropout, axis_name=None):
+    """{"inputs": tokens[:, :-1], "targets": tokens[:, 1:]} and, with dropout, "dropout_rngs":
+    one key per example from its index in the global batch (state unused)."""
+    del state
+    tokens = batch["tokens"]
+    inputs = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
+    if dropout:
+        inputs["dropout_rngs"] = example_rngs(rng, tokens.shape[0], axis_name)
+    return inputs
+
+
+def gpt_loss(params, batch, *, model, loss_fn, loss_kw):
+    """(loss, metrics) of `loss_fn` on {"inputs", "targets"[, "dropout_rngs"]}."""
+    logits = logits_of(params, batch["inputs"], batch.get("dropout_rngs"), model=model)
+    return loss_fn(logits, batch["targets"], **loss_kw)
+
+
+def init(rng, batch, *, model, optimizer):
+    params_rng, state_rng = jax.random.split(rng)
+    params = model.init(params_rng, batch["tokens"][:1, :-1])["params"]
+    return train_state.create(params, optimizer, state_rng)
+
+
+def loss_sums(params, batch, rng, *, model):
+    """Sums of the token NLL (nats) over the real windows of an eval batch."""
+    del rng  # evaluation is deterministic
+    tokens, mask = batch["tokens"], batch["mask"]
+    logits = model.apply({"params": params}, tokens[:, :-1])
+    nll = jnp.sum(losses.token_nll(logits, tokens[:, 1:]), axis=1)  # [B]
+    total = jnp.sum(nll * mask)
+    return {
+        "loss": total,
+        "bits_per_token": total / math.log(2.0),
+        "count": jnp.sum(mask) * (tokens.shape[1] - 1),
+    }
+
+
+def sample_text(state, batch, rng, *, prompts_of, model, model_config, settings, copies):
+    """{"text": int32 [prompts x copies (x num_return_sequences), L]}: each prompt then its
+    continuation, -1 where there is no token (left padding, after EOS).
+
+    `prompts_of()` -> ((prompt, lengths), tokenizer) (prompt_tokens) is called here, when the
+    sample function is traced, so building the train step alone needs no tokenizer.
+    """
+    del batch  # prompts come from config.sample.prompt
+    (prompt, prompt_lengths), tokenizer = prompts_of()
+    generate = sampling.make_generate(
+        model, model_config, settings, tokenizer.eos_id, vocab_size=tokenizer.vocab_size
+    )
+    rows = jnp.repeat(jnp.asarray(prompt), copies, axis=0)
+    lengths = jnp.repeat(jnp.asarray(prompt_lengths), copies, axis=0)
+    out = generate(state.eval_params, rows, lengths, rng)
+    returned = out.tokens.shape[0] // rows.shape[0]  # num_return_sequences
+    rows, lengths = (jnp.repeat(x, returned, axis=0) for x in (rows, lengths))
+    width = rows.shape[1]
+    left_pad = jnp.arange(width)[None] < (width - lengths)[:, None]
+    new = jnp.arange(out.tokens.shape[1])[None] < out.lengths[:, None]
+    return {
+        "text": jnp.concatenate(
+            [jnp.where(left_pad, -1, rows), jnp.where(new, out.tokens, -1)], axis=1
+        )
+    }
+
+
 def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> Steps:
     model = models.make_model(config.model, info.vocab_size)
-    loss_fn = losses.LOSSES.get(config.loss.name)
-    loss_kw = config.loss.kw.to_dict()
     optimizer = train_state.from_config(config)
-    microbatches = config.train.microbatches
-    dropout = config.model.dropout > 0
-
-    def logits_of(params, inputs, dropout_rngs=None):
-        """Training-mode logits [B, T, V]; with dropout, each example uses its own key."""
-        if dropout_rngs is None:
-            return model.apply({"params": params}, inputs, train=True)
-
-        def one(tokens, rng):
-            return model.apply({"params": params}, tokens[None], train=True, rngs={"dropout": rng})
-
-        return jax.vmap(one)(inputs, dropout_rngs)[:, 0]
-
-    def init(rng, batch):
-        params_rng, state_rng = jax.random.split(rng)
-        params = model.init(params_rng, batch["tokens"][:1, :-1])["params"]
-        return train_state.create(params, optimizer, state_rng)
-
-    def train_step(state, batch):
-        tokens = batch["tokens"]
-        step_batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
-        if dropout:
-            dropout_rng = jax.random.fold_in(state.rng, state.step)
-            step_batch["dropout_rngs"] = example_rngs(dropout_rng, tokens.shape[0], axis_name)
-
-        def loss_of(params, mb):
-            logits = logits_of(params, mb["inputs"], mb.get("dropout_rngs"))
-            return loss_fn(logits, mb["targets"], **loss_kw)
-
-        grads, metrics = grads_and_metrics(
-            loss_of, state.params, step_batch, microbatches, axis_name
-        )
-        metrics["lr"] = optimizer.lr(state.step)
-        return train_state.apply_gradients(state, grads, optimizer), metrics
-
-    def make_loss_eval(entry):
-        """Sums of the token NLL (nats) over the real windows of an eval batch."""
-
-        def loss_step(state, batch, rng):
-            del rng  # evaluation is deterministic
-            tokens, mask = batch["tokens"], batch["mask"]
-            logits = model.apply({"params": state.eval_params}, tokens[:, :-1])
-            nll = jnp.sum(losses.token_nll(logits, tokens[:, 1:]), axis=1)  # [B]
-            total = jnp.sum(nll * mask)
-            return {
-                "loss": total,
-                "bits_per_token": total / math.log(2.0),
-                "count": jnp.sum(mask) * (tokens.shape[1] - 1),
-            }
-
-        return loss_step
-
+    loss_eval = train_state.on_eval_params(functools.partial(loss_sums, model=model))
     # A deterministic decoder (greedy, beams) gives num_samples identical copies: decode each
     # prompt once; beams return num_return_sequences distinct rows per prompt instead.
     deterministic = decoding.is_deterministic(decoding.read_settings(config.sample))
-    copies = 1 if deterministic else config.sample.num_samples
-
-    def sample(state, batch, rng):
-        """{"text": int32 [prompts x num_samples (or num_return_sequences), L]}: each prompt
-        then its continuation, -1 where there is no token (left padding, after EOS)."""
-        del batch  # prompts come from config.sample.prompt
-        # Read at trace time, so building the train step alone needs no tokenizer.
-        (prompt, prompt_lengths), tokenizer = prompt_tokens(config)
-        generate = sampling.make_generate(
-            model, config.model, config.sample, tokenizer.eos_id, vocab_size=tokenizer.vocab_size
-        )
-        rows = jnp.repeat(jnp.asarray(prompt), copies, axis=0)
-        lengths = jnp.repeat(jnp.asarray(prompt_lengths), copies, axis=0)
-        out = generate(state.eval_params, rows, lengths, rng)
-        returned = out.tokens.shape[0] // rows.shape[0]  # num_return_sequences
-        rows, lengths = (jnp.repeat(x, returned, axis=0) for x in (rows, lengths))
-        width = rows.shape[1]
-        left_pad = jnp.arange(width)[None] < (width - lengths)[:, None]
-        new = jnp.arange(out.tokens.shape[1])[None] < out.lengths[:, None]
-        return {
-            "text": jnp.concatenate(
-                [jnp.where(left_pad, -1, rows), jnp.where(new, out.tokens, -1)], axis=1
-            )
-        }
-
     return Steps(
-        init=init,
-        train_step=train_step,
-        eval_steps={"loss": make_loss_eval},
-        sample=sample,
+        init=functools.partial(init, model=model, optimizer=optimizer),
+        train_step=functools.partial(
+            train_state.train_step,
+            inputs_of=functools.partial(
+                train_inputs, dropout=config.model.dropout > 0, axis_name=axis_name
+            ),
+            loss_of=functools.partial(
+                gpt_loss,
+                model=model,
+                loss_fn=losses.LOSSES.get(config.loss.name),
+                loss_kw=config.loss.kw.to_dict(),
+            ),
+            optimizer=optimizer,
+            microbatches=config.train.microbatches,
+            axis_name=axis_name,
+        ),
+        eval_steps={"loss": lambda entry: loss_eval},
+        sample=functools.partial(
+            sample_text,
+            prompts_of=functools.partial(prompt_tokens, config),
+            model=model,
+            model_config=config.model,
+            settings=config.sample,
+            copies=1 if deterministic else config.sample.num_samples,
+        ),
         finalize={"loss": add_perplexity},
     )
 

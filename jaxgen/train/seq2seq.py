@@ -10,9 +10,13 @@ The "loss" eval sums the token NLL and correct argmaxes over the real target tok
 split (nats, accuracy, and perplexity by finalize). Sampling translates config.sample.source
 ("|"-separated) or the lines of config.sample.source_file if set, else the sources of the fixed
 eval batch beside their references; the whole decode is one compiled call (sampling/seq2seq.py).
-BLEU/chrF evaluators live in jaxgen/metrics/text.py.
+The pieces are module-level pure functions (train_inputs, loss_of, eval_sums,
+sample_translations); make_steps only binds them with functools.partial, the train step being
+train_state.train_step over train_inputs and loss_of. BLEU/chrF evaluators live in
+jaxgen/metrics/text.py.
 """
 
+import functools
 import math
 import pathlib
 from typing import Any
@@ -110,8 +114,9 @@ def loss_of(params, batch, *, model, loss_fn, loss_kw, pad_id):
     return loss_fn(logits, target[:, 1:], weights, **loss_kw)
 
 
-def eval_sums(params, batch, *, model, pad_id):
+def eval_sums(params, batch, rng, *, model, pad_id):
     """Sums of the token NLL (nats) and correct argmaxes over the real target tokens."""
+    del rng  # evaluation is deterministic
     target, mask = batch["target"], batch["mask"]
     logits = model.apply({"params": params}, batch["source"], target[:, :-1])
     weights = (target[:, 1:] != pad_id).astype(jnp.float32) * mask[:, None]
@@ -124,72 +129,82 @@ def eval_sums(params, batch, *, model, pad_id):
     }
 
 
+def init(rng, batch, *, model, optimizer):
+    params_rng, state_rng = jax.random.split(rng)
+    source, target = batch["source"][:1], batch["target"][:1, :-1]
+    params = model.init(params_rng, source, target)["params"]
+    return train_state.create(params, optimizer, state_rng)
+
+
+def train_inputs(state, batch, rng, *, dropout, axis_name=None):
+    """The batch's "source", "target" (and PACKING arrays) and, with dropout, "dropout_rngs":
+    one key per row from its index in the global batch (state unused)."""
+    del state
+    inputs = {key: batch[key] for key in ("source", "target", *PACKING) if key in batch}
+    if dropout:
+        inputs["dropout_rngs"] = example_rngs(rng, batch["source"].shape[0], axis_name)
+    return inputs
+
+
+def sample_translations(state, batch, rng, *, translate, sources_of, eos_id, pad_id):
+    """{"source", "translation"[, "reference"]}: int32 rows, -1 where there is no token.
+
+    sources_of() -> int32 [N, S], the encoded config.sample texts (called when the sample
+    function is traced), or None: translate the sources of `batch` beside its references.
+    """
+    source = batch["source"] if sources_of is None else jnp.asarray(sources_of())
+    output = translate(state.eval_params, source, rng)
+    returned = output.tokens.shape[0] // source.shape[0]  # num_return_sequences
+    source = jnp.repeat(source, returned, axis=0)
+    keep = (source != pad_id) & (source != eos_id)
+    out = {
+        "source": jnp.where(keep, source, -1),
+        "translation": sampling.output_rows(output, eos_id),
+    }
+    if sources_of is None:
+        reference = jnp.repeat(batch["target"][:, 1:], returned, axis=0)
+        keep = (reference != pad_id) & (reference != eos_id)
+        out["reference"] = jnp.where(keep, reference, -1)
+    return out
+
+
 def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> Steps:
     pad_id, tokenizer = pad_id_of(config)
     model = models.make_model(config.model, info.vocab_size, pad_id)
-    loss_fn = losses.LOSSES.get(config.loss.name)
     optimizer = train_state.from_config(config)
-    microbatches = config.train.microbatches
-    dropout = config.model.dropout > 0
-    step_loss = dict(model=model, loss_fn=loss_fn, loss_kw=config.loss.kw.to_dict(), pad_id=pad_id)
-
-    def init(rng, batch):
-        params_rng, state_rng = jax.random.split(rng)
-        source, target = batch["source"][:1], batch["target"][:1, :-1]
-        params = model.init(params_rng, source, target)["params"]
-        return train_state.create(params, optimizer, state_rng)
-
-    def train_step(state, batch):
-        step_batch = {key: batch[key] for key in ("source", "target", *PACKING) if key in batch}
-        if dropout:
-            dropout_rng = jax.random.fold_in(state.rng, state.step)
-            size = batch["source"].shape[0]
-            step_batch["dropout_rngs"] = example_rngs(dropout_rng, size, axis_name)
-        return train_state.gradient_step(
-            state,
-            step_batch,
-            loss_fn=lambda params, mb: loss_of(params, mb, **step_loss),
-            optimizer=optimizer,
-            microbatches=microbatches,
-            axis_name=axis_name,
-        )
-
-    def make_loss_eval(entry):
-        del entry
-        return train_state.on_eval_params(
-            lambda params, batch, rng: eval_sums(params, batch, model=model, pad_id=pad_id)
-        )
-
-    translate = sampling.make_translate(model, config.sample, tokenizer.eos_id, pad_id)
     texts = sample_sources(config)
-
-    def sample(state, batch, rng):
-        """{"source", "translation"[, "reference"]}: int32 rows, -1 where there is no token."""
-        if texts:
-            source = jnp.asarray(
-                sampling.encode_sources(tokenizer, texts, config.data.source_len, pad_id)
-            )
-        else:
-            source = batch["source"]
-        output = translate(state.eval_params, source, rng)
-        returned = output.tokens.shape[0] // source.shape[0]  # num_return_sequences
-        source = jnp.repeat(source, returned, axis=0)
-        keep = (source != pad_id) & (source != tokenizer.eos_id)
-        out = {
-            "source": jnp.where(keep, source, -1),
-            "translation": sampling.output_rows(output, tokenizer.eos_id),
-        }
-        if not texts:
-            reference = jnp.repeat(batch["target"][:, 1:], returned, axis=0)
-            keep = (reference != pad_id) & (reference != tokenizer.eos_id)
-            out["reference"] = jnp.where(keep, reference, -1)
-        return out
-
+    sources_of = None
+    if texts:
+        sources_of = functools.partial(
+            sampling.encode_sources, tokenizer, texts, config.data.source_len, pad_id
+        )
+    loss_eval = train_state.on_eval_params(functools.partial(eval_sums, model=model, pad_id=pad_id))
     return Steps(
-        init=init,
-        train_step=train_step,
-        eval_steps={"loss": make_loss_eval},
-        sample=sample,
+        init=functools.partial(init, model=model, optimizer=optimizer),
+        train_step=functools.partial(
+            train_state.train_step,
+            inputs_of=functools.partial(
+                train_inputs, dropout=config.model.dropout > 0, axis_name=axis_name
+            ),
+            loss_of=functools.partial(
+                loss_of,
+                model=model,
+                loss_fn=losses.LOSSES.get(config.loss.name),
+                loss_kw=config.loss.kw.to_dict(),
+                pad_id=pad_id,
+            ),
+            optimizer=optimizer,
+            microbatches=config.train.microbatches,
+            axis_name=axis_name,
+        ),
+        eval_steps={"loss": lambda entry: loss_eval},
+        sample=functools.partial(
+            sample_translations,
+            translate=sampling.make_translate(model, config.sample, tokenizer.eos_id, pad_id),
+            sources_of=sources_of,
+            eos_id=tokenizer.eos_id,
+            pad_id=pad_id,
+        ),
         finalize={"loss": add_perplexity},
     )
 
