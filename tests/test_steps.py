@@ -2,6 +2,7 @@
 the per-example input draws, the shared optimizer update, step and EMA."""
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +13,7 @@ from jaxgen import diffusion
 from jaxgen.config import ConfigDict, base_config
 from jaxgen.losses import ddpm as ddpm_losses
 from jaxgen.losses import gan as gan_losses
+from jaxgen.losses import gpt as gpt_losses
 from jaxgen.metrics import likelihood
 from jaxgen.train import ddpm, gan
 from jaxgen.train import state as train_state
@@ -207,6 +209,18 @@ def test_train_step_passes_the_state_to_inputs_of():
         optimizer=optimizer,
     )
     assert float(metrics["x"]) == 3.0 + 5.0
+
+
+def test_perplexity_is_exp_of_the_mean_nll():
+    means = {"loss": 2.0, "bits_per_token": 2.0 / math.log(2.0)}
+    assert gpt_losses.add_perplexity(means) == {**means, "perplexity": pytest.approx(math.exp(2))}
+
+
+@pytest.mark.parametrize("loss", [700.0, 1e4, float("inf")])
+def test_perplexity_of_a_diverged_run_is_finite(loss):
+    """A huge mean NLL caps the exponent (math.exp(1e4) raises OverflowError)."""
+    perplexity = gpt_losses.add_perplexity({"loss": loss})["perplexity"]
+    assert math.isfinite(perplexity) and perplexity == math.exp(700.0)
 
 
 @pytest.mark.parametrize("step,decay", [(0, 0.1), (90, 0.91), (10_000, 0.999)])

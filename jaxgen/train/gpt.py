@@ -166,13 +166,8 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
             settings=config.sample,
             copies=1 if deterministic else config.sample.num_samples,
         ),
-        finalize={"loss": add_perplexity},
+        finalize={"loss": losses.add_perplexity},
     )
-
-
-def add_perplexity(means: dict[str, float]) -> dict[str, float]:
-    """The "loss" eval's averages with the perplexity, exp(mean token NLL in nats)."""
-    return means | {"perplexity": math.exp(means["loss"])}
 
 
 def write_sample(config: ConfigDict, name: str, tokens: np.ndarray, stem: str) -> str:

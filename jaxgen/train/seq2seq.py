@@ -17,7 +17,6 @@ jaxgen/metrics/text.py.
 """
 
 import functools
-import math
 import pathlib
 from typing import Any
 
@@ -205,13 +204,8 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
             eos_id=tokenizer.eos_id,
             pad_id=pad_id,
         ),
-        finalize={"loss": add_perplexity},
+        finalize={"loss": gpt_losses.add_perplexity},
     )
-
-
-def add_perplexity(means: dict[str, float]) -> dict[str, float]:
-    """The "loss" eval's averages with the perplexity, exp(mean token NLL in nats)."""
-    return means | {"perplexity": math.exp(min(means["loss"], 700.0))}
 
 
 def write_sample(config: ConfigDict, name: str, tokens: np.ndarray, stem: str) -> str:
