@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen import checksums, data
-from jaxgen.train import get_family, loop  # noqa: F401  (loop registers the families)
+from jaxgen.family import get_family
 from tests.helpers import load_config
 
 

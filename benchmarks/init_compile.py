@@ -21,8 +21,9 @@ import time
 import jax
 import numpy as np
 
-from jaxgen import lowering, runs
-from jaxgen.train import get_family, loop
+from jaxgen import lowering, rundir
+from jaxgen.family import get_family
+from jaxgen.train import loop
 from tests.helpers import load_config
 
 CONFIGS = (
@@ -55,14 +56,11 @@ def main():
     for spec in args.configs.split(","):
         path, _, arg = spec.partition(":")
         config = load_config(path, arg)
-        if args.stages and config.family == "latent_diffusion":
+        if args.stages and "text_encoder" in config.model:  # a stage of text-to-image
             config.model.autoencoder, config.model.text_encoder = args.stages.split(",")
         info = loop.check(config, None)
         steps = get_family(config.family).make_steps(config, info, None)
-        init_args = (
-            jax.random.PRNGKey(config.seed),
-            runs.first_eval_batch(config, config.sample.num_samples),
-        )
+        init_args = (jax.random.PRNGKey(config.seed), rundir.example_batch(steps))
         times, programs = {False: [], True: []}, {}
         for _ in range(args.rounds):
             for unrolled in (False, True):

@@ -99,17 +99,17 @@ def collect(configs: list[str]) -> dict:
         }
         stages = {}
         for config in configs:
-            family = config.split("/")[1]
+            folder = config.split("/")[1]
             workdir = os.path.join(root, config.replace("/", "_"))
             command = [sys.executable, "-m", "experiments.train", f"--config={config}:smoke"]
             command += [f"--workdir={workdir}"]
-            if family == "latent_diffusion":
+            if folder == "latent_diffusion":
                 command += [f"--config.model.{field}={path}" for field, path in stages.items()]
             _run(command, env)
-            if family in ("autoencoder", "clip"):
-                stages["autoencoder" if family == "autoencoder" else "text_encoder"] = workdir
+            if folder in ("autoencoder", "clip"):
+                stages["autoencoder" if folder == "autoencoder" else "text_encoder"] = workdir
             sample = [sys.executable, "-m", "experiments.sample", f"--workdir={workdir}"]
-            _run(sample + SAMPLE_FLAGS.get(family, ["--config.sample.seed=5"]), env)
+            _run(sample + SAMPLE_FLAGS.get(folder, ["--config.sample.seed=5"]), env)
             results[config] = digests(workdir, env)
             print(f"{config}: {len(results[config])} outputs", file=sys.stderr, flush=True)
     return results

@@ -58,11 +58,11 @@ def main():
     with tempfile.TemporaryDirectory() as root:
         stages = {}
         for config in configs:  # prepare every dataset (and the stages) before timing
-            family = config.split("/")[1]
-            workdir = os.path.join(root, "prepare", family + os.path.basename(config))
+            folder = config.split("/")[1]
+            workdir = os.path.join(root, "prepare", folder + os.path.basename(config))
             train(config, workdir, os.path.join(root, "prepare_cache"), stages)
-            if family in ("autoencoder", "clip"):
-                stages["autoencoder" if family == "autoencoder" else "text_encoder"] = workdir
+            if folder in ("autoencoder", "clip"):
+                stages["autoencoder" if folder == "autoencoder" else "text_encoder"] = workdir
         for config in configs:
             cache = os.path.join(root, "cache_" + config.replace("/", "_"))
             row = {"benchmark": "smoke_walls", "config": f"{config}:smoke"}

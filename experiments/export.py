@@ -13,6 +13,7 @@ the backend it is made on (jax.export's platforms: this one); serve.py needs onl
 flax.serialization and tokenizers.
 """
 
+import functools
 import json
 import os
 
@@ -24,8 +25,7 @@ from flax import serialization
 from jaxgen import cli, runs
 from jaxgen.config import ConfigError
 from jaxgen.data import pairs
-from jaxgen.models import seq2seq as models
-from jaxgen.sampling import seq2seq as sampling
+from jaxgen.sampling import decoding
 
 flags.DEFINE_string("workdir", None, "Run directory written by experiments.train.")
 flags.DEFINE_string("out", None, "Folder to write the export to.")
@@ -33,13 +33,14 @@ flags.DEFINE_list("num_beams", ["1", "4"], "Beam sizes to export (1: greedy).")
 flags.DEFINE_integer("batch", 0, "Rows per call: 0 for a symbolic batch dimension.")
 
 
-def export_translate(config, params, tokenizer, num_beams: int, batch: int) -> bytes:
-    """The serialized jax.export of translate(params, source) for `num_beams` beams."""
-    pad_id = pairs.pad_id(tokenizer)
-    model = models.make_model(config.model, tokenizer.vocab_size, pad_id)
+def export_translate(run: runs.Run, params, num_beams: int, batch: int) -> bytes:
+    """The serialized jax.export of translate(params, source) for `num_beams` beams: the run's
+    family's "translate" function (Steps.predict_fns) with the run's other decoding settings."""
+    config = run.config
     sample = config.sample.copy_and_resolve_references()
     sample.update(num_beams=num_beams, num_return_sequences=1, temperature=0.0)
-    translate = sampling.make_translate(model, sample, tokenizer.eos_id, pad_id)
+    settings = decoding.read_settings(sample)
+    translate = functools.partial(run.steps.predict_fns["translate"], settings=settings)
 
     def fn(params, source):
         output = translate(params, source, jax.random.key(0))  # deterministic: greedy, beams
@@ -56,8 +57,6 @@ def main(argv):
     config, workdir, out = flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.out
     if not out:
         raise ConfigError("--out: missing; name a folder for the export")
-    if config.family != "seq2seq":
-        raise ConfigError(f"--workdir: a {config.family!r} run; export takes seq2seq runs")
     try:
         beams = sorted({int(k) for k in flags.FLAGS.num_beams})
     except ValueError:
@@ -65,11 +64,16 @@ def main(argv):
     if not beams or beams[0] < 1 or flags.FLAGS.batch < 0:
         raise ConfigError("--num_beams / --batch: beams must be >= 1 and batch >= 0")
     run = runs.load_run(config, workdir)
+    if "translate" not in run.steps.predict_fns:
+        raise ConfigError(
+            f"--workdir: a {config.family!r} run, whose family does not translate; "
+            "export takes translation (seq2seq) runs"
+        )
     params = jax.device_get(run.state.eval_params)
     os.makedirs(out, exist_ok=True)
     for k in beams:
         path = os.path.join(out, f"translate_beams{k}.bin")
-        exported = export_translate(run.config, params, run.tokenizer, k, flags.FLAGS.batch)
+        exported = export_translate(run, params, k, flags.FLAGS.batch)
         with open(path, "wb") as f:
             f.write(exported)
         print(f"exported: {path}")

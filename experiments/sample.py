@@ -12,7 +12,8 @@
         --config.sample.num_images_per_prompt=4 --config.sample.sampler=ddim
 
 Reads W/config.json and the latest checkpoint (EMA params when the run keeps
-them); `--config.sample.*` overrides apply. Prints the paths of the PNGs. A text-to-image
+them); `--config.sample.*` overrides apply. Prints the paths of the PNGs. Needs nothing but the
+workdir, unless the family's samples read data (the VAE and autoencoder reconstruct eval images). A text-to-image
 (latent_diffusion) run writes one grid with a row per prompt,
 samples/prompts_<step>_seed<S>_g<guidance_scale>_<digest of the other settings>.png (a call with
 other prompts or settings never overwrites an earlier grid), its settings and prompts in the
@@ -24,7 +25,7 @@ seed, the same images).
 import jax
 from absl import flags
 
-from jaxgen import cli, runs
+from jaxgen import cli, rundir, runs
 
 flags.DEFINE_string("workdir", None, "Run directory written by experiments.train.")
 
@@ -33,13 +34,12 @@ def main(argv):
     del argv
     config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
     run = runs.load_run(config, workdir)
-    batch = run.placement.put_batch(
-        runs.first_eval_batch(config, config.sample.num_samples), backend="jit"
-    )
+    # Data is read only by a family whose samples need it (the VAE's reconstructions).
+    batch = run.placement.put_batch(rundir.sample_batch(run.config, run.steps), backend="jit")
     sample = run.placement.compile_eval(run.steps.sample)
     rng = jax.random.PRNGKey(config.sample.seed)
     tag = run.family.sample_tag(config.sample)
-    paths = runs.write_samples(
+    paths = rundir.write_samples(
         sample, run.state, batch, rng, workdir, run.step, tag, config=run.config, family=run.family
     )
     for path in paths:

@@ -1,9 +1,9 @@
 """Writing the outputs of a family's `Steps.sample` to files: image grids and decoded text.
 
-Each family says how its outputs are written (jaxgen.train.Family.write_sample); these are
+Each family says how its outputs are written (jaxgen.family.Family.write_sample); these are
 the two writers the built-in families use. A writer takes (config, name, host array, stem)
 and returns the path it wrote: `stem` plus the extension of its format. Deliberately not
-here: running the sampler (jaxgen.runs.write_samples) and TensorBoard (train/writer.py).
+here: running the sampler (jaxgen.rundir.write_samples) and TensorBoard (train/writer.py).
 """
 
 import os

@@ -1,20 +1,21 @@
-"""Text-to-image generation from a latent diffusion run, for notebooks and experiments.sample.
+"""Text-to-image generation from a latent diffusion run, for notebooks and experiments.
 
     from jaxgen.text_to_image import generate
     images = generate("/tmp/ldm_mnist", ["a handwritten digit 3", "the digit seven"],
                       guidance_scale=5.0, num_inference_steps=50, seed=42, num_images_per_prompt=4)
     images.shape  # (2, 4, 28, 28, 1) uint8: a row per prompt
 
-`generate` overrides the run's config.sample with its arguments, checks them (one-line
-ConfigError naming the field: an empty prompt list, guidance_scale < 0, num_inference_steps < 1
-or > T, an unknown sampler) and runs the family's Steps.sample, which is exactly what
-`python -m experiments.sample --workdir=W --config.sample.prompt="a|b" ...` runs: every prompt of
-a call in one compiled sampler call, and the same seed gives the same images bit for bit.
-guidance_scale follows diffusers (0 unconditional, 1 conditional, > 1 guided) and
+`generate` checks its arguments (one-line ConfigError naming the field: an empty prompt list,
+guidance_scale < 0, num_inference_steps < 1 or > T, an unknown sampler), tokenizes the prompts
+with the run's tokenizer and calls the run family's text-to-image function
+(Steps.predict_fns["text_to_image"], a sampling.latent_diffusion.TextToImage): the function
+`python -m experiments.sample --workdir=W --config.sample.prompt="a|b" ...` runs too. Every
+prompt of a call goes through one compiled call, and the same seed gives the same images bit for
+bit. guidance_scale follows diffusers (0 unconditional, 1 conditional, > 1 guided) and
 negative_prompt replaces the empty prompt as the unconditional branch. Pass a loaded `runs.Run`
-(`load(workdir)`) to call it many times: the checkpoint is read once, and the compiled sampler
-of each setting (prompts and everything but the seed) is kept for the last few settings, so a
-new seed costs only the sampling.
+(`load(workdir)`) to call it many times: the checkpoint is read once, and the compiled sampler of
+each setting (everything but the prompts and the seed) is kept for the last few settings, so new
+prompts (as many as before) and new seeds cost only the sampling.
 """
 
 import collections
@@ -24,19 +25,20 @@ import jax
 import numpy as np
 
 from jaxgen import images, runs
-from jaxgen.config import ConfigDict, ConfigError, load_workdir_config
+from jaxgen.config import ConfigError, load_workdir_config
 from jaxgen.sampling import latent_diffusion as sampling
 
-# (id(run), settings but the seed) -> (run, compiled sampler), most recent last. The run is kept
-# beside its id so that an id reused by a later object never hits a stale entry.
+# (id(run), settings) -> (run, compiled generate), most recent last. The run is kept beside its
+# id so that an id reused by a later object never hits a stale entry.
 _SAMPLERS: collections.OrderedDict = collections.OrderedDict()
 _KEEP_SAMPLERS = 4
 
 
 def load(workdir: str) -> runs.Run:
-    """The latent diffusion run in `workdir` (its config.json and latest checkpoint)."""
+    """The run in `workdir` (its config.json and latest checkpoint), which must be one whose
+    family generates images from text."""
     run = runs.load_run(load_workdir_config(workdir), workdir)
-    if run.config.family != "latent_diffusion":
+    if "text_to_image" not in run.steps.predict_fns:
         raise ConfigError(f"--workdir: {workdir} is a {run.config.family!r} run, not text-to-image")
     return run
 
@@ -62,8 +64,8 @@ def generate(
     prompts = sampling.parse_prompts(prompts, "prompts")
     if any("|" in prompt for prompt in prompts):
         raise ConfigError("prompts: a prompt may not contain '|' (it separates prompts)")
-    config = run.config.copy_and_resolve_references()
-    config.sample.update(
+    sample = run.config.sample.copy_and_resolve_references()
+    sample.update(
         prompt="|".join(prompts),
         negative_prompt=negative_prompt,
         guidance_scale=guidance_scale,
@@ -73,23 +75,27 @@ def generate(
         sampler=sampler,
         eta=eta,
     )
-    sampling.check_settings(
-        config.sample, config.diffusion.num_timesteps, config.loss.caption_dropout
-    )
-    sample = _sampler(run, config)
-    grid = np.asarray(jax.device_get(sample(run.state, {}, jax.random.PRNGKey(seed))["prompts"]))
+    config = run.config
+    sampling.check_settings(sample, config.diffusion.num_timesteps, config.loss.caption_dropout)
+    pipeline = run.steps.predict_fns["text_to_image"]
+    compiled = _compiled(run, pipeline, sampling.image_settings(sample))
+    ids, negative = pipeline.prepare(prompts), pipeline.prepare([negative_prompt])
+    grid = compiled(run.state, ids, negative, jax.random.PRNGKey(seed))
+    grid = np.asarray(jax.device_get(grid))
     return images.to_uint8(grid) if output == "uint8" else grid
 
 
-def _sampler(run: runs.Run, config: ConfigDict) -> Callable:
-    """The compiled Steps.sample of run under config.sample, reused across seeds."""
-    settings = {k: v for k, v in config.sample.to_dict().items() if k != "seed"}
-    key = (id(run), repr(sorted(settings.items())))
+def _compiled(run: runs.Run, pipeline: sampling.TextToImage, settings) -> Callable:
+    """pipeline.generate under jit for `settings`, reused across prompts and seeds."""
+    key = (id(run), settings)
     if key in _SAMPLERS and _SAMPLERS[key][0] is run:
         _SAMPLERS.move_to_end(key)
         return _SAMPLERS[key][1]
-    steps = run.family.make_steps(config, run.info, None)
-    _SAMPLERS[key] = (run, run.placement.compile_eval(steps.sample))
+
+    def generate(state, ids, negative_ids, rng):
+        return pipeline.generate(pipeline.params(state), ids, negative_ids, rng, settings=settings)
+
+    _SAMPLERS[key] = (run, run.placement.compile_eval(generate))
     while len(_SAMPLERS) > _KEEP_SAMPLERS:
         _SAMPLERS.popitem(last=False)
     return _SAMPLERS[key][1]

@@ -1,8 +1,8 @@
 """Untrained earlier stages for text-to-image tests: runs written without training.
 
-`untrained_run(config, workdir)` writes what experiments.train leaves behind (config.json, the
-saved tokenizer, a checkpoint at the last step and, for an autoencoder, a logged latent scale
-factor) for the freshly initialised state of `config`: a later stage can name it in seconds.
+`untrained_run(config, workdir)` writes what experiments.train leaves behind (config.json,
+data_info.json, the saved tokenizer, a checkpoint at the last step and, for an autoencoder, a
+logged latent scale factor) for the freshly initialised state of `config`: a later stage can name it in seconds.
 """
 
 import json
@@ -11,30 +11,25 @@ import os
 import jax
 import jax.numpy as jnp
 
-from jaxgen import checkpoint, runs, stages
-from jaxgen.train import get_family
+from jaxgen import checkpoint, rundir
+from jaxgen.family import get_family
+from jaxgen.train import loop
 from tests.helpers import load_config
 
 
 def untrained_run(config, workdir, scale_factor: float = 1.0, seed: int = 0, params_fn=None) -> str:
     """`params_fn(params) -> params`, if given, changes the params (and EMA) before saving."""
-    info = runs.check_config(config)
+    config = loop.resolve_config(config)  # a latent diffusion run copies its stages' configs
+    info = rundir.check_config(config)
     steps = get_family(config.family).make_steps(config, info)
-    batch = {
-        name: jnp.zeros(spec.shape, spec.dtype)
-        for name, spec in stages.example_spec(config, info).items()
-    }
-    state = jax.jit(steps.init)(jax.random.PRNGKey(seed), batch)
+    state = jax.jit(steps.init)(jax.random.PRNGKey(seed), rundir.example_batch(steps))
     if steps.setup is not None:  # a latent diffusion run copies its frozen stages
         state = steps.setup(state)
     if params_fn is not None:
         state = state.replace(params=params_fn(state.params))
         if state.ema_params:
             state = state.replace(ema_params=params_fn(state.ema_params))
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
-    runs.save_tokenizers(config.data, workdir)
+    rundir.write_run_files(config, info, workdir)
     ckpt = checkpoint.Checkpointer(workdir, config.ckpt)
     ckpt.save(config.train.num_steps, state, {"train": {}})
     ckpt.close()
@@ -52,7 +47,7 @@ def hollow_run(config, workdir, scale_factor: float = 1.0) -> str:
     os.makedirs(os.path.join(workdir, "checkpoints", str(config.train.num_steps)))
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2))
-    runs.save_tokenizers(config.data, workdir)
+    rundir.save_tokenizers(config.data, workdir)
     with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
         f.write(json.dumps({"step": 1, "latent_scale/scale_factor": scale_factor}) + "\n")
     return str(workdir)

@@ -11,7 +11,7 @@ import pytest
 
 from jaxgen import metrics
 from jaxgen.config import ConfigDict
-from jaxgen.metrics import fid, generative, networks
+from jaxgen.metrics import fid, networks
 from jaxgen.parallel import Placement
 from tests.helpers import vae_smoke_config
 
@@ -56,7 +56,7 @@ def fake_network(monkeypatch):
     network = networks.FeatureNetwork("domain", weight, apply, (4, 4, 1), 5, "", "fake")
     features = np.random.default_rng(1).normal(size=(128, 8)).astype(np.float32)
     reference = networks.Reference(fid.gaussian_of(features), features)
-    monkeypatch.setattr(generative, "get_network", lambda *args: network)
+    monkeypatch.setattr(networks, "get_network", lambda *args: network)
     monkeypatch.setattr(networks, "reference", lambda *args: reference)
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.family import Steps
 from jaxgen.train import loop
 from tests.e2e import run_script
 from tests.helpers import vae_smoke_config
@@ -107,8 +108,12 @@ def test_family_without_generate_is_a_config_error_naming_the_type():
 
     config = vae_smoke_config()
     config.evals.q = {"type": "fid"}
-    with pytest.raises(ConfigError, match=r"config\.evals\.q\.type"):
-        metrics.check_config(config, {"elbo", "nll"}, 4, can_generate=False)
+    steps = Steps(None, None, {"elbo": None, "nll": None}, None, {}, generate=None)
+    with pytest.raises(ConfigError, match=r"config\.evals\.q\.type: 'fid' draws samples"):
+        metrics.check_config(config, steps, 4)
+    config.evals.q = {"type": "bleu"}  # needs the "translate" function of a family
+    with pytest.raises(ConfigError, match=r"config\.evals\.q\.type: 'bleu' needs the 'translate'"):
+        metrics.check_config(config, steps, 4)
 
 
 def test_evaluate_adds_standard_evaluators_without_touching_config_json(cache_dir, tmp_path):

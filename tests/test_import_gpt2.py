@@ -18,9 +18,9 @@ import pytest
 import safetensors.numpy
 
 from experiments import import_gpt2
-from jaxgen import tokenizers
+from jaxgen import pretrained, tokenizers
 from jaxgen.config import load_workdir_config
-from jaxgen.models import gpt
+from jaxgen.models import gpt, gpt_pretrained
 from tests.e2e import final_params, run_script, stderr_lines
 
 LAYERS, HEADS, WIDTH, POSITIONS, EPSILON = 2, 2, 16, 32, 1e-5
@@ -134,10 +134,10 @@ def gpt2_logits(weights, tokens):
 def test_params_map_hf_layout_to_jaxgen_logits(tmp_path):
     """In process: the converted params give HF's logits (and not with Flax's epsilon)."""
     tokenizer, weights = write_folder(tmp_path / "hf")
-    sizes = import_gpt2.read_hf_config(str(tmp_path / "hf"))
-    read, origin = import_gpt2.read_weights(str(tmp_path / "hf"))
-    params = import_gpt2.to_params(read, sizes, origin)
-    config = import_gpt2.run_config(sizes, str(tmp_path / "run"))
+    sizes = gpt_pretrained.read_hf_config(str(tmp_path / "hf"))
+    read, origin = read_weights(str(tmp_path / "hf"))
+    params = gpt_pretrained.to_params(read, sizes, origin)
+    config = import_gpt2.run_config(sizes)
     model = gpt.make_model(config.model, sizes["vocab"])
     tokens = tokenizer.encode(TEXT)[:POSITIONS]
     expected = gpt2_logits(weights, tokens)
@@ -147,14 +147,14 @@ def test_params_map_hf_layout_to_jaxgen_logits(tmp_path):
     far = np.abs(flax_default.apply({"params": params}, jnp.asarray(tokens)[None])[0] - expected)
     assert far.max() > 1e-2  # the test can tell the epsilons apart
     # The rebuilt tokenizer encodes and decodes as the one that wrote vocab.json/merges.txt.
-    rebuilt = import_gpt2.read_tokenizer(str(tmp_path / "hf"))
+    rebuilt = gpt_pretrained.read_tokenizer(str(tmp_path / "hf"))
     np.testing.assert_array_equal(rebuilt.encode(TEXT), tokenizer.encode(TEXT))
     assert rebuilt.decode(rebuilt.encode(TEXT)) == TEXT and rebuilt.eos_id == 0
 
 
 def test_tokenizer_json_is_read_as_is(tmp_path):
     tokenizer, _ = write_folder(tmp_path, tokenizer_json=True)
-    assert import_gpt2.read_tokenizer(str(tmp_path)).to_json() == tokenizer.to_json()
+    assert gpt_pretrained.read_tokenizer(str(tmp_path)).to_json() == tokenizer.to_json()
 
 
 @pytest.mark.parametrize(
@@ -162,7 +162,7 @@ def test_tokenizer_json_is_read_as_is(tmp_path):
     [
         (lambda path: (path / "config.json").unlink(), "config.json: missing"),
         (lambda path: edit_config(path, model_type="bert"), "model_type is 'bert'"),
-        (lambda path: edit_config(path, n_embd=24), "has shape .* config.json implies"),
+        (lambda path: edit_config(path, n_embd=24), "wte.weight has shape .* the model needs"),
         (lambda path: (path / "model.safetensors").unlink(), "no model.safetensors"),
         (lambda path: (path / "merges.txt").unlink(), "no tokenizer.json"),
     ],
@@ -171,19 +171,23 @@ def test_tokenizer_json_is_read_as_is(tmp_path):
 def test_bad_folders_name_the_problem(tmp_path, break_it, message):
     write_folder(tmp_path)
     break_it(tmp_path)
-    with pytest.raises(import_gpt2.BadFolder, match=message):
-        sizes = import_gpt2.read_hf_config(str(tmp_path))
-        weights, origin = import_gpt2.read_weights(str(tmp_path))
-        import_gpt2.to_params(weights, sizes, origin)
-        import_gpt2.read_tokenizer(str(tmp_path))
+    with pytest.raises(pretrained.WeightError, match=message):
+        sizes = gpt_pretrained.read_hf_config(str(tmp_path))
+        weights, origin = read_weights(str(tmp_path))
+        gpt_pretrained.to_params(weights, sizes, origin)
+        gpt_pretrained.read_tokenizer(str(tmp_path))
 
 
 def test_bin_weights_without_torch_say_so(tmp_path, monkeypatch):
     write_folder(tmp_path)
     (tmp_path / "model.safetensors").rename(tmp_path / "pytorch_model.bin")
     monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed
-    with pytest.raises(import_gpt2.BadFolder, match="pytorch_model.bin: .* needs torch"):
-        import_gpt2.read_weights(str(tmp_path))
+    with pytest.raises(pretrained.WeightError, match="pytorch_model.bin: .* needs torch"):
+        read_weights(str(tmp_path))
+
+
+def read_weights(folder):
+    return pretrained.read_weights(folder, *gpt_pretrained.WEIGHT_FILES)
 
 
 def edit_config(path, **changes):

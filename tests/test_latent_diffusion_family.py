@@ -5,6 +5,7 @@ text-to-image evaluators (clip_score; class_accuracy's wiring of labels to capti
 
 import functools
 import json
+import os
 import shutil
 
 import jax
@@ -13,13 +14,13 @@ import numpy as np
 import pytest
 from jax import monitoring
 
-from jaxgen import data, metrics, parallel, runs, stages, text_to_image
+from jaxgen import data, metrics, parallel, rundir, text_to_image
 from jaxgen.config import ConfigDict, ConfigError
 from jaxgen.data import captions as caption_data
 from jaxgen.data.captions_kind import encode_captions
+from jaxgen.family import Steps, get_family
 from jaxgen.metrics import generative, networks
 from jaxgen.sampling import latent_diffusion as sampling
-from jaxgen.train import Steps, get_family
 from tests.e2e import run_script, stderr_lines
 from tests.helpers import load_config
 from tests.stages import nonzero, untrained_run
@@ -59,7 +60,7 @@ def test_stage_checks_are_one_line_errors_naming_the_field(stage_dirs, tmp_path)
             section, name = field.split("__")
             config[section][name] = value
         with pytest.raises(ConfigError) as caught:
-            runs.check_config(config)
+            rundir.check_config(config)
         return str(caught.value)
 
     assert error_of(model__autoencoder="").startswith("config.model.autoencoder: empty")
@@ -84,16 +85,22 @@ def test_stage_checks_are_one_line_errors_naming_the_field(stage_dirs, tmp_path)
         f"config.data.tokenizer: {str(other)!r} is not the text encoder's tokenizer; "
         f"set config.data.tokenizer={clip}/tokenizer.json"
     )
-    # An autoencoder of other images: its config.json says emoji (32x32x3).
+    # An autoencoder of other images: its config.json says emoji, its data_info.json 32x32x3.
     emoji_ae = tmp_path / "emoji_ae"
     shutil.copytree(ae, emoji_ae)
     saved = json.loads((emoji_ae / "config.json").read_text())
     saved["data"]["name"] = "emoji"
     (emoji_ae / "config.json").write_text(json.dumps(saved))
-    assert error_of(model__autoencoder=str(emoji_ae)) == (
-        f"config.model.autoencoder: {emoji_ae} trained on emoji images (32, 32, 3); "
-        "this run's captioned_mnist images are (28, 28, 1)"
+    info = json.loads((emoji_ae / "data_info.json").read_text())
+    (emoji_ae / "data_info.json").write_text(json.dumps(info | {"image_shape": [32, 32, 3]}))
+    expected = (
+        f"config.model.autoencoder: {os.path.abspath(emoji_ae)} trained on emoji images "
+        "(32, 32, 3); this run's captioned_mnist images are (28, 28, 1)"
     )
+    assert error_of(model__autoencoder=str(emoji_ae)) == expected
+    # A run saved before data_info.json existed: its shape comes from its dataset.
+    (emoji_ae / "data_info.json").unlink()
+    assert error_of(model__autoencoder=str(emoji_ae)) == expected
     shutil.copy(f"{ae}/config.json", emoji_ae / "config.json")  # back to MNIST
     (emoji_ae / "metrics.jsonl").unlink()
     assert "no latent_scale/scale_factor logged" in error_of(model__autoencoder=str(emoji_ae))
@@ -118,14 +125,13 @@ def test_experiments_train_refuses_a_missing_stage_in_one_line(tmp_path):
 def test_setup_copies_the_frozen_stages_and_a_step_trains_the_unet_only(stage_dirs):
     config = ldm_config(stage_dirs)
     config.mesh.backend = "jit"
-    info = runs.check_config(config)
+    info = rundir.check_config(config)
     steps = get_family("latent_diffusion").make_steps(config, info, None)
-    batch = runs.first_eval_batch(config, 8)
+    batch = rundir.first_eval_batch(config, 8)
     batch = {key: batch[key] for key in ("image", "caption")}
     state = steps.setup(jax.jit(steps.init)(jax.random.PRNGKey(0), batch))
-    ae_config = stages.check_stage(stage_dirs[0], "ae", "autoencoder")
-    ae_info = data.get_info(ae_config.data)
-    expected = stages.load_params(stage_dirs[0], ae_config, ae_info)
+    ae_config = rundir.check_stage(stage_dirs[0], "ae", "autoencoder")
+    expected = rundir.load_params(stage_dirs[0], ae_config)
     jax.tree.map(np.testing.assert_array_equal, state.frozen["autoencoder"], expected)
     assert float(state.frozen["scale_factor"]) == SCALE
     train_step = jax.jit(steps.train_step)
@@ -155,7 +161,27 @@ def test_generate_is_deterministic_has_a_row_per_prompt_and_follows_the_negative
     assert other_seed.dtype == np.uint8 and not np.array_equal(other_seed[0], generate("7")[0])
 
 
-def test_generate_compiles_once_per_setting_not_per_seed(run):
+def test_generate_draws_what_the_familys_sample_step_draws(run):
+    """experiments.sample (Steps.sample on config.sample) and text_to_image.generate run the
+    same text-to-image function."""
+    sample = run.config.sample
+    steps_grid = jax.jit(run.steps.sample)(run.state, {}, jax.random.PRNGKey(sample.seed))
+    images = text_to_image.generate(
+        run,
+        sample.prompt,
+        negative_prompt=sample.negative_prompt,
+        guidance_scale=sample.guidance_scale,
+        num_inference_steps=sample.num_inference_steps,
+        seed=sample.seed,
+        num_images_per_prompt=sample.num_images_per_prompt,
+        sampler=sample.sampler,
+        eta=sample.eta,
+        output="float",
+    )
+    np.testing.assert_allclose(images, np.asarray(steps_grid["prompts"]), atol=1e-6)
+
+
+def test_generate_compiles_once_per_setting_not_per_prompt_or_seed(run):
     compiles = []
     monitoring.register_event_duration_secs_listener(
         lambda event, duration, **kw: (
@@ -170,6 +196,10 @@ def test_generate_compiles_once_per_setting_not_per_seed(run):
     compiles.clear()
     second = text_to_image.generate(run, "a handwritten digit 5|9", seed=2, **settings)
     assert not compiles and not np.array_equal(first, second)  # a new seed: no compile
+    third = text_to_image.generate(run, "the digit three|a 4", seed=2, **settings)
+    assert not compiles and not np.array_equal(second, third)  # new prompts: no compile
+    negative = text_to_image.generate(run, "a 4|9", negative_prompt="x", seed=2, **settings)
+    assert not compiles and negative.shape == third.shape  # a negative prompt: no compile
     text_to_image.generate(run, "a handwritten digit 5|9", seed=2, **settings | {"eta": 1.0})
     assert compiles  # a new setting compiles again
 
@@ -245,8 +275,8 @@ def test_class_accuracy_prompts_each_label_with_its_captions(run, monkeypatch):
         sampling.generate, images_of=images_of, tables=tables, num_classes=10,
         latent_shape=(7, 7, 2),
     )  # fmt: skip
-    steps = Steps(None, None, {}, None, generate=generate)
-    monkeypatch.setattr(generative, "get_network", lambda *a: _fake_domain_network(heldout))
+    steps = Steps(None, None, {}, None, {}, generate=generate)
+    monkeypatch.setattr(networks, "get_network", lambda *a: _fake_domain_network(heldout))
     placement = parallel.Placement(config.mesh)
     entry = {"type": "class_accuracy", "num_samples": 40, "batch_size": 20}
 

@@ -1,10 +1,9 @@
 """The seams other code plugs into: a new kind of data and a new family, registered here in the
 test, train through loop.train with no change to jaxgen; the family contract's loss.kw check;
-sample grids in TensorBoard's images tab; the import graph of jaxgen/ (no cycle, no
-function-local jaxgen import); experiments.evaluate --evals with an unknown name.
+sample grids in TensorBoard's images tab; experiments.evaluate --evals with an unknown name.
+The import floors are tests/test_layers.py's.
 """
 
-import ast
 import io
 import json
 import pathlib
@@ -20,12 +19,13 @@ from tensorboardX.proto import event_pb2
 
 from jaxgen import data, runs
 from jaxgen.config import ConfigDict, ConfigError, base_config
+from jaxgen.family import FAMILIES, Family, Steps, check_loss_kw, get_family
 from jaxgen.registry import Registry
-from jaxgen.train import FAMILIES, Family, Steps, check_loss_kw, get_family, loop
+from jaxgen.train import loop
 from jaxgen.train import state as train_state
 from jaxgen.train.writer import MetricWriter
 from tests.e2e import run_script, stderr_lines
-from tests.helpers import ROOT, vae_smoke_config
+from tests.helpers import vae_smoke_config
 
 # ----------------------------------------------------------------------------- a new kind
 
@@ -112,7 +112,8 @@ def _register_toy_kind_and_family():
             del batch
             return {"points": state.params["mu"] + jax.random.normal(rng, (4, *info.image_shape))}
 
-        return Steps(init, train_step, eval_steps={}, sample=sample)
+        spec = {"x": jax.ShapeDtypeStruct((1, *info.image_shape), jnp.float32)}
+        return Steps(init, train_step, eval_steps={}, sample=sample, batch_spec=spec)
 
     def write_points(config, name, array, stem):
         del config, name
@@ -251,82 +252,6 @@ def test_sample_grids_are_in_tensorboards_images_tab(tmp_path):
     assert (image.width, image.height, image.colorspace) == (10, 6, 3)
     decoded = np.asarray(Image.open(io.BytesIO(image.encoded_image_string)))
     np.testing.assert_array_equal(decoded, pixels)
-
-
-# ----------------------------------------------------------------------------- imports
-
-
-def _module_name(path: pathlib.Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def _is_type_checking(node: ast.AST) -> bool:
-    return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
-
-
-def _imports(tree: ast.Module, modules: set[str]):
-    """(module-level imported jaxgen modules, function-local jaxgen import lines)."""
-    top, local = set(), []
-
-    def targets(node):
-        if isinstance(node, ast.Import):
-            return [alias.name for alias in node.names]
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [f"{node.module}.{alias.name}" for alias in node.names]
-            return [name if name in modules else node.module for name in names]
-        return []
-
-    def visit(node, in_function):
-        for child in ast.iter_child_nodes(node):
-            if _is_type_checking(child):
-                continue
-            found = [t for t in targets(child) if t == "jaxgen" or t.startswith("jaxgen.")]
-            if found and in_function:
-                local.append(child.lineno)
-            elif found:
-                top.update(found)
-            function = isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
-            visit(child, in_function or function)
-
-    visit(tree, False)
-    return top, local
-
-
-def test_jaxgen_import_graph_has_no_cycle_and_no_function_local_jaxgen_import():
-    paths = sorted((ROOT / "jaxgen").rglob("*.py"))
-    modules = {_module_name(path) for path in paths}
-    graph, local = {}, []
-    for path in paths:
-        edges, lines = _imports(ast.parse(path.read_text()), modules)
-        name = _module_name(path)
-        graph[name] = {edge for edge in edges if edge in modules and edge != name}
-        local += [f"{path.relative_to(ROOT)}:{line}" for line in lines]
-    assert not local, f"function-local jaxgen imports: {local}"
-    done, stack = set(), []
-
-    def visit(module):
-        if module in stack:
-            cycle = stack[stack.index(module) :] + [module]
-            raise AssertionError("import cycle: " + " -> ".join(cycle))
-        if module in done:
-            return
-        stack.append(module)
-        for target in sorted(graph[module]):
-            visit(target)
-        stack.pop()
-        done.add(module)
-
-    for module in sorted(graph):
-        visit(module)
-    assert "jaxgen.runs" in graph["jaxgen.metrics.domain"]  # runs sit below the evaluators
-    assert [name for name, edges in graph.items() if "jaxgen.train.loop" in edges] == ["jaxgen.cli"]
-
-
-def test_the_graph_check_sees_a_cycle_and_a_local_import():
-    modules = {"jaxgen.a", "jaxgen.b"}
-    tree = ast.parse("from jaxgen import b\ndef f():\n    import jaxgen.a\n")
-    assert _imports(tree, modules) == ({"jaxgen.b"}, [3])
 
 
 # ----------------------------------------------------------------------------- evaluate --evals

@@ -6,6 +6,7 @@ tests write a small TSV of their own and point data.text_file at it (data.name="
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import urllib.error
@@ -141,6 +142,48 @@ def test_export_then_serve_over_http(smoke_run, tmp_path):
         status, one = _post(url, json.dumps({"source": sources[:1]}).encode())
         status, three = _post(url, json.dumps({"source": sources, "num_beams": 1}).encode())
         assert status == 200 and one["translation"][0] == three["translation"][0]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_a_workdir_alone_samples_exports_and_serves_without_the_data(smoke_run, tmp_path):
+    """The run's folder copied to a machine with no data: sample, export and serve work (the
+    run's data_info.json and tokenizer.json are all they read), and serve translates as
+    experiments.sample does."""
+    workdir, _ = smoke_run
+    moved = tmp_path / "moved"
+    shutil.copytree(workdir, moved)
+    saved = json.loads((moved / "config.json").read_text())
+    saved["data"]["text_file"] = str(tmp_path / "gone.tsv")  # the TSV route's file is gone too
+    (moved / "config.json").write_text(json.dumps(saved))
+    no_data = {"JAXGEN_DATA_DIR": "", "JAXGEN_TFDS_DIR": str(tmp_path / "empty_tfds")}
+    sources = ["Y vió Dios la luz", "que era buena", "Y fué la tarde"]
+    (tmp_path / "sources.txt").write_text("\n".join(sources) + "\n", encoding="utf-8")
+    greedy = ["--config.sample.num_beams=1", "--config.sample.temperature=0.0"]
+    run_script(
+        "sample",
+        f"--workdir={moved}",
+        f"--config.sample.source_file={tmp_path / 'sources.txt'}",
+        *greedy,
+        env=no_data,
+    )
+    sampled = (moved / "samples" / "translation_0000020_seed0.txt").read_text(encoding="utf-8")
+    out = tmp_path / "export"
+    run_script("export", f"--workdir={moved}", f"--out={out}", "--num_beams=1", env=no_data)
+    assert not (tmp_path / "empty_tfds").exists() or not any((tmp_path / "empty_tfds").iterdir())
+    server = subprocess.Popen(
+        [sys.executable, "-m", "experiments.serve", f"--export={out}", "--port=0"],
+        cwd=ROOT,
+        env=script_env(**no_data),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        url = server.stdout.readline().split()[-1]
+        status, reply = _post(url, json.dumps({"source": sources}).encode())
+        assert status == 200 and reply["translation"] == sampled.splitlines()
     finally:
         server.terminate()
         server.wait(timeout=30)

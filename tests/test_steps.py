@@ -100,7 +100,7 @@ def critic_setup(loss: str, gp_weight: float = 0.0, r1_gamma: float = 0.0) -> ga
         latent_dim=2,
         num_classes=0,
         n_critic=1,
-        regularizers=gan.active_regularizers(loss_kw),
+        regularizers=gan_losses.active_regularizers(loss_kw),
     )
 
 

@@ -2,7 +2,9 @@
 
 experiments.train of the autoencoder smoke config -> CLIP smoke -> latent diffusion smoke naming
 both -> experiments.sample with prompts: one grid with a row per prompt, the single images and
-the settings, the same PNG bytes again for the same seed, and other settings in other files.
+the settings, the same PNG bytes again for the same seed, and other settings in other files;
+then, with the autoencoder's and CLIP's folders moved away, the same bytes again, an evaluation
+and a resumed training.
 """
 
 import json
@@ -58,3 +60,21 @@ def test_autoencoder_clip_latent_diffusion_sample(tmp_path):
     run_script(*sample[:2], "--config.sample.prompt=4", *sample[3:])
     assert len(list(ldm.glob("samples/prompts_0000004_seed42_*.png"))) == 3
     assert grid.read_bytes() == first
+    # The run is self-contained: with the autoencoder's and CLIP's folders gone, it samples the
+    # same bytes, evaluates, and resumes training.
+    ae.rename(tmp_path / "ae_moved")
+    clip.rename(tmp_path / "clip_moved")
+    run_script(*sample)
+    assert grid.read_bytes() == first
+    run_script("evaluate", f"--workdir={ldm}")
+    assert (ldm / "eval_4.json").is_file()
+    run_script(
+        "train",
+        "--config=configs/latent_diffusion/mnist.py:smoke",
+        f"--workdir={ldm}",
+        f"--config.model.autoencoder={ae}",
+        f"--config.model.text_encoder={clip}",
+        "--config.train.num_steps=6",
+        "--config.train.log_every=2",
+    )
+    assert (ldm / "checkpoints" / "6").is_dir()

@@ -8,9 +8,11 @@ import pytest
 from jaxgen import parallel
 from jaxgen.config import ConfigError
 from jaxgen.data import DatasetInfo
+from jaxgen.family import get_family
 from jaxgen.losses import gan as losses
 from jaxgen.registry import Registry
-from jaxgen.train import gan, get_family, loop, vae
+from jaxgen.train import gan, vae
+from jaxgen.train import state as train_state
 from tests.helpers import load_config, vae_smoke_config
 
 INFO = DatasetInfo(image_shape=(28, 28, 1), num_classes=10, num_examples={"train": 64, "test": 64})
@@ -182,15 +184,15 @@ def test_init_from_restarts_only_the_generator_ema():
     config = tiny_config()
     state = jax.jit(gan.make_steps(config, INFO).init)(jax.random.PRNGKey(0), fixed_batch())
     params = jax.tree.map(lambda x: x + 1.0, state.params)
-    new = loop.start_from_params(state, params)
+    new = train_state.start_from_params(state, params)
     assert set(new.ema_params) == {"generator"}
     assert leaves_equal(new.ema_params["generator"], params["generator"])
     assert jax.tree.structure(new) == jax.tree.structure(state)
-    # A VAE's EMA covers all its params, as before loop.start_from_params existed.
+    # A VAE's EMA covers all its params, as before train_state.start_from_params existed.
     vae_steps = vae.make_steps(vae_smoke_config(), INFO)
     vae_state = jax.jit(vae_steps.init)(jax.random.PRNGKey(0), {"image": jnp.zeros((2, 28, 28, 1))})
     vae_params = jax.tree.map(lambda x: x + 1.0, vae_state.params)
-    new = loop.start_from_params(vae_state, vae_params)
+    new = train_state.start_from_params(vae_state, vae_params)
     assert leaves_equal(new.ema_params, vae_params) and leaves_equal(new.params, vae_params)
     assert jax.tree.structure(new) == jax.tree.structure(vae_state)
 

@@ -27,13 +27,13 @@ Every dataset belongs to a registered kind of data (kinds.py: the Kind interface
 A kind owns its config.data fields beyond base_config's (a config takes them with
 `config.data.update(data.kind_fields("text"))`), their checks, preparation, batches, eval
 batches, tokenizers and DatasetInfo; the pipeline (pipeline.py), the loop and the run files
-(jaxgen.runs) go through the interface only. No TensorFlow is needed to prepare our datasets or
+(jaxgen.rundir) go through the interface only. No TensorFlow is needed to prepare our datasets or
 to read any prepared one.
 
 A new kind is one module with a Kind subclass registered in KINDS, imported below; nothing
 else changes. A kind may add fields to DatasetInfo (with defaults) for what its families must
 know, e.g. the vocabulary size of a shared tokenizer; a family writes its samples its own way
-(jaxgen.train.Family.write_sample), and the loop stays as it is.
+(jaxgen.family.Family.write_sample), and the loop stays as it is.
 """
 
 from jaxgen.data import captions_kind, image_kind, pairs_kind, text_kind  # noqa: F401 (register the kinds)

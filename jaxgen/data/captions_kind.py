@@ -157,6 +157,18 @@ def _load(data_config: ConfigDict, split: str) -> captions.CaptionedSplit:
         return _LOADED[key]
 
 
+def load_caption_tokenizer(path: str) -> tokenizers.Tokenizer:
+    """A tokenizer.json whose id PAD_ID (0) encodes the padding character; DataError if not."""
+    tokenizer = tokenizers.load(os.path.expanduser(path))
+    try:
+        pad_ids = [int(i) for i in tokenizer.encode(PAD)]
+    except ValueError:
+        pad_ids = []
+    if pad_ids != [PAD_ID]:
+        raise DataError(f"{path}: not a caption tokenizer (its id {PAD_ID} is not {PAD!r})")
+    return tokenizer
+
+
 class CaptionSource:
     """An opened captioned dataset (a kinds.Source)."""
 
@@ -172,14 +184,7 @@ class CaptionSource:
         path = self._config.tokenizer
         if path == "char":
             return char_tokenizer()
-        tokenizer = tokenizers.load(os.path.expanduser(path))
-        try:
-            pad_ids = [int(i) for i in tokenizer.encode(PAD)]
-        except ValueError:
-            pad_ids = []
-        if pad_ids != [PAD_ID]:
-            raise DataError(f"{path}: not a caption tokenizer (its id {PAD_ID} is not {PAD!r})")
-        return tokenizer
+        return load_caption_tokenizer(path)
 
     def info(self) -> kinds.DatasetInfo:
         train = self._splits[self._config.train_split]
@@ -242,6 +247,10 @@ class CaptionsKind(kinds.Kind):
 
     def accepts(self, name: str) -> bool:
         return sources.catalog_base_name(name) in captions.CATALOG
+
+    def load_tokenizer(self, field: str, path: str) -> tokenizers.Tokenizer:
+        del field
+        return load_caption_tokenizer(path)
 
     def check_config(self, data_config: ConfigDict) -> None:
         name = data_config.name

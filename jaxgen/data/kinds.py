@@ -28,7 +28,9 @@ from typing import Any, ClassVar, NamedTuple, Protocol
 import grain
 import numpy as np
 
+from jaxgen import tokenizers
 from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.data.errors import DataError
 from jaxgen.registry import Registry
 from jaxgen.tokenizers import Tokenizer
 
@@ -81,6 +83,15 @@ class Kind(abc.ABC):
         catalog dataset of its sort); asked of catch-all kinds last."""
         del name
         return False
+
+    def load_tokenizer(self, field: str, path: str) -> Tokenizer:
+        """The tokenizer.json at `path` for tokenizer field `field` (a run's saved tokenizer, read
+        without opening the dataset); a kind checks here what it needs of it."""
+        del field
+        try:
+            return tokenizers.load(path)
+        except ValueError as error:
+            raise DataError(str(error)) from None
 
     @abc.abstractmethod
     def check_config(self, data_config: ConfigDict) -> None:
@@ -176,21 +187,43 @@ def get_info(data_config: ConfigDict) -> DatasetInfo:
     return open_source(data_config).info()
 
 
+def _saved_tokenizers(data_config: ConfigDict) -> dict[str, Tokenizer] | None:
+    """{field: tokenizer} when every tokenizer field of the kind names a tokenizer.json file
+    (a run's saved ones: jaxgen.rundir.with_saved_tokenizers), else None."""
+    kind = kind_of(data_config.name)
+    paths = {
+        field: os.path.expanduser(str(data_config.get(field, "")))
+        for field in kind.tokenizer_fields
+    }
+    if not all(os.path.isfile(path) for path in paths.values()):
+        return None
+    return {field: kind.load_tokenizer(field, path) for field, path in paths.items()}
+
+
 def get_tokenizers(data_config: ConfigDict) -> dict[str, Tokenizer]:
     """{config.data field: tokenizer} of the dataset ({} for a kind without text).
 
-    Prepares the dataset and trains its tokenizers if needed; every process gets the same ones.
+    Tokenizer fields that all name tokenizer.json files (a run's saved tokenizers) are read as
+    they are, without opening the dataset: a run decodes on a machine without its data.
+    Otherwise prepares the dataset and trains its tokenizers if needed; every process gets
+    the same ones.
     """
-    check_config(data_config)
     if not kind_of(data_config.name).tokenizer_fields:
+        check_config(data_config)
         return {}  # nothing to prepare
+    saved = _saved_tokenizers(data_config)
+    if saved is not None:
+        return saved
+    check_config(data_config)
     return open_source(data_config).tokenizers()
 
 
 def load_tokenizer(data_config: ConfigDict) -> Tokenizer:
     """The tokenizer (config.data.tokenizer) of a dataset with one, e.g. a text dataset."""
-    check_config(data_config)
     kind = kind_of(data_config.name)
+    if "tokenizer" in kind.tokenizer_fields:
+        return get_tokenizers(data_config)["tokenizer"]
+    check_config(data_config)
     if "tokenizer" not in kind.tokenizer_fields:
         text = [
             n for k in _kinds() if "tokenizer" in k.tokenizer_fields for n in k.datasets.names()
@@ -199,4 +232,3 @@ def load_tokenizer(data_config: ConfigDict) -> Tokenizer:
             f"config.data.name: {data_config.name!r} is not a text dataset "
             f"({', '.join(sorted(text))}), so it has no tokenizer"
         )
-    return open_source(data_config).tokenizers()["tokenizer"]

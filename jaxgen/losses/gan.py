@@ -27,6 +27,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxgen.config import ConfigError
 from jaxgen.registry import Registry
 
 Metrics = dict[str, jax.Array]
@@ -191,3 +192,28 @@ REGULARIZERS.register("gradient_penalty")(
 REGULARIZERS.register("r1")(
     Regularizer(r1_penalty, real_images, keyword="r1_gamma", metric="r1", scale=0.5)
 )
+
+
+def active_regularizers(loss_kw) -> tuple[tuple[Regularizer, float], ...]:
+    """(entry, weight) of each registered regularizer whose config.loss.kw weight is > 0, in
+    name order (the order the step adds them in)."""
+    entries = [REGULARIZERS.get(name) for name in REGULARIZERS.names()]
+    return tuple((entry, loss_kw[entry.keyword]) for entry in entries if loss_kw[entry.keyword] > 0)
+
+
+def check_regularizers(loss_name: str, loss_kw) -> tuple[tuple[Regularizer, float], ...]:
+    """The active regularizers of config.loss; ConfigError naming config.loss.kw.<keyword> for
+    a weight that is missing (0 disables it), negative, or 0 where the loss requires it."""
+    for name in REGULARIZERS.names():
+        field = REGULARIZERS.get(name).keyword
+        if field not in loss_kw:
+            raise ConfigError(f"config.loss.kw.{field}: missing (0 disables it)")
+        if not loss_kw[field] >= 0:
+            raise ConfigError(f"config.loss.kw.{field}: must be >= 0, got {loss_kw[field]}")
+    for name in LOSSES.get(loss_name).requires:
+        field = REGULARIZERS.get(name).keyword
+        if not loss_kw[field] > 0:
+            raise ConfigError(
+                f"config.loss.kw.{field}: {loss_name!r} needs a {name.replace('_', ' ')} weight > 0"
+            )
+    return active_regularizers(loss_kw)

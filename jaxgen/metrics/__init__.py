@@ -10,9 +10,11 @@ Steps.finalize of that type if it has one (GPT's perplexity). Results are keyed
 
 A registered evaluator is `cls(config, entry, steps, placement)` -> callable
 `evaluator(state) -> {metric: float}` (or a string for a label the score needs to be
-reproduced, e.g. metrics/text.py's sacrebleu signatures); it may define a classmethod
-`check(config, name, entry, num_devices)` for checks before compiling, and
-`needs_generate = True` if it draws samples with `steps.generate`, and a dict
+reproduced, e.g. metrics/text.py's sacrebleu signatures). It takes what it runs from the
+family's Steps (big_vision's predict_fns): `needs_generate = True` if it draws samples with
+`steps.generate`, `needs = ("translate",)` for the Steps.predict_fns it calls; an evaluator
+never builds a family's model itself. It may define a classmethod
+`check(config, name, entry, num_devices)` for checks before compiling, and a dict
 `defaults` of its entry fields (experiments.evaluate --evals starts from it); with
 `shares_samples = True` it also gets `shared=` (one dict per build) and may define
 `release()`, called after each `run`. Errors that
@@ -35,13 +37,13 @@ from jaxgen.parallel import Placement
 __all__ = ["EVALUATORS", "DatasetAverage", "build", "check_config", "generative", "run", "text"]
 
 
-def check_config(
-    config: ConfigDict, family_types: set[str], num_devices: int, can_generate: bool = True
-) -> None:
+def check_config(config: ConfigDict, steps: Any, num_devices: int) -> None:
     """ConfigError naming config.evals.<name>.<field> for an entry that cannot run.
 
-    can_generate: whether the family provides Steps.generate (sample evaluators need it).
+    steps: the family's Steps (its eval steps, Steps.generate and Steps.predict_fns decide
+    which evaluators it can run).
     """
+    family_types = set(steps.eval_steps)
     for name, entry in config.evals.items():
         if "type" not in entry:
             raise ConfigError(f"config.evals.{name}.type: missing")
@@ -63,17 +65,26 @@ def check_config(
             )
         if entry.type in family_types:
             continue
-        _check_generate(name, entry, can_generate)
+        _check_needs(config, name, entry, steps)
         evaluator = EVALUATORS.get(entry.type)
         if hasattr(evaluator, "check"):
             evaluator.check(config, name, entry, num_devices)
 
 
-def _check_generate(name: str, entry: ConfigDict, can_generate: bool) -> None:
-    if getattr(EVALUATORS.get(entry.type), "needs_generate", False) and not can_generate:
+def _check_needs(config: ConfigDict, name: str, entry: ConfigDict, steps: Any) -> None:
+    """The family gives the evaluator what it runs: Steps.generate, its predict_fns."""
+    evaluator = EVALUATORS.get(entry.type)
+    if getattr(evaluator, "needs_generate", False) and steps.generate is None:
         raise ConfigError(
-            f"config.evals.{name}.type: {entry.type!r} draws samples, but this family has no "
-            "Steps.generate (see jaxgen/train/__init__.py)"
+            f"config.evals.{name}.type: {entry.type!r} draws samples, but the "
+            f"{config.family} family has no Steps.generate (see jaxgen/family.py)"
+        )
+    missing = [fn for fn in getattr(evaluator, "needs", ()) if fn not in steps.predict_fns]
+    if missing:
+        raise ConfigError(
+            f"config.evals.{name}.type: {entry.type!r} needs the {missing[0]!r} function of a "
+            f"family that has one; the {config.family} family has "
+            f"{', '.join(sorted(steps.predict_fns)) or 'none'} (Steps.predict_fns)"
         )
 
 
@@ -133,7 +144,7 @@ def build(config: ConfigDict, steps: Any, placement: Placement) -> dict[str, Cal
     Checks the entries first (check_config): a bad one is a ConfigError before compiling.
     """
     num_devices = parallel.num_data_devices(config.mesh)
-    check_config(config, set(steps.eval_steps), num_devices, steps.generate is not None)
+    check_config(config, steps, num_devices)
     evaluators, shared = {}, {}  # shared: the sample passes and references of equal entries
     for name, entry in config.evals.items():
         if entry.type in steps.eval_steps:
@@ -142,7 +153,6 @@ def build(config: ConfigDict, steps: Any, placement: Placement) -> dict[str, Cal
                 config, entry, steps.eval_steps[entry.type], placement, finalize
             )
         else:
-            _check_generate(name, entry, getattr(steps, "generate", None) is not None)
             try:
                 cls = EVALUATORS.get(entry.type)
                 kwargs = {"shared": shared} if getattr(cls, "shares_samples", False) else {}

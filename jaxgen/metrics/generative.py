@@ -29,7 +29,7 @@ import numpy as np
 
 from jaxgen import data
 from jaxgen.config import ConfigDict, ConfigError
-from jaxgen.metrics import domain, fid, inception, networks
+from jaxgen.metrics import domain, fid, inception, networks  # noqa: F401 (domain, inception: networks)
 from jaxgen.metrics.evaluators import EVALUATORS
 from jaxgen.parallel import Placement
 
@@ -49,19 +49,6 @@ DEFAULTS = dict(
     # {"guidance_scale": 3.0, "captions": "heldout"}; {}: the family's defaults.
     generate_kw={},
 )
-
-
-def get_network(
-    name: str, config: ConfigDict, entry: ConfigDict, field: str
-) -> networks.FeatureNetwork:
-    """The network an evals entry names; `field` (config.evals.<name>) prefixes errors."""
-    if name == "domain":
-        return domain.load(entry.get("dataset", config.data.name), f"{field}.network")
-    if name == "inception":
-        return inception.load(inception.weights_path(entry, field), f"{field}.weights")
-    raise ConfigError(
-        f"{field}.network: unknown network {name!r}; choose from {', '.join(networks.NETWORKS)}"
-    )
 
 
 def check_generate_kw(options: ConfigDict, generate: Any, field: str) -> None:
@@ -108,7 +95,7 @@ class SamplePass:
         self, config: ConfigDict, entry: ConfigDict, steps: Any, placement: Placement, field: str
     ):
         self.entry, self.placement = entry, placement
-        self.network = get_network(entry.network, config, entry, field)
+        self.network = networks.get_network(config, entry, field)
         self.num_classes = data.get_info(config.data).num_classes or 1
         network = self.network
         generate = functools.partial(steps.generate, **dict(entry.get("generate_kw", {})))
@@ -163,11 +150,7 @@ class SampleEvaluator:
                 f"{field}.{sorted(unknown)[0]}: unknown field of a {entry.type!r} evaluator; "
                 f"known: {', '.join(sorted(DEFAULTS))}"
             )
-        if get("network") not in networks.NETWORKS:
-            raise ConfigError(
-                f"{field}.network: unknown network {get('network')!r}; "
-                f"choose from {', '.join(networks.NETWORKS)}"
-            )
+        network = networks.get_entry(get("network"), field)
         num, batch = get("num_samples"), get("batch_size")
         if not isinstance(num, int) or num < 2 or num % num_devices:
             raise ConfigError(
@@ -177,10 +160,12 @@ class SampleEvaluator:
             raise ConfigError(
                 f"{field}.batch_size: {batch} is not a positive multiple of the {num_devices} devices"
             )
-        if get("network") == "inception":
-            inception.weights_path(entry, field)  # raises when missing
-        if cls is ClassAccuracy and get("network") != "domain":
-            raise ConfigError(f"{field}.network: class_accuracy needs the 'domain' classifier")
+        network.check(config, entry, field)
+        if cls is ClassAccuracy and not network.classifies_data:
+            raise ConfigError(
+                f"{field}.network: class_accuracy needs a classifier of the dataset's classes "
+                f"('domain'), not {get('network')!r}"
+            )
 
     def __init__(
         self,

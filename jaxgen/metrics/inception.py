@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen.config import ConfigDict, ConfigError
-from jaxgen.metrics.networks import FeatureNetwork, cache_root, fingerprint
+from jaxgen.metrics.networks import NETWORKS, FeatureNetwork, Network, cache_root, fingerprint
 
 PyTree = Any
 INPUT_SIZE = 299
@@ -320,3 +320,16 @@ def network(variables: PyTree, cache_dir: str) -> FeatureNetwork:
         cache_dir=cache_dir,
         fingerprint=fingerprint(variables),
     )
+
+
+def _load_entry(config: ConfigDict, entry: ConfigDict, field: str) -> FeatureNetwork:
+    del config
+    return load(weights_path(entry, field), f"{field}.weights")
+
+
+def _check_entry(config: ConfigDict, entry: ConfigDict, field: str) -> None:
+    del config
+    weights_path(entry, field)  # raises when missing
+
+
+NETWORKS.register("inception")(Network(_load_entry, _check_entry))

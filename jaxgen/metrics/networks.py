@@ -1,9 +1,10 @@
 """Feature networks for sample-quality metrics, and their cached dataset statistics.
 
 A FeatureNetwork is a pure function images [B, H, W, C] in [-1, 1] ->
-(features [B, D], logits [B, K]) with its params: the FID Inception-v3
-(metrics/inception.py) or the offline domain classifier (metrics/domain.py); an
-evals entry picks one by name (generative.get_network).
+(features [B, D], logits [B, K]) with its params. An evals entry picks one by name from the
+NETWORKS registry (config.evals.<name>.network): "inception", the FID Inception-v3
+(metrics/inception.py), or "domain", the offline classifier of the dataset (metrics/domain.py);
+a new network is one registered `Network` in its own module.
 `reference` computes the feature Gaussian of a dataset split once and caches it
 on disk, keyed by dataset, split and network (and checked against the params'
 fingerprint, so a rebuilt network never reuses stale statistics).
@@ -21,12 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen import data
-from jaxgen.config import ConfigDict
+from jaxgen.config import ConfigDict, ConfigError
 from jaxgen.metrics import fid
 from jaxgen.parallel import Placement
+from jaxgen.registry import Registry
 
 PyTree = Any
-NETWORKS = ("domain", "inception")
+NETWORKS = Registry("feature network", "config.evals.<name>.network")
 # Reference features kept for KID (rows); the Gaussian uses every example.
 MAX_KID_FEATURES = 10_000
 
@@ -39,6 +41,31 @@ class FeatureNetwork(NamedTuple):
     num_classes: int
     cache_dir: str  # where its dataset statistics are kept
     fingerprint: str  # a hash of the params
+
+
+class Network(NamedTuple):
+    """A registered feature network: how an evals entry loads and checks it."""
+
+    # load(config, entry, field) -> FeatureNetwork; field: "config.evals.<name>" for errors
+    load: Callable[[ConfigDict, ConfigDict, str], "FeatureNetwork"]
+    # check(config, entry, field) -> None: ConfigError before compiling (e.g. missing weights)
+    check: Callable[[ConfigDict, ConfigDict, str], None] = lambda config, entry, field: None
+    classifies_data: bool = False  # its logits are the dataset's classes (class_accuracy)
+
+
+def get_network(config: ConfigDict, entry: ConfigDict, field: str) -> FeatureNetwork:
+    """The network an evals entry names (entry.network); `field` (config.evals.<name>)
+    prefixes errors."""
+    return get_entry(entry.network, field).load(config, entry, field)
+
+
+def get_entry(name: str, field: str) -> Network:
+    """The registered Network `name`; a ConfigError naming <field>.network if unknown."""
+    if name not in NETWORKS:
+        raise ConfigError(
+            f"{field}.network: unknown network {name!r}; choose from {', '.join(NETWORKS.names())}"
+        )
+    return NETWORKS.get(name)
 
 
 class Reference(NamedTuple):

@@ -13,11 +13,15 @@ them, so a number can be reproduced from metrics.jsonl, eval_<step>.json and the
 Results: "bleu", "chrf" (0-100), "bleu_signature", "chrf_signature" (strings) and "count"
 (sentences); or "rougeL" (0-100) and "count".
 
-Model-specific, deliberately: the translations come from the seq2seq model (models/seq2seq.py,
-sampling/seq2seq.py) on a pairs dataset; the metric functions themselves (corpus_bleu_chrf,
-rouge_l) take any lists of strings, so another text-producing family can reuse them.
+The translations come from the family's "translate" function (Steps.predict_fns, as
+big_vision's evaluators get predict_fns): translate(params, source [B, S] int32, rng, *,
+settings: jaxgen.sampling.decoding.Settings) -> decoding.GenerateOutput with R = the settings'
+num_return_sequences rows per source, the best first. Any family that translates a pairs
+dataset can be scored; this module builds no model. The metric functions themselves
+(corpus_bleu_chrf, rouge_l) take any lists of strings.
 """
 
+import functools
 from typing import Any, ClassVar
 
 import jax
@@ -28,9 +32,8 @@ from jaxgen import data
 from jaxgen.config import ConfigDict, ConfigError
 from jaxgen.data import pairs
 from jaxgen.metrics.evaluators import EVALUATORS
-from jaxgen.models import seq2seq as models
 from jaxgen.parallel import Placement
-from jaxgen.sampling import seq2seq as sampling
+from jaxgen.sampling import decoding
 
 
 def corpus_bleu_chrf(hypotheses: list[str], references: list[str]) -> dict[str, Any]:
@@ -67,6 +70,7 @@ class Translations:
     """Translates a split of the run's pairs data: (hypotheses, references) as text."""
 
     defaults: ClassVar[dict[str, Any]] = {"split": "test", "batch_size": 64, "num_examples": 0}
+    needs = ("translate",)  # Steps.predict_fns
 
     @classmethod
     def check(cls, config: ConfigDict, name: str, entry: ConfigDict, num_devices: int) -> None:
@@ -76,24 +80,20 @@ class Translations:
                 f"config.evals.{name}.type: {entry.type!r} scores translations of a pairs "
                 f"dataset; {config.data.name!r} is not one"
             )
-        if config.family != "seq2seq":
-            raise ConfigError(f"config.evals.{name}.type: {entry.type!r} needs family seq2seq")
 
     def __init__(self, config: ConfigDict, entry: ConfigDict, steps: Any, placement: Placement):
-        del steps
         self.config, self.entry, self.placement = config, entry, placement
         self.tokenizer = data.load_tokenizer(config.data)
         self.pad_id = pairs.pad_id(self.tokenizer)
-        model = models.make_model(config.model, self.tokenizer.vocab_size, self.pad_id)
-        translate = sampling.make_translate(
-            model, config.sample, self.tokenizer.eos_id, self.pad_id
+        translate = functools.partial(
+            steps.predict_fns["translate"], settings=decoding.read_settings(config.sample)
         )
         eos = self.tokenizer.eos_id
 
         def step(state, batch, rng):
             output = translate(state.eval_params, batch["source"], rng)
             returned = output.tokens.shape[0] // batch["source"].shape[0]
-            return sampling.output_rows(output, eos)[::returned]  # the best hypothesis
+            return decoding.output_rows(output, eos)[::returned]  # the best hypothesis
 
         self.step = placement.compile_eval(step)
         self.rng = jax.random.PRNGKey(config.sample.seed)

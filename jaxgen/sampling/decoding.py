@@ -118,6 +118,13 @@ def read_settings(sample_config: ConfigDict) -> Settings:
     return settings
 
 
+def output_rows(output: GenerateOutput, eos_id: int) -> jax.Array:
+    """Output tokens with -1 at and after each row's end (the EOS and the padding after it)."""
+    tokens = output.tokens
+    positions = jnp.arange(tokens.shape[1])[None]
+    return jnp.where((positions < output.lengths[:, None]) & (tokens != eos_id), tokens, -1)
+
+
 def is_deterministic(settings: Settings) -> bool:
     """Beam search and greedy decoding give the same output for every rng."""
     return settings.num_beams > 1 or settings.temperature == 0.0

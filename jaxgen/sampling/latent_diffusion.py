@@ -12,9 +12,11 @@ checked on the host by `check_settings`, before anything compiles. Loading a run
 PNGs are left to jaxgen.text_to_image and the family's writer.
 """
 
+import functools
 import hashlib
 import json
 import os
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -41,6 +43,88 @@ class SamplerSettings(NamedTuple):
     num_inference_steps: int  # DDIM steps
     eta: float  # DDIM's η (0: deterministic)
     parameterisation: str  # the U-Net's output: "eps", "x0" or "v"
+
+
+class ImageSettings(NamedTuple):
+    """The settings of one compiled text-to-image call (static: each new one compiles; new
+    prompts of the same count and new seeds do not)."""
+
+    guidance_scale: float  # diffusers' convention: 0 unconditional, 1 conditional, > 1 guided
+    sampler: str  # "ddim" or "ddpm"
+    num_inference_steps: int  # DDIM steps
+    eta: float  # DDIM's η (0: deterministic)
+    num_images_per_prompt: int
+
+
+def image_settings(sample_config: ConfigDict) -> ImageSettings:
+    """The ImageSettings of config.sample (checked by check_settings)."""
+    return ImageSettings(
+        float(sample_config.guidance_scale),
+        sample_config.sampler,
+        int(sample_config.num_inference_steps),
+        float(sample_config.eta),
+        int(sample_config.num_images_per_prompt),
+    )
+
+
+class TextToImage(NamedTuple):
+    """A latent diffusion run's text-to-image function: its Steps.predict_fns["text_to_image"].
+
+        ids = pipeline.prepare(["a red apple", "a cat"])       # int32 [P, L], host
+        negative = pipeline.prepare([""])                       # [1, L]: the empty prompt
+        images = pipeline.generate(pipeline.params(state), ids, negative, rng,
+                                   settings=ImageSettings(...))  # [P, N, H, W, C] in [-1, 1]
+
+    generate is pure and jittable with `settings` static (jaxgen.text_to_image compiles it once
+    per setting); Steps.sample runs the same function on config.sample's prompts.
+    """
+
+    prepare: Callable[[Sequence[str]], np.ndarray]
+    generate: Callable[..., jax.Array]
+    params: Callable[[Any], PyTree]  # state -> what generate reads: {"unet", "frozen"}
+
+
+def text_to_image(
+    params, ids, negative_ids, rng, *, settings: ImageSettings, parameterisation, latent_shape, **kw
+) -> jax.Array:
+    """[P, N, H, W, C] in [-1, 1]: N = settings.num_images_per_prompt images for each prompt of
+    ids [P, L] (prompt_grid), against negative_ids [1, L]; params {"unet", "frozen"}. kw: the
+    unet, autoencoder, clip and schedule."""
+    sampler = SamplerSettings(
+        settings.guidance_scale,
+        settings.sampler,
+        settings.num_inference_steps,
+        settings.eta,
+        parameterisation,
+    )
+    return prompt_grid(
+        params["unet"],
+        params["frozen"],
+        ids,
+        negative_ids,
+        rng,
+        num_per_prompt=settings.num_images_per_prompt,
+        latent_shape=latent_shape,
+        settings=sampler,
+        **kw,
+    )
+
+
+def make_pipeline(tokenizer, caption_len: int, **kw) -> TextToImage:
+    """The TextToImage of a latent diffusion model: prompts tokenized with the run's tokenizer
+    and padded to caption_len; kw: text_to_image's bound arguments (unet, autoencoder, clip,
+    schedule, parameterisation, latent_shape)."""
+    return TextToImage(
+        prepare=functools.partial(encode_captions, tokenizer, length=caption_len),
+        generate=functools.partial(text_to_image, **kw),
+        params=unet_and_frozen,
+    )
+
+
+def unet_and_frozen(state) -> PyTree:
+    """What text_to_image reads of a latent diffusion state: the U-Net's eval params (EMA when
+    kept) and the frozen stages."""
+    return {"unet": state.eval_params, "frozen": state.frozen}
 
 
 def settings_of(sample_config: ConfigDict, parameterisation: str, **overrides) -> SamplerSettings:

@@ -15,6 +15,7 @@ recomputes them. The padding id is never generated. Greedy, sampling and beam se
 checks are decoding.py's; the whole translation is one compiled call.
 """
 
+import functools
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -25,7 +26,7 @@ import numpy as np
 from jaxgen.config import ConfigDict, ConfigError
 from jaxgen.models import seq2seq
 from jaxgen.sampling import decoding
-from jaxgen.sampling.decoding import GenerateOutput
+from jaxgen.sampling.decoding import GenerateOutput, output_rows
 from jaxgen.tokenizers import Tokenizer
 
 
@@ -73,24 +74,22 @@ def check_length(model_config: ConfigDict, max_new_tokens: int) -> None:
         )
 
 
+def translate(params, source, rng, *, model, eos_id: int, pad_id: int, settings):
+    """GenerateOutput ([B * R, max_new_tokens]) of source [B, S] under the decoding settings
+    (decoding.Settings; R = settings.num_return_sequences). The seq2seq family's "translate"
+    predict function, with model, eos_id and pad_id bound."""
+    decoder = make_decoder(model, eos_id, pad_id, settings.max_new_tokens + 1)
+    return decoding.decode(decoder, settings, eos_id, params, source, rng)
+
+
 def make_translate(
     model: nn.Module, sample_config: ConfigDict, eos_id: int, pad_id: int
 ) -> Callable[..., GenerateOutput]:
     """translate(params, source [B, S], rng) -> GenerateOutput ([B * R, max_new_tokens])."""
     settings = decoding.read_settings(sample_config)
-    decoder = make_decoder(model, eos_id, pad_id, settings.max_new_tokens + 1)
-
-    def translate(params, source, rng):
-        return decoding.decode(decoder, settings, eos_id, params, source, rng)
-
-    return translate
-
-
-def output_rows(output: GenerateOutput, eos_id: int) -> jax.Array:
-    """Output tokens with -1 at and after each row's end (the EOS and the padding after it)."""
-    tokens = output.tokens
-    positions = jnp.arange(tokens.shape[1])[None]
-    return jnp.where((positions < output.lengths[:, None]) & (tokens != eos_id), tokens, -1)
+    return functools.partial(
+        translate, model=model, eos_id=eos_id, pad_id=pad_id, settings=settings
+    )
 
 
 def encode_sources(tokenizer: Tokenizer, texts: Sequence[str], length: int, pad_id: int):

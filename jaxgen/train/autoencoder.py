@@ -25,10 +25,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.family import FAMILIES, Family, Steps
 from jaxgen.losses import autoencoder as losses
 from jaxgen.models import autoencoder as models
 from jaxgen.parallel import example_rngs
-from jaxgen.train import FAMILIES, Family, Steps
 from jaxgen.train import state as train_state
 
 
@@ -155,6 +155,8 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
         ),
         eval_steps={"reconstruction": lambda entry: recon, "latent_scale": lambda entry: moments},
         sample=lambda state, batch, rng: {"reconstruction": grid(state.eval_params, batch)},
+        batch_spec={"image": jax.ShapeDtypeStruct((1, *info.image_shape), jnp.float32)},
+        sample_reads_data=True,  # reconstructions of eval images
         finalize={"latent_scale": scale_factor},
     )
 

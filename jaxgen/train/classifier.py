@@ -3,7 +3,8 @@
 A supervised family in the same shape as train/vae.py: its train step is
 train_state.train_step over train_inputs and classifier_loss. Its `sample` returns no
 images (the loop writes nothing); its eval step "accuracy" gives masked sums of
-correct predictions and cross-entropy over the eval split.
+correct predictions and cross-entropy over the eval split. Its "features" function
+(Steps.predict_fns) is what the domain metrics embed images with.
 """
 
 import functools
@@ -14,9 +15,9 @@ import jax.numpy as jnp
 import optax
 
 from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.family import FAMILIES, Family, Steps
 from jaxgen.losses import classifier as losses
 from jaxgen.models import classifier as models
-from jaxgen.train import FAMILIES, Family, Steps
 from jaxgen.train import state as train_state
 
 
@@ -62,6 +63,13 @@ def accuracy_sums(params, batch, rng, *, model):
     }
 
 
+def features(params, images, *, model):
+    """(penultimate features [B, D], logits [B, K]) of images [B, H, W, C] in [-1, 1]: what the
+    domain metrics embed images with (jaxgen.metrics.domain)."""
+    out = model.apply({"params": params}, images)
+    return out.features, out.logits
+
+
 def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> Steps:
     model = models.make_model(config.model, info.num_classes)
     optimizer = train_state.from_config(config)
@@ -84,6 +92,9 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
         train_step=step,
         eval_steps={"accuracy": lambda entry: accuracy},
         sample=lambda state, batch, rng: {},  # a classifier draws no images
+        batch_spec={"image": jax.ShapeDtypeStruct((1, *info.image_shape), jnp.float32)},
+        # The domain metrics' feature network (jaxgen.metrics.domain).
+        predict_fns={"features": functools.partial(features, model=model)},
     )
 
 

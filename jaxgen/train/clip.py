@@ -19,10 +19,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.family import FAMILIES, Family, Steps
 from jaxgen.losses import clip as losses
 from jaxgen.metrics.clip_score import clip_score
 from jaxgen.models import clip as models
-from jaxgen.train import FAMILIES, Family, Steps
 from jaxgen.train import state as train_state
 
 
@@ -88,6 +88,10 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
         ),
         eval_steps={"clip_score": lambda entry: scores},
         sample=lambda state, batch, rng: {},
+        batch_spec={
+            "image": jax.ShapeDtypeStruct((1, *info.image_shape), jnp.float32),
+            "caption": jax.ShapeDtypeStruct((1, config.data.caption_len), jnp.int32),
+        },
     )
 
 

@@ -23,12 +23,12 @@ import jax.numpy as jnp
 
 from jaxgen import diffusion
 from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.family import FAMILIES, Family, Steps
 from jaxgen.losses import ddpm as losses
 from jaxgen.metrics import likelihood
 from jaxgen.models import ddpm as models
 from jaxgen.parallel import example_rngs
 from jaxgen.sampling import ddpm as sampling
-from jaxgen.train import FAMILIES, Family, Steps
 from jaxgen.train import state as train_state
 
 PyTree = Any
@@ -313,6 +313,7 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
         sample=functools.partial(
             sample_grids, denoise=denoise, num_classes=num_classes, settings=config.sample
         ),
+        batch_spec={"image": jax.ShapeDtypeStruct((1, *info.image_shape), jnp.float32)},
         generate=functools.partial(generate, denoise=denoise, num_classes=num_classes),
     )
 

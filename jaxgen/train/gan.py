@@ -47,11 +47,11 @@ import optax
 
 from jaxgen import optim
 from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.family import FAMILIES, Family, Steps
 from jaxgen.losses import gan as losses
 from jaxgen.models import gan as models
 from jaxgen.parallel import example_rngs, num_data_devices
 from jaxgen.sampling import gan as sampling
-from jaxgen.train import FAMILIES, Family, Steps
 from jaxgen.train import state as train_state
 from jaxgen.train.gradients import pmean_flat, split_microbatches
 
@@ -77,21 +77,7 @@ class GANState:
 
 def validate(config: ConfigDict, info: Any) -> None:
     models.check_config(config.model, info.image_shape)
-    gan_loss = losses.LOSSES.get(config.loss.name)
-    for name in losses.REGULARIZERS.names():
-        field = losses.REGULARIZERS.get(name).keyword
-        if field not in config.loss.kw:
-            raise ConfigError(f"config.loss.kw.{field}: missing (0 disables it)")
-        if not config.loss.kw[field] >= 0:
-            raise ConfigError(f"config.loss.kw.{field}: must be >= 0, got {config.loss.kw[field]}")
-    for name in gan_loss.requires:
-        field = losses.REGULARIZERS.get(name).keyword
-        if not config.loss.kw[field] > 0:
-            raise ConfigError(
-                f"config.loss.kw.{field}: {config.loss.name!r} needs a "
-                f"{name.replace('_', ' ')} weight > 0"
-            )
-    active = active_regularizers(config.loss.kw)
+    active = losses.check_regularizers(config.loss.name, config.loss.kw)
     for regularizer, _ in active:
         if regularizer.player != "discriminator" or regularizer.interval != 1:
             raise ConfigError(
@@ -141,12 +127,6 @@ class Players(NamedTuple):
     draw: Callable[..., tuple]  # (rng, size, axis) -> z, label, mix
 
 
-def active_regularizers(loss_kw: ConfigDict) -> tuple[tuple[losses.Regularizer, float], ...]:
-    """(entry, weight) of each registered regularizer whose weight is > 0, in name order."""
-    entries = [losses.REGULARIZERS.get(name) for name in losses.REGULARIZERS.names()]
-    return tuple((entry, loss_kw[entry.keyword]) for entry in entries if loss_kw[entry.keyword] > 0)
-
-
 class Setup(NamedTuple):
     """The fixed parts of a GAN step, built once from the config."""
 
@@ -181,7 +161,7 @@ def make_setup(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
         latent_dim=config.model.latent_dim,
         num_classes=num_classes,
         n_critic=n_critic,
-        regularizers=active_regularizers(config.loss.kw),
+        regularizers=losses.active_regularizers(config.loss.kw),
         axis_name=axis_name,
     )
 
@@ -420,6 +400,7 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
         train_step=functools.partial(train_step, setup=setup),
         eval_steps={"discriminator": lambda entry: discriminator},
         sample=functools.partial(sample_grid, setup=setup, num_samples=config.sample.num_samples),
+        batch_spec={"image": jax.ShapeDtypeStruct((1, *info.image_shape), jnp.float32)},
         generate=functools.partial(generate, setup=setup),
     )
 

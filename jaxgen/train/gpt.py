@@ -21,12 +21,12 @@ import numpy as np
 
 from jaxgen import data, samples
 from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.family import FAMILIES, Family, Steps
 from jaxgen.losses import gpt as losses
 from jaxgen.models import gpt as models
 from jaxgen.parallel import example_rngs
 from jaxgen.sampling import decoding
 from jaxgen.sampling import gpt as sampling
-from jaxgen.train import FAMILIES, Family, Steps
 from jaxgen.train import state as train_state
 
 PyTree = Any
@@ -166,6 +166,7 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
             settings=config.sample,
             copies=1 if deterministic else config.sample.num_samples,
         ),
+        batch_spec={"tokens": jax.ShapeDtypeStruct((1, config.data.seq_len + 1), jnp.int32)},
         finalize={"loss": losses.add_perplexity},
     )
 

@@ -3,7 +3,7 @@
 Stage 3 of text-to-image, after the autoencoder (train/autoencoder.py) and CLIP (train/clip.py),
 whose runs config.model.autoencoder=W_AE and config.model.text_encoder=W_CLIP name:
   latents   z_0 = scale_factor * (mean + σ ε) of the frozen autoencoder's posterior (SD samples
-            latent_dist and multiplies by 0.18215; ours is W_AE's logged latent_scale/scale_factor);
+            latent_dist and multiplies by 0.18215; ours is W_AE's, copied when the run starts);
   text      the frozen CLIP text tower's hidden states [B, L, width] of the caption, after caption
             dropout: each caption is replaced by the empty prompt (all PAD_ID) with probability
             config.loss.caption_dropout (10%), so one network is both p(z|text) and p(z)
@@ -15,13 +15,15 @@ whose runs config.model.autoencoder=W_AE and config.model.text_encoder=W_CLIP na
   sampling  sampling/latent_diffusion.py (DDIM/DDPM with classifier-free guidance, diffusers'
             guidance_scale convention), then the autoencoder's decoder.
 
-The frozen params are COPIED into the run's state (state.frozen: the autoencoder's and CLIP's
-eval params and the scale factor) by Steps.setup when the run starts: they are checkpointed with
-the U-Net, so a resumed or sampled run uses exactly what it trained with even if W_AE or W_CLIP is
-retrained later. The architectures are read from W_AE/config.json and W_CLIP/config.json, which
-must still exist. validate checks, before anything compiles, that both runs exist, have a
-checkpoint and the right family, that the autoencoder saw images of this run's shape, and that
-CLIP's caption_len and saved tokenizer are this run's.
+When the run starts, what it needs of W_AE and W_CLIP is COPIED into it (train/latent_stages.py):
+their architectures and the scale factor into its config (config.model.stages, by
+Family.resolve), their eval params into its state (state.frozen, by Steps.setup), checkpointed
+with the U-Net. A resumed, sampled or evaluated run uses exactly what it trained with and never
+opens W_AE or W_CLIP again, even if they are retrained, moved or deleted. validate checks, before
+anything compiles, that both runs exist, have a checkpoint and the right family, that the
+autoencoder saw images of this run's shape, and that CLIP's caption_len and saved tokenizer are
+this run's. Its text-to-image function (Steps.predict_fns["text_to_image"], what
+jaxgen.text_to_image and Steps.sample run) takes prompts and sampler settings as arguments.
 
 Evaluations: "clip_score" (the CLIP score of images generated for the eval split's captions, with
 the run's own CLIP; entry fields guidance_scale, num_inference_steps), and the sample evaluators
@@ -36,10 +38,10 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from jaxgen import data, diffusion, stages
+from jaxgen import data, diffusion
 from jaxgen.config import ConfigDict, ConfigError
 from jaxgen.data import captions as caption_data
-from jaxgen.data.captions_kind import encode_captions
+from jaxgen.family import FAMILIES, Family, Steps
 from jaxgen.losses import ddpm as losses
 from jaxgen.metrics.clip_score import clip_score
 from jaxgen.models import autoencoder as autoencoders
@@ -49,8 +51,7 @@ from jaxgen.models.clip import PAD_ID
 from jaxgen.parallel import example_rngs
 from jaxgen.sampling import latent_diffusion as sampling
 from jaxgen.sampling.latent_diffusion import encode_text
-from jaxgen.train import FAMILIES, Family, Steps, autoencoder
-from jaxgen.train import clip as _clip_family  # noqa: F401 (registers the CLIP family)
+from jaxgen.train import latent_stages
 from jaxgen.train import state as train_state
 
 PyTree = Any
@@ -61,50 +62,6 @@ class LatentDiffusionState(train_state.TrainState):
     # {"autoencoder", "text_encoder": eval params of the earlier runs, "scale_factor": f32 []}:
     # never trained, checkpointed with the U-Net.
     frozen: PyTree
-
-
-def stage_configs(config: ConfigDict) -> tuple[ConfigDict, ConfigDict]:
-    """(autoencoder run config, CLIP run config); ConfigError naming the field if either is bad."""
-    return (
-        stages.check_stage(config.model.autoencoder, "config.model.autoencoder", "autoencoder"),
-        stages.check_stage(config.model.text_encoder, "config.model.text_encoder", "clip"),
-    )
-
-
-def _stage_info(stage_config: ConfigDict, workdir: str) -> data.DatasetInfo:
-    return data.get_info(stages.with_saved_tokenizers(stage_config.data, workdir))
-
-
-def check_stages(config: ConfigDict, info: Any) -> None:
-    """The earlier runs exist and match this run's data (image shape, caption_len, tokenizer)."""
-    ae_config, clip_config = stage_configs(config)
-    ae_dir, clip_dir = config.model.autoencoder, config.model.text_encoder
-    for field, workdir, stage in (
-        ("autoencoder", ae_dir, ae_config),
-        ("text_encoder", clip_dir, clip_config),
-    ):
-        shape = tuple(_stage_info(stage, workdir).image_shape)
-        if shape != tuple(info.image_shape):
-            raise ConfigError(
-                f"config.model.{field}: {workdir} trained on {stage.data.name} images {shape}; "
-                f"this run's {config.data.name} images are {tuple(info.image_shape)}"
-            )
-    if clip_config.data.caption_len != config.data.caption_len:
-        raise ConfigError(
-            f"config.data.caption_len: {config.data.caption_len}, but the text encoder "
-            f"{clip_dir} was trained with caption_len {clip_config.data.caption_len}"
-        )
-    saved = stages.with_saved_tokenizers(clip_config.data, clip_dir).tokenizer
-    if saved == clip_config.data.tokenizer:
-        raise ConfigError(f"config.model.text_encoder: {clip_dir} has no saved tokenizer.json")
-    theirs = data.get_tokenizers(stages.with_saved_tokenizers(clip_config.data, clip_dir))
-    ours = data.get_tokenizers(config.data)
-    if theirs["tokenizer"].fingerprint() != ours["tokenizer"].fingerprint():
-        raise ConfigError(
-            f"config.data.tokenizer: {config.data.tokenizer!r} is not the text encoder's "
-            f"tokenizer; set config.data.tokenizer={saved}"
-        )
-    autoencoder.read_scale_factor(ae_dir)  # ConfigError naming W_AE/metrics.jsonl if missing
 
 
 def validate(config: ConfigDict, info: Any) -> None:
@@ -130,7 +87,7 @@ def validate(config: ConfigDict, info: Any) -> None:
     sampling.check_settings(config.sample, num_steps, config.loss.caption_dropout)
     for name, entry in config.evals.items():
         check_eval_entry(config, info, name, entry)
-    check_stages(config, info)
+    latent_stages.check_stages(config, info, latent_stages.stages_of(config))
 
 
 def check_eval_entry(config: ConfigDict, info: Any, name: str, entry: ConfigDict) -> None:
@@ -251,21 +208,8 @@ def init(rng, batch, *, unet, latent_shape, context_shape, frozen_shapes, optimi
     )
 
 
-def load_frozen(config: ConfigDict, info: Any) -> dict:
-    """The frozen params (eval params: EMA when kept) of the earlier runs, and the scale factor."""
-    ae_config, clip_config = stage_configs(config)
-    ae_dir, clip_dir = config.model.autoencoder, config.model.text_encoder
-    return {
-        "autoencoder": stages.load_params(ae_dir, ae_config, _stage_info(ae_config, ae_dir)),
-        "text_encoder": stages.load_params(
-            clip_dir, clip_config, _stage_info(clip_config, clip_dir)
-        ),
-        "scale_factor": jnp.float32(autoencoder.read_scale_factor(ae_dir)),
-    }
-
-
-def setup(state, *, config, info):
-    return state.replace(frozen=load_frozen(config, info))
+def setup(state, *, config):
+    return state.replace(frozen=latent_stages.load_frozen(config))
 
 
 def clip_score_sums(state, batch, rng, *, images_of, clip, latent_shape):
@@ -281,6 +225,13 @@ def clip_score_sums(state, batch, rng, *, images_of, clip, latent_shape):
     return {"score": jnp.sum(clip_score(image_embeds, text_embeds) * mask), "count": jnp.sum(mask)}
 
 
+def sample_grid(state, batch, rng, *, pipeline, prompt_ids, negative_ids, settings):
+    """{"prompts": [P, N, H, W, C]}: config.sample's prompts through the text-to-image function."""
+    del batch
+    params = pipeline.params(state)
+    return {"prompts": pipeline.generate(params, prompt_ids, negative_ids, rng, settings=settings)}
+
+
 def frozen_shapes(ae, text_model, image_shape, latent_shape, caption_len) -> dict:
     """Shape structs of state.frozen: what init fills with zeros until Steps.setup."""
     image, rng = jnp.zeros((1, *image_shape)), jax.random.PRNGKey(0)
@@ -294,10 +245,11 @@ def frozen_shapes(ae, text_model, image_shape, latent_shape, caption_len) -> dic
 
 
 def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> Steps:
-    ae_config, clip_config = stage_configs(config)
-    ae = autoencoders.make_model(ae_config.model, info.image_shape)
-    text_model = clips.make_model(clip_config.model, info.vocab_size, config.data.caption_len)
-    latent_shape = autoencoders.latent_shape(ae_config.model, info.image_shape)
+    stages = latent_stages.stages_of(config)
+    ae_model, clip_model = stages.autoencoder.model, stages.text_encoder.model
+    ae = autoencoders.make_model(ae_model, info.image_shape)
+    text_model = clips.make_model(clip_model, info.vocab_size, config.data.caption_len)
+    latent_shape = autoencoders.latent_shape(ae_model, info.image_shape)
     unet = latent_unet.make_model(config.model, latent_shape[-1])
     schedule = diffusion.make_schedule(config.diffusion.schedule, config.diffusion.num_timesteps)
     parameterisation, caption_len = config.diffusion.parameterisation, config.data.caption_len
@@ -315,16 +267,20 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
         return functools.partial(score, latent_shape=latent_shape)
 
     tokenizer = data.get_tokenizers(config.data)["tokenizer"]
-    prompts = sampling.parse_prompts(config.sample.prompt, "config.sample.prompt")
-    prompt_ids = jnp.asarray(encode_captions(tokenizer, prompts, caption_len))
-    negative = [config.sample.negative_prompt]
-    negative_ids = jnp.asarray(encode_captions(tokenizer, negative, caption_len))
-    grid = functools.partial(
-        sampling.prompt_grid,
+    pipeline = sampling.make_pipeline(
+        tokenizer,
+        caption_len,
         **models,
-        num_per_prompt=config.sample.num_images_per_prompt,
+        parameterisation=parameterisation,
         latent_shape=latent_shape,
-        settings=sampling.settings_of(config.sample, parameterisation),
+    )
+    prompts = sampling.parse_prompts(config.sample.prompt, "config.sample.prompt")
+    grid = functools.partial(
+        sample_grid,
+        pipeline=pipeline,
+        prompt_ids=jnp.asarray(pipeline.prepare(prompts)),
+        negative_ids=jnp.asarray(pipeline.prepare([config.sample.negative_prompt])),
+        settings=sampling.image_settings(config.sample),
     )
     tables = sampling.caption_tables(config.data, tokenizer)
     return Steps(
@@ -332,7 +288,7 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
             init,
             unet=unet,
             latent_shape=latent_shape,
-            context_shape=(caption_len, clip_config.model.width),
+            context_shape=(caption_len, clip_model.width),
             frozen_shapes=frozen_shapes(
                 ae, text_model, info.image_shape, latent_shape, caption_len
             ),
@@ -362,8 +318,10 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
             axis_name=axis_name,
         ),
         eval_steps={"clip_score": make_clip_score},
-        sample=lambda state, batch, rng: {
-            "prompts": grid(state.eval_params, state.frozen, prompt_ids, negative_ids, rng)
+        sample=grid,
+        batch_spec={
+            "image": jax.ShapeDtypeStruct((1, *info.image_shape), jnp.float32),
+            "caption": jax.ShapeDtypeStruct((1, caption_len), jnp.int32),
         },
         # The sample evaluators prompt with class captions: class datasets only.
         generate=functools.partial(
@@ -375,7 +333,8 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
         )
         if tables
         else None,
-        setup=functools.partial(setup, config=config, info=info),
+        setup=functools.partial(setup, config=config),
+        predict_fns={"text_to_image": pipeline},
     )
 
 
@@ -386,5 +345,7 @@ FAMILIES.register("latent_diffusion")(
         losses=losses.LOSSES,
         write_sample=sampling.write_prompt_images,
         sample_tag=sampling.file_tag,
+        resolve=latent_stages.resolve,
+        resolved_fields=("model.stages",),
     )
 )

@@ -2,7 +2,7 @@
 
 init or resume -> compiled steps -> log / checkpoint / evaluate / sample on
 their intervals. The loop owns every host-side concern (files, progress,
-signals); the family supplies only pure functions (jaxgen.train.Steps).
+signals); the family supplies only pure functions (jaxgen.family.Steps).
 Metrics are fetched from the device once per `log_every` steps.
 """
 
@@ -19,13 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from jaxgen import checkpoint, data, metrics, parallel, runs
+from jaxgen import checkpoint, data, metrics, parallel, rundir
 from jaxgen.config import ConfigDict, ConfigError, load_workdir_config
-from jaxgen.runs import INTERVALS
-from jaxgen.train import get_family
+from jaxgen.family import get_family
+from jaxgen.rundir import INTERVALS
+from jaxgen.train import state as train_state
 from jaxgen.train.ahead import Ahead
 from jaxgen.train.writer import MetricWriter
-from jaxgen.workdir import check_resume, describe, has_checkpoint, record_changes, write_atomic
+from jaxgen.workdir import check_resume, describe, has_checkpoint, record_changes
 
 PyTree = Any
 log = logging.getLogger("jaxgen")
@@ -42,13 +43,40 @@ def check(config: ConfigDict, workdir: str | None = None) -> Any:
     """
     if workdir is not None:
         _check_writable(workdir)
-    info = runs.check_config(config)
+    config = resolve_config(config, workdir)
+    if workdir is not None and _is_run(workdir):  # before any data is prepared
+        check_resume(load_workdir_config(workdir), config, workdir)
+    info = rundir.check_config(config)
     steps = get_family(config.family).make_steps(config, info)
     num_devices = parallel.num_data_devices(config.mesh)
-    metrics.check_config(
-        config, set(steps.eval_steps), num_devices, can_generate=steps.generate is not None
-    )
+    metrics.check_config(config, steps, num_devices)
     return info
+
+
+def resolve_config(config: ConfigDict, workdir: str | None = None) -> ConfigDict:
+    """The config a run trains with: for a family that copies values into its config when a
+    run starts (Family.resolve: latent diffusion's earlier stages), a resumed run's
+    Family.resolved_fields come from W/config.json, and a new run's from Family.resolve."""
+    family = get_family(config.family)
+    if family.resolve is None:
+        return config
+    if workdir is None or not _is_run(workdir):
+        return family.resolve(config)
+    saved, config = load_workdir_config(workdir), config.copy_and_resolve_references()
+    for field in family.resolved_fields:
+        section, _, name = field.rpartition(".")
+        source, target = saved, config
+        for part in filter(None, section.split(".")):
+            source, target = source[part], target[part]
+        if name not in target and name in source:
+            with target.unlocked():
+                target[name] = source[name]
+    return config
+
+
+def _is_run(workdir: str) -> bool:
+    """Whether `workdir` holds a run to resume: its config.json and a checkpoint."""
+    return os.path.exists(os.path.join(workdir, "config.json")) and has_checkpoint(workdir)
 
 
 def _check_writable(workdir: str) -> None:
@@ -149,20 +177,22 @@ def _poison(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
     """Train (or resume) in `workdir`; returns the final state (global, replicated)."""
+    config = resolve_config(config, workdir)
     info = info or check(config, workdir)
     family = get_family(config.family)
     placement = parallel.Placement(config.mesh, family.per_device_step)
     steps = family.make_steps(config, info, placement.axis_name)
     jit_steps = steps if placement.axis_name is None else family.make_steps(config, info, None)
-    changes = _start_workdir(config, workdir)  # before anything is written
+    changes = _start_workdir(config, info, workdir)  # before anything is written
 
     train_iter = data.make_iterator(
         config.data, config.data.train_split, config.train.batch_size, config.seed, train=True
     )
-    sample_host = runs.first_eval_batch(config, config.sample.num_samples)
+    sample_host = rundir.sample_batch(config, jit_steps)
+    example = rundir.example_batch(jit_steps)
     rng = jax.random.PRNGKey(config.seed)
     init = placement.compile_init(jit_steps.init)
-    abstract = placement.abstract_state(jax.eval_shape(jit_steps.init, rng, sample_host))
+    abstract = placement.abstract_state(jax.eval_shape(jit_steps.init, rng, example))
 
     ckpt = checkpoint.Checkpointer(workdir, config.ckpt)
     window = []  # per-step metrics since the last train row
@@ -170,7 +200,8 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
     resumed, params = ckpt.latest_step() is not None, None
     if resumed:
         state, data_state, start = ckpt.restore(abstract)
-        train_iter.set_state(data_state["train"])
+        if "train" in data_state:  # a run written by jaxgen.pretrained has no data stream yet
+            train_iter.set_state(data_state["train"])
         window = window_from_json(data_state.get("window", []))
         pending = data_state.get("pending", [])
         log.info("resumed from step %d of %s", start, ckpt.directory)
@@ -199,11 +230,11 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
             ahead.compile(sample, abstract, sample_batch, sample_rng)
             metrics.compile_ahead(evaluators, abstract, ahead)
         if not resumed:  # init compiles here meanwhile
-            state = init(rng, sample_host)
+            state = init(rng, example)
             if jit_steps.setup is not None:  # e.g. the frozen params of earlier stages
                 state = jit_steps.setup(state)
             if params is not None:
-                state = start_from_params(state, params)
+                state = train_state.start_from_params(state, params)
                 log.info("params from %s", config.init_from)
         state = placement.put_state(state)
         ahead.wait()
@@ -225,7 +256,7 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
         if evaluators and evals:
             writer.write(done, "eval", metrics.run(evaluators, placement.get_state(state)))
         if samples:
-            paths = runs.write_samples(
+            paths = rundir.write_samples(
                 sample,
                 placement.get_state(state),
                 sample_batch,
@@ -306,31 +337,20 @@ def train(config: ConfigDict, workdir: str, info: Any = None) -> PyTree:
     return placement.get_state(state)
 
 
-def start_from_params(state: PyTree, params: PyTree) -> PyTree:
-    """`state` with another run's params; its EMA restarts from them.
-
-    The EMA covers the top-level entries of params that the family's EMA covers (all of
-    them for a VAE, {"generator"} for a GAN, none when ema_params is {}). It gets its own
-    buffers: the step donates both, and a buffer cannot be donated twice.
-    """
-    ema = jax.tree.map(jnp.copy, {key: params[key] for key in state.ema_params})
-    return state.replace(params=params, ema_params=ema)
-
-
-def _start_workdir(config: ConfigDict, workdir: str) -> dict:
-    """The allowed config changes of a resume, or {} for a new run, whose config.json it writes.
+def _start_workdir(config: ConfigDict, info: Any, workdir: str) -> dict:
+    """The allowed config changes of a resume, or {} for a new run, whose config.json, data
+    info and tokenizers it writes (jaxgen.rundir.write_run_files).
 
     Runs before anything else is written: a resume whose config differs from W/config.json
     in a field its checkpoints depend on is a ConfigError listing them, and W stays as it
     was. A resume never rewrites config.json; its allowed changes go to config_changes.jsonl.
     """
-    path = os.path.join(workdir, "config.json")
-    if os.path.exists(path) and has_checkpoint(workdir):
-        return check_resume(load_workdir_config(workdir), config, workdir)
-    os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:
-        write_atomic(path, config.to_json_best_effort(indent=2))
-        runs.save_tokenizers(config.data, workdir)  # the workdir alone decodes the run's tokens
+    if _is_run(workdir):
+        changes = check_resume(load_workdir_config(workdir), config, workdir)
+        if rundir.load_info(workdir) is None and jax.process_index() == 0:
+            rundir.save_info(info, workdir)  # a run saved before data_info.json existed
+        return changes
+    rundir.write_run_files(config, info, workdir)
     return {}
 
 

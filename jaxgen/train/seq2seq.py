@@ -27,13 +27,13 @@ import numpy as np
 from jaxgen import data, samples
 from jaxgen.config import ConfigDict, ConfigError
 from jaxgen.data import pairs
+from jaxgen.family import FAMILIES, Family, Steps
 from jaxgen.losses import gpt as gpt_losses
 from jaxgen.losses import seq2seq as losses
 from jaxgen.models import seq2seq as models
 from jaxgen.parallel import example_rngs
 from jaxgen.sampling import decoding
 from jaxgen.sampling import seq2seq as sampling
-from jaxgen.train import FAMILIES, Family, Steps
 from jaxgen.train import state as train_state
 
 
@@ -204,7 +204,19 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
             eos_id=tokenizer.eos_id,
             pad_id=pad_id,
         ),
+        batch_spec={
+            "source": jax.ShapeDtypeStruct((1, config.data.source_len), jnp.int32),
+            "target": jax.ShapeDtypeStruct((1, config.data.target_len + 1), jnp.int32),
+        },
+        sample_reads_data=sources_of is None,  # no texts given: the eval batch's sources
         finalize={"loss": gpt_losses.add_perplexity},
+        # translate(params, source [B, S], rng, *, settings) -> decoding.GenerateOutput: what
+        # the BLEU/ROUGE evaluators and experiments.export run (jaxgen/metrics/text.py).
+        predict_fns={
+            "translate": functools.partial(
+                sampling.translate, model=model, eos_id=tokenizer.eos_id, pad_id=pad_id
+            )
+        },
     )
 
 

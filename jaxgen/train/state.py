@@ -149,3 +149,14 @@ def on_eval_params(fn: Callable[..., dict]) -> Callable[..., dict]:
         return fn(state.eval_params, batch, rng)
 
     return eval_step
+
+
+def start_from_params(state: PyTree, params: PyTree) -> PyTree:
+    """`state` with another run's params; its EMA restarts from them.
+
+    The EMA covers the top-level entries of params that the family's EMA covers (all of
+    them for a VAE, {"generator"} for a GAN, none when ema_params is {}). It gets its own
+    buffers: the step donates both, and a buffer cannot be donated twice.
+    """
+    ema = jax.tree.map(jnp.copy, {key: params[key] for key in state.ema_params})
+    return state.replace(params=params, ema_params=ema)

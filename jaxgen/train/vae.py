@@ -15,11 +15,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.family import FAMILIES, Family, Steps
 from jaxgen.losses import vae as losses
 from jaxgen.models import vae as models
 from jaxgen.parallel import example_rngs
 from jaxgen.sampling import vae as sampling
-from jaxgen.train import FAMILIES, Family, Steps
 from jaxgen.train import state as train_state
 
 PyTree = Any
@@ -196,6 +196,8 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
         ),
         eval_steps={"elbo": lambda entry: elbo, "nll": make_nll_eval},
         sample=lambda state, batch, rng: sample(state.eval_params, batch, rng),
+        batch_spec={"image": jax.ShapeDtypeStruct((1, *info.image_shape), jnp.float32)},
+        sample_reads_data=True,  # reconstructions and interpolations of eval images
         generate=generate,
     )
 
