@@ -30,25 +30,52 @@ def fake_model(x: jax.Array, t: jax.Array) -> jax.Array:
     return 0.1 * x + 0.05 * jnp.cos(t.astype(jnp.float32) / 150) * pattern
 
 
-def run_case(case: str, model=fake_model):
+def fake_learned(x: jax.Array, t: jax.Array, variance_type: str) -> jax.Array:
+    """make_scheduler_fixture.fake_learned on NHWC arrays: ε and the variance block are made in
+    NCHW (the fixture's element order) and concatenated on the channel axis, last here."""
+    x = jnp.transpose(x, (0, 3, 1, 2))
+    pattern = np.cos(0.23 * np.arange(x.size)).astype(np.float32).reshape(x.shape)
+    if variance_type == "learned_range":
+        variance = 0.8 * jnp.cos(t.astype(jnp.float32) / 300) * pattern
+    else:
+        variance = 1e-3 * (1.5 + pattern)
+    out = jnp.concatenate([fake_model(x, t), variance], axis=1)
+    return jnp.transpose(out, (0, 2, 3, 1))
+
+
+def nhwc(array: np.ndarray) -> np.ndarray:
+    """[..., N, C, H, W] -> [..., N, H, W, C]."""
+    return np.moveaxis(array, -3, -1)
+
+
+def run_case(case: str, calls: list | None = None):
+    """diffusers' loop of `case` through schedulers.sample; returns every step's x_prev. The
+    learned-variance cases run in jaxgen's NHWC layout (the split is on the last axis)."""
     meta = META[case]
     scheduler = schedulers.make(meta["name"], meta["config"], meta["steps"], **meta["options"])
+    latents = FIXTURE["latents"]
     noise = FIXTURE[f"{case}/noises"] if f"{case}/noises" in FIXTURE else None
+    variance_type = meta["config"].get("variance_type")
+    learned = variance_type in ("learned", "learned_range")
+    if learned:
+        latents, noise = nhwc(latents), nhwc(noise)
+
+    def model(x, t):
+        if calls is not None:
+            jax.debug.callback(lambda: calls.append(1))
+        return fake_learned(x, t, variance_type) if learned else fake_model(x, t)
+
     loop = functools.partial(schedulers.sample, model, scheduler=scheduler, return_all=True)
-    _, history = jax.jit(loop)(FIXTURE["latents"], rng=jax.random.key(0), noise=noise)
-    return scheduler, np.asarray(history)
+    _, history = jax.jit(loop)(latents, rng=jax.random.key(0), noise=noise)
+    history = np.asarray(history)
+    return scheduler, np.moveaxis(history, -1, -3) if learned else history
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_steps_match_diffusers(case):
     meta = META[case]
     calls = []
-
-    def counted(x, t):
-        jax.debug.callback(lambda: calls.append(1))
-        return fake_model(x, t)
-
-    scheduler, history = run_case(case, counted)
+    scheduler, history = run_case(case, calls)
     expected_timesteps = FIXTURE[f"{case}/timesteps"]
     np.testing.assert_array_equal(scheduler.timesteps, expected_timesteps)
     assert scheduler.timesteps.dtype.kind == expected_timesteps.dtype.kind
