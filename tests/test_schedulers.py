@@ -162,3 +162,18 @@ def test_sample_draws_fresh_noise_per_call_from_rng():
 def test_unsupported_settings_name_the_key(name, config, key):
     with pytest.raises(ConfigError, match=key):
         schedulers.make(name, config, 10)
+
+
+def test_bfloat16_model_keeps_the_loop_in_float32():
+    """A model computing in bfloat16 (and bf16 latents): x stays float32 through the scan and
+    lands near the float32 run."""
+    scheduler = schedulers.make("dpmpp_2m", META["pndm_sd1_10"]["config"], 10)
+
+    def bf16_model(x, t):
+        return fake_model(x.astype(jnp.bfloat16), t).astype(jnp.bfloat16)
+
+    latents = jnp.asarray(FIXTURE["latents"])
+    low = schedulers.sample(bf16_model, latents.astype(jnp.bfloat16), scheduler, jax.random.key(0))
+    full = schedulers.sample(fake_model, latents, scheduler, jax.random.key(0))
+    assert low.dtype == jnp.float32
+    np.testing.assert_allclose(low, full, atol=0.05 * float(jnp.abs(full).max()))

@@ -330,20 +330,22 @@ def sample(
     Args:
         model_fn: (x_in, t) -> model output of x's shape, t a scalar of the timesteps' dtype.
         latents: unit-variance noise; scaled by init_noise_sigma first, as diffusers' pipelines do.
+            The loop keeps x in float32 whatever model_fn computes in (diffusers' Euler and
+            DPM-Solver upcast inside step too); model_fn casts x_in to its compute dtype.
         rng: the ancestral noise of call k is normal(fold_in(rng, k)).
         noise: [calls, *x.shape] fixed noises to use instead of rng's (to replay a run).
         return_all: also return every call's x_prev [calls, *x.shape].
     Returns:
-        the final sample (and the intermediate ones).
+        the final sample, float32 (and the intermediate ones).
     """
-    x = latents * jnp.asarray(scheduler.init_noise_sigma, latents.dtype)
+    x = latents.astype(jnp.float32) * jnp.float32(scheduler.init_noise_sigma)
     timesteps = jnp.asarray(scheduler.timesteps)
     rows = {key: jnp.asarray(value) for key, value in scheduler.table.items()}
 
     def call(carry, inputs):
         x, state = carry
         k, t, row, fixed = inputs
-        output = model_fn(x / row["input_divisor"].astype(x.dtype), t)
+        output = model_fn(x / row["input_divisor"], t).astype(jnp.float32)
         step_noise = None
         if scheduler.stochastic:
             step_noise = fixed if fixed is not None else _normal(rng, k, x)
