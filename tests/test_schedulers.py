@@ -2,7 +2,8 @@
 
 tests/fixtures/schedulers.npz is made by tests/fixtures/make_scheduler_fixture.py (its docstring
 has the command): each case runs a diffusers scheduler on a fake model, reimplemented here as
-`fake_model`. Timesteps must be equal, every intermediate sample within 1e-5 of the largest
+`fake_model`. Timesteps must be equal (Euler's fractional Karras/exponential ones to 1e-6),
+every intermediate sample within 1e-5 of the largest
 |value| of that step, and the model must be called as often as diffusers calls it.
 """
 
@@ -71,13 +72,22 @@ def run_case(case: str, calls: list | None = None):
     return scheduler, np.moveaxis(history, -1, -3) if learned else history
 
 
+def _respaced(config: dict) -> bool:
+    return bool(config.get("use_karras_sigmas") or config.get("use_exponential_sigmas"))
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_steps_match_diffusers(case):
     meta = META[case]
     calls = []
     scheduler, history = run_case(case, calls)
     expected_timesteps = FIXTURE[f"{case}/timesteps"]
-    np.testing.assert_array_equal(scheduler.timesteps, expected_timesteps)
+    if meta["name"] == "euler" and _respaced(meta["config"]):
+        # Fractional timesteps from Karras/exponential sigmas go through log σ of torch's
+        # `** 0.5`, which is not correctly rounded on CPU: equal to a float32 ulp or two.
+        np.testing.assert_allclose(scheduler.timesteps, expected_timesteps, rtol=1e-6)
+    else:
+        np.testing.assert_array_equal(scheduler.timesteps, expected_timesteps)
     assert scheduler.timesteps.dtype.kind == expected_timesteps.dtype.kind
     assert scheduler.init_noise_sigma == pytest.approx(meta["init_noise_sigma"], rel=1e-7)
     assert len(calls) == meta["calls"] == len(expected_timesteps)
@@ -148,7 +158,8 @@ def test_sample_draws_fresh_noise_per_call_from_rng():
 @pytest.mark.parametrize(
     "name, config, key",
     [
-        ("euler", {"use_karras_sigmas": True}, "use_karras_sigmas"),
+        ("euler", {"use_beta_sigmas": True}, "use_beta_sigmas"),
+        ("dpmpp_2m", {"use_karras_sigmas": True, "use_exponential_sigmas": True}, "karras"),
         ("ddim", {"timestep_spacing": "uniform"}, "timestep_spacing"),
         ("ddim", {"beta_schedule": "sigmoid"}, "beta_schedule"),
         ("dpmpp_2m", {"solver_order": 3}, "solver_order"),

@@ -7,6 +7,7 @@ Scalars follow diffusers' float32 arithmetic; the comments name the diffusers co
 """
 
 import functools
+import math
 
 import jax.numpy as jnp
 import numpy as np
@@ -262,10 +263,42 @@ def ddpm_step(state, x, out, row, noise, *, config):
 # ancestral sampler) on the σ = sqrt((1 - ᾱ) / ᾱ) scale, σ interpolated at the timesteps.
 
 
+def _sigma_to_t(sigma, log_sigmas):
+    """diffusers' _sigma_to_t: the fractional timestep whose log σ interpolates to log sigma."""
+    log_sigma = np.log(np.maximum(sigma, 1e-10))
+    dists = log_sigma - log_sigmas[:, np.newaxis]
+    low = np.cumsum(dists >= 0, axis=0).argmax(axis=0).clip(max=log_sigmas.shape[0] - 2)
+    high = low + 1
+    w = np.clip((log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[high]), 0, 1)
+    return ((1 - w) * low + w * high).reshape(sigma.shape)
+
+
+def _respaced_sigmas(config, in_sigmas, n):
+    """use_karras_sigmas (Karras et al. 2022, ρ = 7) or use_exponential_sigmas: n σ from
+    in_sigmas' largest to smallest (or the config's sigma_max / sigma_min), in float64."""
+    low, high = config.get("sigma_min"), config.get("sigma_max")
+    low = in_sigmas[-1].item() if low is None else low
+    high = in_sigmas[0].item() if high is None else high
+    if config.get("use_karras_sigmas"):
+        rho = 7.0
+        ramp = np.linspace(0, 1, n)
+        return (high ** (1 / rho) + ramp * (low ** (1 / rho) - high ** (1 / rho))) ** rho
+    return np.exp(np.linspace(math.log(high), math.log(low), n))
+
+
+def _check_sigma_kind(config):
+    if config.get("use_karras_sigmas") and config.get("use_exponential_sigmas"):
+        _fail("use_karras_sigmas", "only one of use_karras_sigmas, use_exponential_sigmas")
+    return config.get("use_karras_sigmas") or config.get("use_exponential_sigmas")
+
+
 def _euler_sigmas(config, ac, n, final_sigma=0.0):
     timesteps = spaced_timesteps(config, n, np.float32)
     full = ((f32(1) - ac) / ac) ** f32(0.5)
     sigmas = np.interp(timesteps, np.arange(0, len(full)), full)
+    if _check_sigma_kind(config):
+        sigmas = _respaced_sigmas(config, sigmas, n)
+        timesteps = _sigma_to_t(sigmas, np.log(full)).astype(np.float32)
     sigmas = np.concatenate([sigmas, [final_sigma]]).astype(np.float32)
     if config["timestep_spacing"] in ("linspace", "trailing"):
         init_noise_sigma = sigmas.max()
@@ -372,7 +405,14 @@ def dpmpp_2m(name, config, ac, n, **options):
     _check_prediction(config, ("epsilon", "sample", "v_prediction"))
     timesteps = _dpm_timesteps(config, ac, n)
     full = ((f32(1) - ac) / ac) ** f32(0.5)
-    sigmas = np.interp(timesteps, np.arange(0, len(full)), full)
+    if _check_sigma_kind(config):
+        sigmas = _respaced_sigmas(config, np.flip(full).copy(), n)
+        timesteps = _sigma_to_t(sigmas, np.log(full))
+        if config["use_karras_sigmas"] and config["beta_schedule"] != "squaredcos_cap_v2":
+            timesteps = timesteps.round()
+        timesteps = timesteps.astype(np.int64)  # torch's int64 cast truncates
+    else:
+        sigmas = np.interp(timesteps, np.arange(0, len(full)), full)
     final = ((1 - ac[0]) / ac[0]) ** 0.5 if config["final_sigmas_type"] == "sigma_min" else 0.0
     sigmas = np.concatenate([sigmas, [final]]).astype(np.float32)
     calls = len(timesteps)

@@ -23,8 +23,8 @@ every update is elementwise, apart from the learned DDPM variances (split on the
 and dynamic thresholding (per example). Ancestral steps (DDPM, Euler ancestral, DDIM with eta > 0)
 draw step k's noise from fold_in(rng, k).
 
-Left out: sigma schedules other than diffusers' default interpolation (Karras, exponential, beta,
-flow), `rescale_betas_zero_snr`, Euler's s_churn, DPM-Solver's third order and SDE variants, custom
+Left out: sigma schedules other than diffusers' interpolated, Karras and exponential ones (beta,
+Lu's lambdas, flow), `rescale_betas_zero_snr`, Euler's s_churn, DPM-Solver's third order and SDE variants, custom
 timestep lists. A config asking for one fails with one line naming the key.
 """
 
@@ -140,8 +140,6 @@ DEFAULTS = {
 # Values this module does not implement: (key, the only value accepted).
 _ONLY = (
     ("rescale_betas_zero_snr", False),
-    ("use_karras_sigmas", False),
-    ("use_exponential_sigmas", False),
     ("use_beta_sigmas", False),
     ("use_lu_lambdas", False),
     ("use_flow_sigmas", False),
