@@ -148,9 +148,12 @@ _ONLY = (
     ("timestep_type", "discrete"),
 )
 _SPACINGS = ("leading", "linspace", "trailing")
+# Built by sigma_scheduler_steps (on σ = sqrt((1 - ᾱ) / ᾱ)); the rest by scheduler_steps.
+_SIGMA_SCHEDULERS = ("euler", "euler_ancestral", "dpmpp_2m")
 
 
-def _fail(key: str, message: str):
+def fail(key: str, message: str):
+    """Raises the one-line error naming a scheduler config key."""
     raise ConfigError(f"scheduler_config.json: {key}: {message}")
 
 
@@ -160,9 +163,7 @@ def from_config(class_name: str, config: dict) -> dict:
     the config lists in `_use_default_values`, which diffusers records when a scheduler was built
     with defaults: a swapped-in class then uses its own)."""
     if class_name not in DEFAULTS:
-        _fail(
-            "_class_name", f"unsupported scheduler {class_name!r}; choose from {sorted(DEFAULTS)}"
-        )
+        fail("_class_name", f"unsupported scheduler {class_name!r}; choose from {sorted(DEFAULTS)}")
     used_defaults = set(config.get("_use_default_values", ()))
     defaults = DEFAULTS[class_name]
     return {
@@ -202,26 +203,57 @@ def make(name: str | None, config: dict, num_inference_steps: int, **options) ->
         by_class = {v: k for k, v in NAMES.items()}
         class_name = config.get("_class_name")
         if class_name not in by_class:
-            _fail("_class_name", f"unsupported {class_name!r}; choose from {sorted(by_class)}")
+            fail("_class_name", f"unsupported {class_name!r}; choose from {sorted(by_class)}")
         name = by_class[class_name]
     if name not in NAMES:
         raise ConfigError(f"sample.sampler: unknown scheduler {name!r}; choose from {list(NAMES)}")
     resolved = from_config(NAMES[name], config)
     for key, only in _ONLY:
         if key in resolved and resolved[key] != only:
-            _fail(key, f"{resolved[key]!r} is not supported by jaxgen (only {only!r})")
+            fail(key, f"{resolved[key]!r} is not supported by jaxgen (only {only!r})")
     if resolved["timestep_spacing"] not in _SPACINGS:
-        _fail("timestep_spacing", f"{resolved['timestep_spacing']!r}; choose from {_SPACINGS}")
+        fail("timestep_spacing", f"{resolved['timestep_spacing']!r}; choose from {_SPACINGS}")
     if not 1 <= num_inference_steps <= resolved["num_train_timesteps"]:
         raise ConfigError(
             "sample.num_inference_steps: must be in [1, num_train_timesteps = "
             f"{resolved['num_train_timesteps']}], got {num_inference_steps}"
         )
-    from jaxgen.sampling import scheduler_steps  # the per-algorithm tables and steps
+    # The builders import this module: imported here, where both are loaded.
+    from jaxgen.sampling import scheduler_steps, sigma_scheduler_steps
 
-    build = getattr(scheduler_steps, name)
+    module = sigma_scheduler_steps if name in _SIGMA_SCHEDULERS else scheduler_steps
     alphas_cumprod = _alphas_cumprod(resolved)
-    return build(name, resolved, alphas_cumprod, num_inference_steps, **options)
+    return getattr(module, name)(name, resolved, alphas_cumprod, num_inference_steps, **options)
+
+
+def build(name, config, ac, timesteps, table, step, init_state, stochastic, sigma0=1.0):
+    """A Scheduler from a builder's per-call table (lists or arrays, each [calls])."""
+    n = len(timesteps)
+    table = {key: np.asarray(value, np.float32) for key, value in table.items()}
+    table.setdefault("input_divisor", np.ones(n, np.float32))
+    assert all(value.shape == (n,) for value in table.values()), name
+    return Scheduler(
+        name=name,
+        config=config,
+        timesteps=np.asarray(timesteps),
+        init_noise_sigma=float(sigma0),
+        table=table,
+        step=step,
+        init_state=init_state,
+        stochastic=stochastic,
+        alphas_cumprod=ac,
+    )
+
+
+def no_state(x):
+    """init_state of the one-step schedulers."""
+    return {}
+
+
+def check_prediction(config, allowed):
+    """One line naming prediction_type when the scheduler does not implement it."""
+    if config["prediction_type"] not in allowed:
+        fail("prediction_type", f"{config['prediction_type']!r}; choose from {allowed}")
 
 
 # ------------------------------------------------------------------------------------------
@@ -264,7 +296,7 @@ def betas(config: dict) -> np.ndarray:
         return torch_linspace(config["beta_start"] ** 0.5, config["beta_end"] ** 0.5, n) ** 2
     if schedule == "squaredcos_cap_v2":
         return _betas_for_alpha_bar(n)
-    _fail("beta_schedule", f"{schedule!r}; choose from linear, scaled_linear, squaredcos_cap_v2")
+    fail("beta_schedule", f"{schedule!r}; choose from linear, scaled_linear, squaredcos_cap_v2")
 
 
 def _alphas_cumprod(config: dict) -> np.ndarray:
