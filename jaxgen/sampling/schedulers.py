@@ -24,22 +24,19 @@ and dynamic thresholding (per example). Ancestral steps (DDPM, Euler ancestral, 
 draw step k's noise from fold_in(rng, k).
 
 Left out: sigma schedules other than diffusers' interpolated, Karras and exponential ones (beta,
-Lu's lambdas, flow), `rescale_betas_zero_snr`, Euler's s_churn, DPM-Solver's third order and SDE variants, custom
-timestep lists. A config asking for one fails with one line naming the key.
+Lu's lambdas, flow), `rescale_betas_zero_snr`, Euler's s_churn, DPM-Solver's third order and
+SDE variants, custom timestep lists. A config asking for one fails with one line naming the key.
 """
 
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxgen.config import ConfigError
-
-PyTree = Any
 
 # jaxgen's short names -> diffusers class names.
 NAMES = {
@@ -198,7 +195,8 @@ class Scheduler:
 def make(name: str | None, config: dict, num_inference_steps: int, **options) -> Scheduler:
     """The scheduler `name` (a key of NAMES; None: the config's `_class_name`) from a diffusers
     scheduler config dict, for num_inference_steps. options: eta and use_clipped_model_output for
-    DDIM (diffusers' step() arguments; its pipelines pass eta=0)."""
+    DDIM (diffusers' step() arguments; its pipelines pass eta=0), ignored by the others as
+    diffusers' pipelines pass eta only to a step that takes it."""
     if name is None:
         by_class = {v: k for k, v in NAMES.items()}
         class_name = config.get("_class_name")

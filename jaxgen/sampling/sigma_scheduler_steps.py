@@ -1,4 +1,4 @@
-"""Euler, Euler ancestral and DPM-Solver for jaxgen.sampling.schedulers, on σ = sqrt((1 - ᾱ) / ᾱ).
+"""Euler, Euler ancestral and DPM-Solver for jaxgen.sampling.schedulers: σ = sqrt((1 - ᾱ) / ᾱ).
 
 As scheduler_steps does for PNDM, DDIM and DDPM: each builder replays diffusers 0.42's
 set_timesteps (interpolated, Karras or exponential σ) and step bookkeeping (solver orders) on the
