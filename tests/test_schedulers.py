@@ -188,3 +188,17 @@ def test_bfloat16_model_keeps_the_loop_in_float32():
     full = schedulers.sample(fake_model, latents, scheduler, jax.random.key(0))
     assert low.dtype == jnp.float32
     np.testing.assert_allclose(low, full, atol=0.05 * float(jnp.abs(full).max()))
+
+
+def test_read_config_names_the_file(tmp_path):
+    folder = tmp_path / "scheduler"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match="scheduler_config.json: cannot read"):
+        schedulers.read_config(folder)
+    (folder / "scheduler_config.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="scheduler_config.json: a scheduler config is a JSON"):
+        schedulers.read_config(folder)
+    config = META["pndm_sd1_50"]["config"]
+    (folder / "scheduler_config.json").write_text(json.dumps(config))
+    assert schedulers.read_config(folder) == config
+    assert schedulers.read_config(folder / "scheduler_config.json") == config

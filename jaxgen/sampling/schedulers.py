@@ -1,5 +1,6 @@
 """Diffusers' noise schedulers in pure JAX, built from a `scheduler_config.json` dict.
 
+    config = read_config(f"{hf_dir}/scheduler")               # scheduler_config.json
     scheduler = make("pndm", config, num_inference_steps=50)   # or make(None, config): its class
     x_0 = sample(model_fn, latents, scheduler, rng)             # one lax.scan, len(timesteps) calls
 
@@ -29,7 +30,10 @@ SDE variants, custom timestep lists. A config asking for one fails with one line
 """
 
 import dataclasses
+import json
 import math
+import os
+import pathlib
 from collections.abc import Callable
 
 import jax
@@ -152,6 +156,21 @@ _SIGMA_SCHEDULERS = ("euler", "euler_ancestral", "dpmpp_2m")
 def fail(key: str, message: str):
     """Raises the one-line error naming a scheduler config key."""
     raise ConfigError(f"scheduler_config.json: {key}: {message}")
+
+
+def read_config(path: str | os.PathLike) -> dict:
+    """A diffusers `scheduler_config.json` (a file, or the pipeline's scheduler/ folder), or one
+    line naming the file when it is missing or not a JSON object."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        path = path / "scheduler_config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{path}: cannot read the scheduler config ({error})") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: a scheduler config is a JSON object")
+    return config
 
 
 def from_config(class_name: str, config: dict) -> dict:
