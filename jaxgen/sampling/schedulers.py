@@ -211,11 +211,24 @@ class Scheduler:
     alphas_cumprod: np.ndarray
 
 
-def make(name: str | None, config: dict, num_inference_steps: int, **options) -> Scheduler:
+def make(
+    name: str | None,
+    config: dict,
+    num_inference_steps: int,
+    *,
+    stable_diffusion_pipeline: bool = False,
+    **options,
+) -> Scheduler:
     """The scheduler `name` (a key of NAMES; None: the config's `_class_name`) from a diffusers
-    scheduler config dict, for num_inference_steps. options: eta and use_clipped_model_output for
-    DDIM (diffusers' step() arguments; its pipelines pass eta=0), ignored by the others as
-    diffusers' pipelines pass eta only to a step that takes it."""
+    scheduler config dict, for num_inference_steps.
+
+    stable_diffusion_pipeline: also apply what StableDiffusionPipeline's constructor does to an
+        outdated scheduler config (steps_offset -> 1, clip_sample True -> False): the scheduler
+        `StableDiffusionPipeline.from_pretrained(folder)` runs with.
+    options: eta and use_clipped_model_output for DDIM (diffusers' step() arguments; its
+        pipelines pass eta=0), ignored by the others as diffusers' pipelines pass eta only to a
+        step that takes it.
+    """
     if name is None:
         by_class = {v: k for k, v in NAMES.items()}
         class_name = config.get("_class_name")
@@ -225,6 +238,10 @@ def make(name: str | None, config: dict, num_inference_steps: int, **options) ->
     if name not in NAMES:
         raise ConfigError(f"sample.sampler: unknown scheduler {name!r}; choose from {list(NAMES)}")
     resolved = from_config(NAMES[name], config)
+    if stable_diffusion_pipeline:
+        resolved["steps_offset"] = 1
+        if resolved.get("clip_sample") is True:
+            resolved["clip_sample"] = False
     for key, only in _ONLY:
         if key in resolved and resolved[key] != only:
             fail(key, f"{resolved[key]!r} is not supported by jaxgen (only {only!r})")
