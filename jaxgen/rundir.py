@@ -15,6 +15,7 @@ here is created, moved or deleted. Loading a whole run for sampling is jaxgen.ru
 """
 
 import json
+import math
 import os
 from typing import Any
 
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen import checkpoint, data, optim, parallel
-from jaxgen.config import ConfigDict, ConfigError, load_workdir_config
+from jaxgen.config import ConfigDict, ConfigError, is_count, load_workdir_config
 from jaxgen.family import Family, Steps, check_loss_kw, get_family
 from jaxgen.workdir import has_checkpoint, write_atomic, writing
 
@@ -52,10 +53,12 @@ def check_config(config: ConfigDict, info: data.DatasetInfo | None = None) -> da
             raise ConfigError(
                 f"config.model.{field}: {config.model[field]!r} is not one of {', '.join(DTYPES)}"
             )
+    check_sample_numbers(config.sample)
     optim.check_config(config.optim)
     parallel.check_config(config)
     num_devices = parallel.num_data_devices(config.mesh)
-    if config.sample.num_samples < 1 or config.sample.num_samples % num_devices:
+    num_samples = config.sample.num_samples
+    if not is_count(num_samples) or num_samples % num_devices:
         raise ConfigError(
             f"config.sample.num_samples: must be a positive multiple of the {num_devices} devices, "
             f"got {config.sample.num_samples}"
@@ -74,6 +77,26 @@ def check_config(config: ConfigDict, info: data.DatasetInfo | None = None) -> da
     check_loss_kw(config, family)
     family.validate(config, info)
     return info
+
+
+def check_sample_numbers(sample_config: ConfigDict, prefix: str = "config.sample") -> None:
+    """ConfigError naming the field for a NaN or infinite number anywhere in config.sample (no
+    sampler setting means anything non-finite), or a seed that is not an integer >= 0; each
+    family checks the ranges of its own settings (Family.validate)."""
+    for key, value in sample_config.items():
+        field = f"{prefix}.{key}"
+        if isinstance(value, ConfigDict):
+            check_sample_numbers(value, field)
+            continue
+        values = value if isinstance(value, list | tuple) else [value]
+        for item in values:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ConfigError(f"{field}: must be a finite number, got {value!r}")
+    seed = sample_config.get("seed", 0)
+    if prefix == "config.sample" and (
+        isinstance(seed, bool) or not isinstance(seed, int) or seed < 0
+    ):
+        raise ConfigError(f"{prefix}.seed: must be an integer >= 0, got {seed!r}")
 
 
 # ----------------------------------------------------------------------------- data of a run
