@@ -69,6 +69,22 @@ class WorkdirBusyError(ConfigError):
     """Another live process is training in this workdir."""
 
 
+def is_locked(path: str) -> bool:
+    """Whether a live process holds the lock file `path` (lock_workdir); reads nothing and
+    changes nothing (a missing file is not locked)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the shared lock, if taken
+    return False
+
+
 def _holder(fd: int) -> str:
     """'process P (host H)' from the lock file, as its holder wrote it."""
     for _ in range(20):  # the holder writes its name right after taking the lock
