@@ -47,13 +47,8 @@ REQUIRED_IF_GIVEN = ("source", "source_file")
 def check_given_inputs(argv: list[str]) -> None:
     """ConfigError naming the field for `--config.sample.<field>=` given empty."""
     for field in REQUIRED_IF_GIVEN:
-        name = f"--config.sample.{field}"
-        for i, arg in enumerate(argv):
-            value = arg[len(name) + 1 :] if arg.startswith(name + "=") else None
-            if arg == name:
-                value = argv[i + 1] if i + 1 < len(argv) else ""
-            if value is not None and not value.strip():
-                raise ConfigError(f"config.sample.{field}: given empty; give the inputs to sample")
+        if any(not value.strip() for value in cli.flag_values(argv, f"config.sample.{field}")):
+            raise ConfigError(f"config.sample.{field}: given empty; give the inputs to sample")
 
 
 def main(argv):
