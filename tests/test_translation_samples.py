@@ -108,3 +108,26 @@ def test_a_source_file_that_is_not_utf8_is_one_line(workdir, tmp_path):
     result = sample(workdir, f"--config.sample.source_file={source_file}", check=False)
     assert result.returncode == 2 and len(stderr_lines(result)) == 1, result.stderr[-2000:]
     assert f"{source_file} is not UTF-8 text" in result.stderr
+
+
+def test_the_training_loop_writes_the_real_rows_of_the_first_batch(workdir, tmp_path):
+    """The loop samples rundir.sample_batch (the first of Steps.sample_batches) with
+    rundir.write_samples: 3 sources in a batch of 4 write 3 lines, not the padding row."""
+    import jax
+
+    from jaxgen import rundir, runs
+    from jaxgen.config import load_workdir_config
+
+    config = load_workdir_config(workdir)
+    config.sample.source = "|".join(VERSES[:3])
+    run = runs.load_run(config, workdir)
+    host = rundir.sample_batch(run.config, run.steps)
+    assert host["keep"].tolist() == [True, True, True, False]
+    sample = run.placement.compile_eval(run.steps.sample)
+    batch = run.placement.put_batch(host, backend="jit")
+    paths = rundir.write_samples(
+        sample, run.state, batch, jax.random.PRNGKey(0), str(tmp_path), 7,
+        config=run.config, family=run.family,
+    )  # fmt: skip
+    source = next(path for path in paths if "source_" in path)
+    assert lines(source) == VERSES[:3]
