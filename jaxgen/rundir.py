@@ -54,7 +54,7 @@ def check_config(config: ConfigDict, info: data.DatasetInfo | None = None) -> da
             raise ConfigError(
                 f"config.model.{field}: {config.model[field]!r} is not one of {', '.join(DTYPES)}"
             )
-    check_sample_numbers(config.sample)
+    check_sample_values(config.sample)
     optim.check_config(config.optim)
     parallel.check_config(config)
     num_devices = parallel.num_data_devices(config.mesh)
@@ -86,19 +86,25 @@ def check_config(config: ConfigDict, info: data.DatasetInfo | None = None) -> da
     return info
 
 
-def check_sample_numbers(sample_config: ConfigDict, prefix: str = "config.sample") -> None:
+def check_sample_values(sample_config: ConfigDict, prefix: str = "config.sample") -> None:
     """ConfigError naming the field for a NaN or infinite number anywhere in config.sample (no
-    sampler setting means anything non-finite), or a seed that is not an integer >= 0; each
-    family checks the ranges of its own settings (Family.validate)."""
+    sampler setting means anything non-finite), text that is not UTF-8 (bytes a command line
+    could not decode: prompts, sources), or a seed that is not an integer >= 0; each family
+    checks the ranges of its own settings (Family.validate)."""
     for key, value in sample_config.items():
         field = f"{prefix}.{key}"
         if isinstance(value, ConfigDict):
-            check_sample_numbers(value, field)
+            check_sample_values(value, field)
             continue
         values = value if isinstance(value, list | tuple) else [value]
         for item in values:
             if isinstance(item, float) and not math.isfinite(item):
                 raise ConfigError(f"{field}: must be a finite number, got {value!r}")
+            if isinstance(item, str):
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:  # undecodable argv bytes (surrogateescape)
+                    raise ConfigError(f"{field}: not UTF-8 text: {item!r}") from None
     seed = sample_config.get("seed", 0)
     if prefix == "config.sample" and (
         isinstance(seed, bool) or not isinstance(seed, int) or seed < 0

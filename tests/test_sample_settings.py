@@ -41,6 +41,7 @@ CASES = {
         ("max_new_tokens", 0, "must be a positive integer"),
         ("length_penalty", INF, "must be a finite number"),
         ("no_repeat_ngram_size", -2, "must be a non-negative integer"),
+        ("prompt", "hol\udce1", "not UTF-8 text"),  # a Latin-1 byte on the command line
     ],
     "configs/seq2seq/bible_es_en.py": [
         ("num_beams", -4, "must be a positive integer"),
@@ -61,6 +62,8 @@ LATENT = [
     ("eta", -1.0, "must be a finite number >= 0"),
     ("num_inference_steps", 0, "must be in [1, T = "),
     ("num_images_per_prompt", 0, "must be >= 1"),
+    ("prompt", "a digit|hol\udce1", "not UTF-8 text"),
+    ("negative_prompt", "\udce1", "not UTF-8 text"),
 ]
 
 
