@@ -28,8 +28,9 @@ flags.DEFINE_list("evals", [], "Standard evaluators to add, e.g. fid,kid,is.")
 
 
 def requested_evals(argv: list[str]) -> list[str]:
-    """The names given to --evals in argv (read before flags are parsed)."""
-    values = [arg.split("=", 1)[1] for arg in argv if arg.startswith("--evals=")]
+    """The names given to --evals in argv, as --evals=a,b or --evals a,b (read before flags
+    are parsed)."""
+    values = cli.flag_values(argv, "evals")
     return [name.strip() for value in values for name in value.split(",") if name.strip()]
 
 
@@ -58,6 +59,8 @@ def add_evals(names: list[str]):
 def main(argv):
     del argv
     config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+    if sorted(flags.FLAGS.evals) != sorted(requested_evals(sys.argv)):  # a form not read above
+        cli.fail(f"--evals: write it --evals=a,b (got {','.join(flags.FLAGS.evals)!r})")
     run = runs.load_run(config, workdir)
     evaluators = metrics.build(run.config, run.steps, run.placement)
     start = time.perf_counter()

@@ -15,7 +15,9 @@ a checkpoint at step 0 (optimizer state fresh). No dataset is opened: the run sa
 nothing else, and fine-tunes on any text with config.init_from.
 
 Bad folders (a missing file, a shape that does not match config.json, a model_type other than
-gpt2) are one line on stderr and exit status 2.
+gpt2, a config value of the wrong type, integer or non-finite weights) are one line on stderr
+and exit status 2, naming the field or tensor. --workdir must be a new or empty folder: an
+existing run is never touched, and a failed import leaves nothing behind.
 """
 
 import os
@@ -63,23 +65,26 @@ def main(argv):
     del argv
     hf_dir, workdir = flags.FLAGS.hf_dir, flags.FLAGS.workdir
     try:
+        pretrained.check_new_workdir(workdir)  # before reading gigabytes of weights
         sizes = gpt_pretrained.read_hf_config(hf_dir)
         weights, origin = pretrained.read_weights(hf_dir, *gpt_pretrained.WEIGHT_FILES)
         params = gpt_pretrained.to_params(weights, sizes, origin)
         tokenizer = gpt_pretrained.read_tokenizer(hf_dir)
+        if tokenizer.vocab_size > sizes["vocab"]:
+            raise pretrained.WeightError(
+                f"{hf_dir}: the tokenizer has {tokenizer.vocab_size} tokens, config.json's "
+                f"vocab_size is {sizes['vocab']}"
+            )
+        config = run_config(sizes)
+        # Declared, not read from data: a token stream of this vocabulary (split sizes unknown).
+        splits = {config.data.train_split: 0, config.data.eval_split: 0}
+        info = data.DatasetInfo((), 0, splits, tokenizer.vocab_size)
+        tokenizers = {"tokenizer": tokenizer}
+        pretrained.write_run(
+            config, params, workdir, info=info, tokenizers=tokenizers, origin=origin
+        )
     except pretrained.WeightError as error:
         cli.fail(error)
-    if tokenizer.vocab_size > sizes["vocab"]:
-        cli.fail(
-            f"{hf_dir}: the tokenizer has {tokenizer.vocab_size} tokens, config.json's "
-            f"vocab_size is {sizes['vocab']}"
-        )
-    config = run_config(sizes)
-    # Declared, not read from data: a token stream of this vocabulary (split sizes unknown: 0).
-    splits = {config.data.train_split: 0, config.data.eval_split: 0}
-    info = data.DatasetInfo((), 0, splits, tokenizer.vocab_size)
-    tokenizers = {"tokenizer": tokenizer}
-    pretrained.write_run(config, params, workdir, info=info, tokenizers=tokenizers, origin=origin)
     count = sum(x.size for x in jax.tree.leaves(params))
     print(f"imported {origin} ({count:,} params) into {workdir}")
     model = " ".join(f"--config.model.{field}={config.model[field]}" for field in FINETUNE_FIELDS)

@@ -8,13 +8,15 @@ embedded as base64, plus the curve PNGs it draws (curves_train.png,
 curves_eval.png). Several workdirs are drawn on the same axes and side by side.
 A score logged with a signature ("<name>_signature" beside "<name>", e.g. sacrebleu's for
 bleu/bleu and bleu/chrf) shows in one cell of the final table with its signature under it.
-Needs matplotlib (a dependency of jaxgen).
+Needs matplotlib (a dependency of jaxgen). A torn last line of metrics.jsonl, or a torn
+eval_<step>.json, is left out with one warning; any other bad metrics row is one error line.
 """
 
 import base64
 import glob
 import html
 import json
+import logging
 import math
 import os
 import re
@@ -27,24 +29,40 @@ from jaxgen.train.writer import METRICS_FILE, read_metrics
 
 flags.DEFINE_string("out", None, "Output folder (default: <first workdir>/report).")
 
+log = logging.getLogger("jaxgen")
 SAMPLE = re.compile(r"(?P<name>.+)_(?P<step>\d{7})(?P<tag>.*)\.png$")
 MAX_GRIDS = 6  # sample grids per name and run: spread over the run
 SIGNATURE = "_signature"  # "<score>_signature": the string a score was logged with
 
 
+def read_object(path: str) -> dict | None:
+    """The JSON object in `path`, or None (and one warning) if it is torn or not an object."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (OSError, ValueError) as error:
+        log.warning("%s: left out, unreadable (%s)", path, " ".join(str(error).split()))
+        return None
+    if not isinstance(value, dict):
+        log.warning("%s: left out, not a JSON object", path)
+        return None
+    return value
+
+
 def load_run(workdir: str) -> dict:
     if not os.path.exists(os.path.join(workdir, METRICS_FILE)):
         raise ConfigError(f"{workdir}: no {METRICS_FILE} (not a jaxgen run directory?)")
-    rows = read_metrics(workdir)
+    rows = read_metrics(workdir)  # a torn last row is left out with a warning
     config = {}
     if os.path.exists(os.path.join(workdir, "config.json")):
-        with open(os.path.join(workdir, "config.json")) as f:
-            config = json.load(f)
+        config = read_object(os.path.join(workdir, "config.json")) or {}
     evaluations = {}
     for path in glob.glob(os.path.join(workdir, "eval_*.json")):
-        with open(path) as f:
-            result = json.load(f)
-        evaluations[result["step"]] = result
+        result = read_object(path)
+        if result is not None and isinstance(result.get("step"), int):
+            evaluations[result["step"]] = result
+        elif result is not None:
+            log.warning("%s: left out, no integer step", path)
     samples = {}
     for path in sorted(glob.glob(os.path.join(workdir, "samples", "*.png"))):
         match = SAMPLE.match(os.path.basename(path))

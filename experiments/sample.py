@@ -20,28 +20,55 @@ other prompts or settings never overwrites an earlier grid), its settings and pr
 .json of the same name, and each image in the folder of the same name; it runs the same
 Steps.sample as jaxgen.text_to_image.generate() (all prompts in one compiled call; the same
 seed, the same images).
+
+A translation (seq2seq) run translates config.sample.source ("|"-separated) or the lines of
+config.sample.source_file, config.sample.batch_size at a time with a progress bar (device memory
+holds one batch, however long the file), into samples/{source,translation}_<step>_seed<S>_<digest
+of the sources and settings>.txt: a call with other sources or settings never overwrites an
+earlier one. A source given empty, or holding no text, is an error.
 """
+
+import sys
 
 import jax
 from absl import flags
 
 from jaxgen import cli, rundir, runs
+from jaxgen.config import ConfigError
 
 flags.DEFINE_string("workdir", None, "Run directory written by experiments.train.")
 
 
+# Inputs that, given on the command line, must hold something: an empty one would otherwise
+# mean "not set" and sample something else (a seq2seq run's eval sources).
+REQUIRED_IF_GIVEN = ("source", "source_file")
+
+
+def check_given_inputs(argv: list[str]) -> None:
+    """ConfigError naming the field for `--config.sample.<field>=` given empty."""
+    for field in REQUIRED_IF_GIVEN:
+        if any(not value.strip() for value in cli.flag_values(argv, f"config.sample.{field}")):
+            raise ConfigError(f"config.sample.{field}: given empty; give the inputs to sample")
+
+
 def main(argv):
     del argv
+    check_given_inputs(sys.argv)
     config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
     run = runs.load_run(config, workdir)
-    # Data is read only by a family whose samples need it (the VAE's reconstructions).
-    batch = run.placement.put_batch(rundir.sample_batch(run.config, run.steps), backend="jit")
     sample = run.placement.compile_eval(run.steps.sample)
     rng = jax.random.PRNGKey(config.sample.seed)
     tag = run.family.sample_tag(config.sample)
-    paths = rundir.write_samples(
-        sample, run.state, batch, rng, workdir, run.step, tag, config=run.config, family=run.family
-    )
+    write = dict(config=run.config, family=run.family)
+    if run.steps.sample_batches is not None:  # the family's own inputs, a batch at a time
+        batches = run.steps.sample_batches
+        outputs = rundir.sample_in_batches(sample, run.state, batches, rng, run.placement)
+        paths = rundir.write_outputs(outputs, workdir, run.step, tag, **write)
+    else:
+        # Data is read only by a family whose samples need it (the VAE's reconstructions).
+        host = rundir.sample_batch(run.config, run.steps)
+        batch = run.placement.put_batch(host, backend="jit")
+        paths = rundir.write_samples(sample, run.state, batch, rng, workdir, run.step, tag, **write)
     for path in paths:
         if path.endswith(".txt"):  # text samples are printed too
             with open(path, encoding="utf-8") as f:
@@ -50,5 +77,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.define_workdir_config(__import__("sys").argv)
+    cli.define_workdir_config(sys.argv)
     cli.run(main)

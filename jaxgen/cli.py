@@ -319,6 +319,18 @@ def define_config_file() -> None:
     )
 
 
+def flag_values(argv: list[str], name: str) -> list[str]:
+    """The values given to --<name> in argv, written --name=value or --name value (read before
+    absl parses the flags)."""
+    values = []
+    for i, arg in enumerate(argv):
+        if arg.startswith(f"--{name}="):
+            values.append(arg.split("=", 1)[1])
+        elif arg == f"--{name}" and i + 1 < len(argv):
+            values.append(argv[i + 1])
+    return values
+
+
 def define_workdir_config(
     argv: list[str], extend: Callable[[ConfigDict], None] | None = None
 ) -> None:
@@ -327,7 +339,7 @@ def define_workdir_config(
     extend(config), if given, changes the loaded config first (in memory only), e.g. adds
     evals entries that overrides may then refine.
     """
-    workdir = next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--workdir=")), None)
+    workdir = next(iter(flag_values(argv, "workdir")), None)
     if workdir is None:
         fail("--workdir: required (the run directory to read config.json and checkpoints from)")
     try:

@@ -9,6 +9,7 @@ the field, which the scripts print as one line and exit with status 2.
 
 import importlib.util
 import json
+import math
 import os
 import pathlib
 
@@ -19,6 +20,18 @@ ConfigDict = ml_collections.ConfigDict
 
 class ConfigError(ValueError):
     """A config value that cannot work; the message starts with the field name."""
+
+
+def is_count(value) -> bool:
+    """Whether a config value is an integer >= 1 (a bool is not: True would pass as 1)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def is_number(value) -> bool:
+    """Whether a config value is a finite int or float (not a bool, NaN or infinity)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value)
 
 
 def base_config() -> ConfigDict:

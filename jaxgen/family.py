@@ -17,7 +17,7 @@ import importlib
 import importlib.util
 import inspect
 import pkgutil
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -47,6 +47,12 @@ class Steps(NamedTuple):
                  of 1 (e.g. {"image": f32 [1, 28, 28, 1]}): the abstract state of a run comes
                  from it, so loading a run needs no data iterator
     sample_reads_data: whether `sample` reads its batch (the VAE's reconstructions do)
+    sample_batches: optional, the batches `sample` reads instead of eval data when they are
+                 the family's own inputs (seq2seq's config.sample texts): a sequence of host
+                 batches of one fixed shape, made when indexed, each with a "keep" [B] bool of
+                 its real rows (the last batch is padded). experiments.sample runs `sample` on each in
+                 turn and joins the outputs of the real rows (the output rows of example i
+                 are rows i * R ... i * R + R - 1); the training loop samples the first.
     generate(state, rng, num, labels=None) -> images [num, H, W, C] in [-1, 1]
                  optional (None: the family draws no samples). `num` new samples from
                  the model, for sample-quality evaluators (metrics/generative.py: fid,
@@ -79,6 +85,7 @@ class Steps(NamedTuple):
     sample: Callable[..., Any]
     batch_spec: dict[str, jax.ShapeDtypeStruct]
     sample_reads_data: bool = False
+    sample_batches: Sequence[dict] | None = None
     generate: Callable[..., Any] | None = None
     finalize: dict[str, Callable[[dict[str, float]], dict[str, float]]] = {}
     setup: Callable[[Any], Any] | None = None

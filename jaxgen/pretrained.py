@@ -14,12 +14,17 @@ A model's converter (the map from the publisher's names to our params) lives bes
     the file and the tensor in a one-line `WeightError` when it is missing or does not fit;
   - `write_run`: a complete run from params and declared shapes, with no dataset: config.json,
     data_info.json, the tokenizers, and a step-0 checkpoint (with checksums) of the family's
-    freshly initialised state holding the params (cast to the param dtypes, shapes checked; the
-    EMA starts from them). experiments.sample, evaluate, train --config.init_from=W and a later
+    freshly initialised state holding the params (cast to the param dtypes, shapes checked,
+    floating point and finite; the EMA starts from them). It writes a new run only, into a
+    hidden sibling folder renamed at the end: an existing run is never touched, and a failed
+    import leaves nothing behind. experiments.sample, evaluate, train --config.init_from=W and a later
     stage naming W (config.model.autoencoder=W) take it like any trained run.
 """
 
+import errno
 import os
+import shutil
+import tempfile
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -34,7 +39,7 @@ from jaxgen.config import ConfigDict, ConfigError
 from jaxgen.family import get_family
 from jaxgen.tokenizers import Tokenizer
 from jaxgen.train import state as train_state
-from jaxgen.workdir import lock_workdir, write_atomic
+from jaxgen.workdir import LOCK_FILE, is_locked, write_atomic, writing
 
 PyTree = Any
 
@@ -71,6 +76,9 @@ def read_weights(folder: str, *names: str) -> tuple[dict[str, np.ndarray], str]:
                 "model as .safetensors"
             ) from None
         state = torch.load(path, map_location="cpu", weights_only=True)
+        for key, value in state.items():
+            if not value.is_floating_point():
+                raise WeightError(f"{path}: {key} holds {value.dtype} values, not floating point")
         return {key: value.to(torch.float32).numpy() for key, value in state.items()}, path
     raise WeightError(f"{folder}: no {' or '.join(names)}")
 
@@ -85,7 +93,8 @@ class Tensors:
         return name in self._weights
 
     def take(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
-        """The tensor `name` as float32, which must have `shape`; WeightError naming it if not."""
+        """The tensor `name` as float32, which must have `shape` and finite floating-point
+        values; WeightError naming it if not."""
         if name not in self._weights:
             raise WeightError(f"{self.origin}: missing {name}")
         value = self._weights.pop(name)
@@ -93,7 +102,7 @@ class Tensors:
             raise WeightError(
                 f"{self.origin}: {name} has shape {tuple(value.shape)}, the model needs {tuple(shape)}"
             )
-        return np.asarray(value, np.float32)
+        return check_values(value, f"{self.origin}: {name}").astype(np.float32)
 
     def check_all_taken(self, ignore: Iterable[str] = ()) -> None:
         """WeightError naming the first tensors no mapping took (but names ending in `ignore`)."""
@@ -102,9 +111,22 @@ class Tensors:
             raise WeightError(f"{self.origin}: unexpected weights {', '.join(left[:3])}")
 
 
+def check_values(value: Any, name: str) -> np.ndarray:
+    """`value` as a NumPy array; WeightError naming it if its dtype is not floating point (raw
+    integers would be cast to meaningless weights) or it holds NaN or infinite values."""
+    array = np.asarray(value)
+    if array.dtype.kind != "f" and array.dtype != jnp.bfloat16:
+        raise WeightError(f"{name} holds {array.dtype} values, not floating point")
+    finite = np.isfinite(array.astype(np.float32))
+    if not finite.all():
+        raise WeightError(f"{name} holds {array.size - int(finite.sum())} NaN or infinite values")
+    return array
+
+
 def fit_params(init_params: PyTree, params: PyTree, origin: str) -> PyTree:
     """`params` in the structure, shapes and dtypes of a model's freshly initialised params;
-    WeightError naming the first param that is missing, extra or of another shape."""
+    WeightError naming the first param that is missing, extra, of another shape, not floating
+    point or not finite."""
     flat_init = {
         jax.tree_util.keystr(p): x for p, x in jax.tree_util.tree_leaves_with_path(init_params)
     }
@@ -118,7 +140,27 @@ def fit_params(init_params: PyTree, params: PyTree, origin: str) -> PyTree:
                 f"{origin}: params{name} has shape {tuple(np.shape(flat[name]))}, "
                 f"the model needs {tuple(want.shape)}"
             )
+        check_values(flat[name], f"{origin}: params{name}")
     return jax.tree.map(lambda want, x: jnp.asarray(x, want.dtype), init_params, params)
+
+
+def check_new_workdir(workdir: str) -> None:
+    """ConfigError naming --workdir unless it is a new or empty folder: an import never
+    touches an existing run (its config.json, checkpoints*, tokenizers, or a trainer's lock)."""
+    if not os.path.exists(workdir):
+        return
+    if not os.path.isdir(workdir):
+        raise ConfigError(f"--workdir: {workdir} is a file, not a folder; name a new folder")
+    if is_locked(os.path.join(workdir, LOCK_FILE)):
+        raise ConfigError(f"--workdir: {workdir} is being trained (its {LOCK_FILE} is held)")
+    held = sorted(os.listdir(workdir))
+    if held:
+        runs = [name for name in held if name == "config.json" or name.startswith("checkpoint")]
+        shown = ", ".join((runs or held)[:3]) + (", ..." if len(held) > 3 else "")
+        raise ConfigError(
+            f"--workdir: {workdir} already holds {'a run' if runs else 'files'} ({shown}); an "
+            "import writes a new run: name a new or empty folder"
+        )
 
 
 def write_run(
@@ -130,46 +172,63 @@ def write_run(
     tokenizers: Mapping[str, Tokenizer] | None = None,
     origin: str = "params",
 ) -> None:
-    """Writes a complete run of `config`'s family holding `params` at step 0 into `workdir`.
+    """Writes a complete run of `config`'s family holding `params` at step 0 as `workdir`.
 
     info: the dataset shapes the model was made for (no data is opened); tokenizers: the run's
     tokenizers by config.data field (saved as W/<field>.json, which the config then names).
-    Everything is checked before anything is written: the config (a ConfigError naming the
-    field), the params against the family's own init (a WeightError naming the param), and W,
-    which must not hold a run already (nor be locked by a trainer).
+    W must be a new or empty folder (check_new_workdir): an existing run is never touched.
+    The run is checked (the config: a ConfigError naming the field; the params against the
+    family's own init: a WeightError naming the param), then written into a hidden sibling
+    folder that is renamed to W at the end: an import that fails or is killed leaves no W.
     """
+    workdir = os.path.abspath(workdir)
+    check_new_workdir(workdir)
+    parent, name = os.path.split(workdir)
+    with writing(workdir):
+        os.makedirs(parent, exist_ok=True)
+        building = tempfile.mkdtemp(prefix=f".{name}.import-", dir=parent)
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.chmod(building, 0o777 & ~umask)  # mkdtemp's 0o700 would stay on W
+    try:
+        config = _write_run(config, params, building, info, tokenizers or {}, origin, workdir)
+        with writing(workdir):
+            try:
+                os.rename(building, workdir)  # replaces W only if it is still an empty folder
+            except OSError as error:
+                if error.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                    check_new_workdir(workdir)  # something appeared meanwhile: name it
+                raise
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+
+
+def _write_run(config, params, building, info, tokenizers, origin, workdir) -> ConfigDict:
+    """write_run's files, into the folder `building` (renamed to `workdir` afterwards)."""
     config = config.copy_and_resolve_references()
-    with config.unlocked():
-        for field in tokenizers or {}:
-            config.data[field] = os.path.join(os.path.abspath(workdir), f"{field}.json")
-    for path in ("config.json", checkpoint.CHECKPOINT_DIR):
-        if os.path.exists(os.path.join(workdir, path)):
-            raise ConfigError(f"--workdir: {workdir} already holds a run ({path}); name a new one")
-    os.makedirs(workdir, exist_ok=True)
-    with lock_workdir(workdir):
-        for field, tokenizer in (tokenizers or {}).items():
-            tokenizer.save(config.data[field])  # check_config reads the files the config names
-        try:
-            family = get_family(config.family)
-            if family.resolve is not None:  # as a new run starts: copy what it names
-                config = family.resolve(config)
-            rundir.check_config(config, info)
-            steps = family.make_steps(config, info, None)
-            state = jax.jit(steps.init)(
-                jax.random.PRNGKey(config.seed), rundir.example_batch(steps)
-            )
-            if steps.setup is not None:  # e.g. the frozen params of a later stage's stages
-                state = steps.setup(state)
-            state = train_state.start_from_params(state, fit_params(state.params, params, origin))
-        except (ConfigError, WeightError):
-            for field in tokenizers or {}:
-                os.remove(config.data[field])
-            raise
-        ckpt = checkpoint.Checkpointer(workdir, config.ckpt)
-        try:
-            ckpt.save(0, state, {})  # no data stream: training it starts the data afresh
-        finally:
-            ckpt.close()
-        rundir.save_info(info, workdir)
-        # Last: a folder with config.json is a complete run.
-        write_atomic(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+    with config.unlocked():  # check_config reads the tokenizer files the config names
+        for field in tokenizers:
+            config.data[field] = os.path.join(building, f"{field}.json")
+    for field, tokenizer in tokenizers.items():
+        with writing(config.data[field]):
+            tokenizer.save(config.data[field])
+    family = get_family(config.family)
+    if family.resolve is not None:  # as a new run starts: copy what it names
+        config = family.resolve(config)
+    rundir.check_config(config, info)
+    steps = family.make_steps(config, info, None)
+    state = jax.jit(steps.init)(jax.random.PRNGKey(config.seed), rundir.example_batch(steps))
+    if steps.setup is not None:  # e.g. the frozen params of a later stage's stages
+        state = steps.setup(state)
+    state = train_state.start_from_params(state, fit_params(state.params, params, origin))
+    ckpt = checkpoint.Checkpointer(building, config.ckpt)
+    try:
+        ckpt.save(0, state, {})  # no data stream: training it starts the data afresh
+    finally:
+        ckpt.close()
+    rundir.save_info(info, building)
+    with config.unlocked():  # where the tokenizers will be once the folder is renamed
+        for field in tokenizers:
+            config.data[field] = os.path.join(workdir, f"{field}.json")
+    write_atomic(os.path.join(building, "config.json"), config.to_json_best_effort(indent=2))
+    return config

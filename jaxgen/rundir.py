@@ -15,15 +15,17 @@ here is created, moved or deleted. Loading a whole run for sampling is jaxgen.ru
 """
 
 import json
+import math
 import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm import tqdm
 
 from jaxgen import checkpoint, data, optim, parallel
-from jaxgen.config import ConfigDict, ConfigError, load_workdir_config
+from jaxgen.config import ConfigDict, ConfigError, is_count, load_workdir_config
 from jaxgen.family import Family, Steps, check_loss_kw, get_family
 from jaxgen.workdir import has_checkpoint, write_atomic, writing
 
@@ -52,13 +54,21 @@ def check_config(config: ConfigDict, info: data.DatasetInfo | None = None) -> da
             raise ConfigError(
                 f"config.model.{field}: {config.model[field]!r} is not one of {', '.join(DTYPES)}"
             )
+    check_sample_values(config.sample)
     optim.check_config(config.optim)
     parallel.check_config(config)
     num_devices = parallel.num_data_devices(config.mesh)
-    if config.sample.num_samples < 1 or config.sample.num_samples % num_devices:
+    num_samples = config.sample.num_samples
+    if not is_count(num_samples) or num_samples % num_devices:
         raise ConfigError(
             f"config.sample.num_samples: must be a positive multiple of the {num_devices} devices, "
             f"got {config.sample.num_samples}"
+        )
+    size = config.sample.get("batch_size", num_devices)
+    if not is_count(size) or size % num_devices:
+        raise ConfigError(
+            f"config.sample.batch_size: must be a positive multiple of the {num_devices} "
+            f"devices, got {size!r}"
         )
     if config.init_from and not os.path.exists(config.init_from):
         raise ConfigError(f"config.init_from: no such path {config.init_from!r}")
@@ -74,6 +84,32 @@ def check_config(config: ConfigDict, info: data.DatasetInfo | None = None) -> da
     check_loss_kw(config, family)
     family.validate(config, info)
     return info
+
+
+def check_sample_values(sample_config: ConfigDict, prefix: str = "config.sample") -> None:
+    """ConfigError naming the field for a NaN or infinite number anywhere in config.sample (no
+    sampler setting means anything non-finite), text that is not UTF-8 (bytes a command line
+    could not decode: prompts, sources), or a seed that is not an integer >= 0; each family
+    checks the ranges of its own settings (Family.validate)."""
+    for key, value in sample_config.items():
+        field = f"{prefix}.{key}"
+        if isinstance(value, ConfigDict):
+            check_sample_values(value, field)
+            continue
+        values = value if isinstance(value, list | tuple) else [value]
+        for item in values:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ConfigError(f"{field}: must be a finite number, got {value!r}")
+            if isinstance(item, str):
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:  # undecodable argv bytes (surrogateescape)
+                    raise ConfigError(f"{field}: not UTF-8 text: {item!r}") from None
+    seed = sample_config.get("seed", 0)
+    if prefix == "config.sample" and (
+        isinstance(seed, bool) or not isinstance(seed, int) or seed < 0
+    ):
+        raise ConfigError(f"{prefix}.seed: must be an integer >= 0, got {seed!r}")
 
 
 # ----------------------------------------------------------------------------- data of a run
@@ -148,19 +184,57 @@ def first_eval_batch(config: ConfigDict, batch_size: int) -> dict:
 
 
 def sample_batch(config: ConfigDict, steps: Steps) -> dict:
-    """The fixed batch Steps.sample reads: the first config.sample.num_samples eval examples
-    when the family's sampler reads data (Steps.sample_reads_data), else {} (no data opened)."""
+    """The fixed batch Steps.sample reads: the first of Steps.sample_batches when the family
+    has them, the first config.sample.num_samples eval examples when its sampler reads data
+    (Steps.sample_reads_data), else {} (no data opened)."""
+    if steps.sample_batches is not None:
+        return steps.sample_batches[0]
     if not steps.sample_reads_data:
         return {}
     return first_eval_batch(config, config.sample.num_samples)
+
+
+def real_rows(outputs: dict, keep: np.ndarray) -> dict:
+    """The output rows of the real examples of a batch of Steps.sample_batches, whose "keep"
+    is `keep`: each example has output_rows // len(keep) consecutive rows."""
+    keep = np.asarray(keep, bool)
+    return {
+        name: np.asarray(array)[np.repeat(keep, len(array) // len(keep))]
+        for name, array in outputs.items()
+    }
+
+
+def sample_in_batches(sample, state, batches, rng, placement: parallel.Placement) -> dict:
+    """The outputs of the compiled sampler over each batch of Steps.sample_batches in turn
+    (batch i with fold_in(rng, i)), the real rows of each joined; a progress bar when there
+    is more than one batch. Device memory holds one batch at a time."""
+    pieces = []
+    for index in tqdm(range(len(batches)), desc="sample", unit="batch", disable=len(batches) < 2):
+        host = batches[index]
+        outputs = sample(
+            state, placement.put_batch(host, backend="jit"), jax.random.fold_in(rng, index)
+        )
+        pieces.append(real_rows(jax.device_get(outputs), host["keep"]))
+    return {name: np.concatenate([piece[name] for piece in pieces]) for name in pieces[0]}
 
 
 def write_samples(
     sample, state, batch, rng, workdir: str, step: int, tag: str = "", *, config, family: Family
 ) -> list[str]:
     """Run the compiled sampler and write each output with the family's writer
-    (image grids by default, decoded text for GPT) to workdir/samples/<name>_<step><tag>.*."""
+    (image grids by default, decoded text for GPT) to workdir/samples/<name>_<step><tag>.*.
+    A batch of Steps.sample_batches (with "keep") writes the outputs of its real rows only."""
     outputs = jax.device_get(sample(state, batch, rng))
+    if "keep" in batch:
+        outputs = real_rows(outputs, jax.device_get(batch["keep"]))
+    return write_outputs(outputs, workdir, step, tag, config=config, family=family)
+
+
+def write_outputs(
+    outputs: dict, workdir: str, step: int, tag: str = "", *, config, family: Family
+) -> list[str]:
+    """Writes each host output with the family's writer to workdir/samples/<name>_<step><tag>.*
+    (process 0); returns the paths."""
     if jax.process_index() != 0:
         return []
     paths, folder = [], os.path.join(workdir, "samples")

@@ -12,11 +12,16 @@ the data stream mean (model, data, batch size, family, seed) may not.
 
 `writing` and `write_atomic` are how a run's files are written: a failure (disk full, quota,
 read-only) is a RunWriteError naming the file, which the scripts print as one line.
+
+`read_jsonl` is how a run's appended JSON-lines files (metrics.jsonl) are read: a torn last
+line (power lost during an append) is left out with one warning saying what was lost; a bad
+line anywhere else is a ConfigError naming the file and line.
 """
 
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import socket
 import time
@@ -26,6 +31,8 @@ from typing import Any
 import jax
 
 from jaxgen.config import ConfigError
+
+log = logging.getLogger("jaxgen")
 
 LOCK_FILE = ".lock"
 CHANGES_FILE = "config_changes.jsonl"
@@ -60,6 +67,22 @@ ALLOWED_CHANGES = (
 
 class WorkdirBusyError(ConfigError):
     """Another live process is training in this workdir."""
+
+
+def is_locked(path: str) -> bool:
+    """Whether a live process holds the lock file `path` (lock_workdir); reads nothing and
+    changes nothing (a missing file is not locked)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # releases the shared lock, if taken
+    return False
 
 
 def _holder(fd: int) -> str:
@@ -212,3 +235,45 @@ def has_checkpoint(workdir: str) -> bool:
     """Whether W/checkpoints holds a committed step (a folder named by a number)."""
     folder = os.path.join(workdir, "checkpoints")
     return os.path.isdir(folder) and any(name.isdigit() for name in os.listdir(folder))
+
+
+def read_jsonl(
+    path: str, required: tuple[str, ...] = (), torn_action: str = "left out"
+) -> tuple[list[dict], str]:
+    """(rows, torn) of a JSON-lines file that is only ever appended to.
+
+    A last line that is not a JSON object (an append cut short by a crash or power loss) is
+    left out with one warning naming the file and what was lost ("PATH: <torn_action> a torn
+    last line ..."), and returned as `torn` ("" when the file is whole). Any other line that is not a JSON object holding the `required`
+    keys is a ConfigError naming the file and line.
+    """
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.read().split("\n")
+    except OSError as error:
+        raise ConfigError(f"{path}: unreadable ({reason(error)})") from None
+    numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
+    rows, torn = [], ""
+    for number, line in numbered:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict):
+            if number == numbered[-1][0]:
+                torn = line
+                log.warning(
+                    "%s: %s a torn last line %d (%d bytes lost: %s)",
+                    path,
+                    torn_action,
+                    number,
+                    len(line.encode()),
+                    line[:60] + ("..." if len(line) > 60 else ""),
+                )
+                break
+            raise ConfigError(f"{path}, line {number}: not a JSON object: {line[:60]!r}")
+        missing = [key for key in required if key not in row]
+        if missing:
+            raise ConfigError(f"{path}, line {number}: no {', '.join(missing)!s} field")
+        rows.append(row)
+    return rows, torn

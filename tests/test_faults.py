@@ -376,3 +376,22 @@ def test_sampling_a_live_run_leaves_it_untouched(reference, tmp_path):
     trainer.wait(timeout=300)
     assert trainer.returncode == 0, trainer.stderr.read()[-3000:]
     assert_same_final_params(tmp_path, reference)
+
+
+def test_a_torn_last_metrics_row_is_cut_back_on_resume_with_one_warning(tmp_path):
+    """Power lost during an append (`truncate -s -40 W/metrics.jsonl`): re-running the command
+    continues, and the warning says what was lost."""
+    short = [f"--config={SMOKE}", "--config.train.ckpt_every=5", f"--workdir={tmp_path}"]
+    run_script("train", *short, "--config.train.num_steps=10")
+    whole = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    with open(tmp_path / "metrics.jsonl", "r+") as f:
+        f.truncate(len(f.read()) - 40)
+    result = run_script("train", *short, "--config.train.num_steps=15")
+    warnings = [line for line in result.stderr.splitlines() if "torn last line" in line]
+    assert len(warnings) == 1 and f"cut back a torn last line {len(whole)}" in warnings[0]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[: len(whole) - 1] == [json.loads(line) for line in whole[:-1]]
+    assert [(row["step"], row["split"]) for row in rows[len(whole) - 1 :]] == [
+        (15, "train"),
+        (15, "eval"),
+    ]

@@ -22,6 +22,7 @@ from jaxgen import pretrained, tokenizers
 from jaxgen.config import load_workdir_config
 from jaxgen.models import gpt, gpt_pretrained
 from tests.e2e import final_params, run_script, stderr_lines
+from tests.helpers import tree_snapshot
 
 LAYERS, HEADS, WIDTH, POSITIONS, EPSILON = 2, 2, 16, 32, 1e-5
 TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer\n"
@@ -276,3 +277,72 @@ def test_bad_folder_is_one_line_and_exit_2(tmp_path):
     lines = stderr_lines(result)
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
     assert "config.json" in lines[0] and "gpt_neo" in lines[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "break_it, message",
+    [
+        (lambda p: (p / "config.json").write_text("[1, 2]"), "config.json: not a JSON object"),
+        (lambda p: edit_config(p, layer_norm_epsilon="abc"), "layer_norm_epsilon must be a"),
+        (lambda p: edit_config(p, layer_norm_epsilon=None), "layer_norm_epsilon must be a"),
+        (lambda p: edit_config(p, layer_norm_epsilon=-1e-5), "layer_norm_epsilon must be a"),
+        (lambda p: edit_config(p, n_layer=True), "no positive integer for the layers"),
+        (lambda p: edit_config(p, n_positions=1, n_ctx=1), "n_positions=1: must be >= 2"),
+        (
+            lambda p: safetensors.numpy.save_file(
+                {k: v.astype(np.int8) for k, v in random_weights(300).items()},
+                str(p / "model.safetensors"),
+            ),
+            "holds int8 values, not floating point",
+        ),
+        (
+            lambda p: safetensors.numpy.save_file(
+                {k: np.full_like(v, np.nan) for k, v in random_weights(300).items()},
+                str(p / "model.safetensors"),
+            ),
+            "NaN or infinite values",
+        ),
+    ],
+    ids=[
+        "list",
+        "eps_str",
+        "eps_null",
+        "eps_negative",
+        "n_layer_bool",
+        "positions_1",
+        "int8",
+        "nan",
+    ],
+)
+def test_bad_values_are_one_line_and_leave_nothing(tmp_path, break_it, message):
+    write_folder(tmp_path / "hf")
+    break_it(tmp_path / "hf")
+    result = run_script(
+        "import_gpt2", f"--hf_dir={tmp_path / 'hf'}", f"--workdir={tmp_path / 'w'}", check=False
+    )
+    lines = stderr_lines(result)
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert message in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # no run, no hidden folder
+
+
+@pytest.mark.slow
+def test_an_existing_run_is_never_touched(tmp_path):
+    """A run whose steps moved to checkpoints_unreadable/, a folder that is a file, a folder a
+    trainer holds: one line each, nothing changed."""
+    write_folder(tmp_path / "hf")
+    run = tmp_path / "run"
+    (run / "checkpoints_unreadable" / "10").mkdir(parents=True)
+    (run / "config.json").write_text('{"family": "seq2seq"}')
+    (run / "tokenizer.json").write_text("trained")
+    (tmp_path / "file").write_text("notes")
+    before = tree_snapshot(tmp_path)
+    for workdir, message in [(run, "already holds a run"), (tmp_path / "file", "is a file")]:
+        result = run_script(
+            "import_gpt2", f"--hf_dir={tmp_path / 'hf'}", f"--workdir={workdir}", check=False
+        )
+        lines = stderr_lines(result)
+        assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+        assert lines[0].startswith("error: --workdir: ") and message in lines[0]
+    assert tree_snapshot(tmp_path) == before

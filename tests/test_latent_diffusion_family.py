@@ -209,7 +209,7 @@ def test_generate_compiles_once_per_setting_not_per_prompt_or_seed(run):
     [
         (dict(prompts=[]), "prompts: no prompt given"),
         (dict(prompts="a||b"), "prompts: an empty prompt in 'a||b'"),
-        (dict(guidance_scale=-1.0), "config.sample.guidance_scale: must be a number >= 0"),
+        (dict(guidance_scale=-1.0), "config.sample.guidance_scale: must be a finite number >= 0"),
         (dict(num_inference_steps=0), "config.sample.num_inference_steps: must be in [1, T = 100]"),
         (dict(sampler="euler"), "config.sample.sampler: unknown sampler 'euler'"),
         (dict(num_images_per_prompt=0), "config.sample.num_images_per_prompt: must be >= 1"),

@@ -72,6 +72,8 @@ def test_rows_never_move_when_the_file_grows(tmp_path):
         (b"id\tes\tfr\nx\thola\tsalut\n", "a.tsv:1: no column 'en' (config.data.target)"),
         (b"id\tes\ten\nx\thola\thello\ny\t\thi\n", "a.tsv:3: empty cell in column 'es'"),
         (b"id\tes\ten\nx\thola\n", "a.tsv:2: 2 cells, the header has 3"),
+        (b"id\tes\tes\ten\nx\thola\tsalut\thello\n", "a.tsv:1: column 'es' named more than once"),
+        (b"en\tid\tes\ten\tid\nhi\tx\thola\thello\ty\n", "a.tsv:1: column 'en', 'id' named"),
         (
             b"id\tes\ten\nx\thola\thello\ny\thol\xe1\thi\n",
             "a.tsv:3: not UTF-8 text: invalid byte 0xe1",
@@ -84,6 +86,19 @@ def test_bad_files_are_one_line_errors_naming_file_and_line(tmp_path, content, m
     with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)")) as error:
         data.get_info(config)
     assert "\n" not in str(error.value)
+
+
+def test_a_byte_order_mark_changes_no_row_split(tmp_path):
+    """Excel writes a UTF-8 BOM first: the `id` column must still key every row's split."""
+    plain = _write_tsv(tmp_path / "plain.tsv")
+    marked = tmp_path / "marked.tsv"
+    marked.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    with_bom = pairs.read_pairs(_config(tmp_path), marked)
+    assert with_bom == pairs.read_pairs(_config(tmp_path), plain)
+    by_id = {split: [] for split in pairs.SPLITS}
+    for row_id, source, target in _ROWS:  # keyed by the id (the texts would give other splits)
+        by_id[pairs.split_of(row_id, 0.1, 0.1)].append((source, target))
+    assert with_bom == by_id
 
 
 def test_missing_file_and_bad_fields(tmp_path):

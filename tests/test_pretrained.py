@@ -4,6 +4,8 @@ run written so is a stage a latent diffusion run can name (an imported autoencod
 its scale factor).
 """
 
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from jaxgen import pretrained, rundir, runs
 from jaxgen.config import ConfigError, load_workdir_config
 from jaxgen.family import get_family
 from jaxgen.train import latent_stages
-from tests.helpers import load_config
+from tests.helpers import ROOT, load_config, tree_snapshot
 from tests.stages import untrained_run
 
 
@@ -57,8 +59,9 @@ def test_write_run_writes_a_run_that_loads_with_exactly_those_params(tmp_path):
     workdir = tmp_path / "imported"
     pretrained.write_run(config, params, str(workdir), info=info)
     assert sorted(p.name for p in workdir.iterdir()) == [
-        ".lock", "checkpoints", "config.json", "data_info.json",
+        "checkpoints", "config.json", "data_info.json",
     ]  # fmt: skip
+    assert [p.name for p in tmp_path.iterdir()] == ["imported"]  # no building folder left
     run = runs.load_run(load_workdir_config(str(workdir)), str(workdir))
     assert run.step == 0 and run.info == info
     jax.tree.map(np.testing.assert_array_equal, run.state.params, params)
@@ -83,8 +86,96 @@ def test_write_run_checks_params_and_config_before_writing(tmp_path):
     config.train.batch_size = 0
     with pytest.raises(ConfigError, match="config.train.batch_size"):
         pretrained.write_run(config, params, str(tmp_path / "a"), info=info)
-    assert not (tmp_path / "a" / "config.json").exists()
-    assert not (tmp_path / "a" / "checkpoints").exists()
+    assert not list(tmp_path.iterdir())  # a failed import leaves nothing, no hidden folder
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("int8", r"params\['encoder'\]\['\w+'\]\['kernel'\] holds int8 values, not floating"),
+        ("nan", r"params\['encoder'\]\['\w+'\]\['kernel'\] holds \d+ NaN or infinite values"),
+        ("inf", r"params\['encoder'\]\['\w+'\]\['kernel'\] holds 1 NaN or infinite values"),
+    ],
+)
+def test_write_run_refuses_integer_or_non_finite_params_naming_them(tmp_path, kind, message):
+    config, params, info = autoencoder_run_parts()
+    leaf = next(iter(params["encoder"].values()))
+    if kind == "int8":
+        leaf["kernel"] = np.ones(leaf["kernel"].shape, np.int8)
+    else:
+        leaf["kernel"] = leaf["kernel"].copy()
+        leaf["kernel"].flat[0 if kind == "inf" else slice(None)] = (
+            np.inf if kind == "inf" else np.nan
+        )
+    with pytest.raises(pretrained.WeightError, match=message):
+        pretrained.write_run(config, params, str(tmp_path / "a"), info=info, origin="w.bin")
+    assert not list(tmp_path.iterdir())
+
+
+def test_tensors_refuse_integer_and_non_finite_tensors_naming_them():
+    tensors = pretrained.Tensors(
+        {"a": np.ones((2,), np.int8), "b": np.array([1.0, np.nan], np.float16)}, origin="m.st"
+    )
+    with pytest.raises(pretrained.WeightError, match="m.st: a holds int8 values, not floating"):
+        tensors.take("a", (2,))
+    with pytest.raises(pretrained.WeightError, match="m.st: b holds 1 NaN or infinite values"):
+        tensors.take("b", (2,))
+
+
+def hold_lock(workdir):
+    """A process holding workdir's lock as a trainer does, until killed."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, time\nfrom jaxgen.workdir import lock_workdir\n"
+        "with lock_workdir(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(600)\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, str(workdir)], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    assert process.stdout.readline().strip() == "locked"
+    return process
+
+
+@pytest.mark.parametrize(
+    "existing, message",
+    [
+        ({"config.json": "{}"}, "already holds a run (config.json)"),
+        ({"checkpoints_unreadable/5/x": "x", "tokenizer.json": "t"}, "(checkpoints_unreadable)"),
+        ({"tokenizer.json": "trained"}, "already holds files (tokenizer.json)"),
+        ({".lock": ""}, "already holds files (.lock)"),
+        ("a file", "is a file, not a folder"),
+        ("locked", "is being trained (its .lock is held)"),
+    ],
+)
+def test_write_run_never_touches_an_existing_folder(tmp_path, existing, message):
+    config, params, info = autoencoder_run_parts()
+    workdir, holder = tmp_path / "w", None
+    if existing == "a file":
+        workdir.write_text("notes")
+    elif existing == "locked":
+        holder = hold_lock(workdir)
+    else:
+        for name, text in existing.items():
+            (workdir / name).parent.mkdir(parents=True, exist_ok=True)
+            (workdir / name).write_text(text)
+    before = tree_snapshot(tmp_path)
+    try:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            pretrained.write_run(config, params, str(workdir), info=info)
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+    assert tree_snapshot(tmp_path) == before  # nothing written, nothing changed
+
+
+def test_write_run_into_an_empty_folder(tmp_path):
+    config, params, info = autoencoder_run_parts()
+    (tmp_path / "w").mkdir()
+    pretrained.write_run(config, params, str(tmp_path / "w"), info=info)
+    assert (tmp_path / "w" / "config.json").exists() and len(list(tmp_path.iterdir())) == 1
 
 
 def test_an_imported_autoencoder_is_a_stage_with_its_declared_scale_factor(tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxgen import images
-from tests.e2e import run_script
+from tests.e2e import run_script, stderr_lines
 
 pytestmark = pytest.mark.slow
 
@@ -84,3 +84,31 @@ def test_report_shows_bleu_and_chrf_with_their_sacrebleu_signatures(tmp_path):
     assert f"<td>bleu/bleu</td><td>30{small}{signature}</small></td>" in table
     assert f"<td>bleu/chrf</td><td>50{small}{chrf_signature}</small></td>" in table
     assert "<td>bleu/bleu_signature</td>" not in table  # shown with its score only
+
+
+def test_a_torn_last_metrics_row_and_a_torn_eval_json_are_left_out_with_warnings(tmp_path):
+    """Power lost during an append (`truncate -s -40 W/metrics.jsonl`) or a write."""
+    run = tmp_path / "run"
+    fake_run(run, 1.0)
+    with open(run / "metrics.jsonl", "r+") as f:
+        f.truncate(len(f.read()) - 12)
+    (run / "eval_30.json").write_text('{"step": 30, "fid/fi')
+    out = tmp_path / "out"
+    result = run_script("report", str(run), f"--out={out}")
+    assert "torn last line 6" in result.stderr and "eval_30.json: left out" in result.stderr
+    table = (out / "report.html").read_text().split("id='final-metrics'")[1]
+    assert "<td>fid/fid</td><td>1.25</td>" in table  # from eval_20.json, the last whole one
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [('{"step": 7, "loss": 1}', "line 2: no split field"), ("[7]", "line 2: not a JSON object")],
+)
+def test_a_bad_metrics_row_before_the_last_is_one_line_naming_it(tmp_path, row, message):
+    run = tmp_path / "run"
+    fake_run(run, 1.0)
+    lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (run / "metrics.jsonl").write_text("".join([lines[0], row + "\n", *lines[1:]]))
+    result = run_script("report", str(run), f"--out={tmp_path / 'out'}", check=False)
+    assert result.returncode == 2 and len(stderr_lines(result)) == 1
+    assert message in result.stderr and "metrics.jsonl" in result.stderr

@@ -257,9 +257,18 @@ def test_sample_grids_are_in_tensorboards_images_tab(tmp_path):
 # ----------------------------------------------------------------------------- evaluate --evals
 
 
-def test_evaluate_with_an_unknown_evaluator_is_one_line_exit_2(tmp_path):
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ("--workdir={w}", "--evals=fid,fdi"),
+        ("--workdir={w}", "--evals", "fid,fdi"),  # once silently ignored
+        ("--workdir", "{w}", "--evals", "fid,fdi"),
+    ],
+    ids=["equals", "space", "both_space"],
+)
+def test_evaluate_with_an_unknown_evaluator_is_one_line_exit_2(tmp_path, flags):
     (tmp_path / "config.json").write_text(json.dumps(vae_smoke_config().to_dict()))
-    result = run_script("evaluate", f"--workdir={tmp_path}", "--evals=fid,fdi", check=False)
+    result = run_script("evaluate", *(flag.format(w=tmp_path) for flag in flags), check=False)
     assert result.returncode == 2
     (line,) = stderr_lines(result)
     assert line.startswith("error: --evals: unknown evaluator 'fdi'; choose from ")

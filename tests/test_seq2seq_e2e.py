@@ -70,13 +70,22 @@ def test_sample_translates_sources_and_a_source_file(smoke_run, tmp_path):
     workdir, _ = smoke_run
     sources = "En el principio crió Dios los cielos y la tierra.|Y dijo Dios: Sea la luz"
     result = run_script("sample", f"--workdir={workdir}", f"--config.sample.source={sources}")
-    path = workdir / "samples" / "translation_0000020_seed0.txt"
-    assert str(path) in result.stdout
-    assert len(path.read_text(encoding="utf-8").splitlines()) == 2
+    path = translation_file(result)
+    assert path.startswith(str(workdir / "samples" / "translation_0000020_seed0_"))
+    assert len(open(path, encoding="utf-8").read().splitlines()) == 2
     source_file = tmp_path / "sources.txt"
     source_file.write_text("Y vió Dios la luz\n\nque era buena\nY fué la tarde\n", encoding="utf-8")
-    run_script("sample", f"--workdir={workdir}", f"--config.sample.source_file={source_file}")
-    assert len(path.read_text(encoding="utf-8").splitlines()) == 3  # blank lines skipped
+    result = run_script(
+        "sample", f"--workdir={workdir}", f"--config.sample.source_file={source_file}"
+    )
+    lines = open(translation_file(result), encoding="utf-8").read().splitlines()
+    assert len(lines) == 3  # blank lines skipped
+
+
+def translation_file(result) -> str:
+    """The translation file experiments.sample printed the path of."""
+    (path,) = [line for line in result.stdout.splitlines() if "/translation_" in line]
+    return path
 
 
 def test_bad_tsv_is_one_line_naming_file_and_line(tmp_path):
@@ -161,14 +170,14 @@ def test_a_workdir_alone_samples_exports_and_serves_without_the_data(smoke_run, 
     sources = ["Y vió Dios la luz", "que era buena", "Y fué la tarde"]
     (tmp_path / "sources.txt").write_text("\n".join(sources) + "\n", encoding="utf-8")
     greedy = ["--config.sample.num_beams=1", "--config.sample.temperature=0.0"]
-    run_script(
+    result = run_script(
         "sample",
         f"--workdir={moved}",
         f"--config.sample.source_file={tmp_path / 'sources.txt'}",
         *greedy,
         env=no_data,
     )
-    sampled = (moved / "samples" / "translation_0000020_seed0.txt").read_text(encoding="utf-8")
+    sampled = open(translation_file(result), encoding="utf-8").read()
     out = tmp_path / "export"
     run_script("export", f"--workdir={moved}", f"--out={out}", "--num_beams=1", env=no_data)
     assert not (tmp_path / "empty_tfds").exists() or not any((tmp_path / "empty_tfds").iterdir())

@@ -165,3 +165,51 @@ def test_describe_names_a_family_change_first_and_caps_the_list():
     changes = {f"model.f{i}": (i, i + 1) for i in range(10)} | {"family": ("vae", "gpt")}
     text = workdir_lib.describe(changes, limit=3)
     assert text == "family: 'vae' -> 'gpt', model.f0: 0 -> 1, model.f1: 1 -> 2 and 8 more"
+
+
+ROWS = [{"step": 5, "split": "train", "loss": 1.5}, {"step": 10, "split": "eval", "x/scale": 2.0}]
+
+
+def jsonl(rows) -> str:
+    return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+def test_read_jsonl_leaves_out_a_torn_last_line_with_one_warning(tmp_path, caplog):
+    path = tmp_path / "metrics.jsonl"
+    whole = jsonl(ROWS)
+    path.write_text(whole[:-25])  # power lost during the second append
+    rows, torn = workdir_lib.read_jsonl(str(path))
+    assert rows == ROWS[:1] and torn == whole[:-25].splitlines()[-1]
+    (record,) = caplog.records
+    assert "torn last line 2" in record.getMessage() and str(path) in record.getMessage()
+    caplog.clear()
+    path.write_text(whole)
+    assert workdir_lib.read_jsonl(str(path)) == (ROWS, "") and not caplog.records
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            '{"step": 1, "split": "train"}\n{"step": 2, "spl\n{"step": 3, "split": "train"}\n',
+            "line 2",
+        ),
+        ('[1, 2]\n{"step": 3, "split": "train"}\n', "line 1: not a JSON object"),
+        ('{"step": 1, "split": "train"}\n{"step": 2}\n', "line 2: no split field"),
+    ],
+)
+def test_read_jsonl_refuses_a_bad_line_before_the_last_naming_it(tmp_path, text, message):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        workdir_lib.read_jsonl(str(path), required=("step", "split"))
+
+
+def test_the_scale_factor_of_an_autoencoder_with_a_torn_last_row_is_the_last_whole_one(tmp_path):
+    """Latent diffusion reads its autoencoder's scale factor from metrics.jsonl."""
+    from jaxgen.train.autoencoder import read_scale_factor
+
+    rows = [{"step": 10, "split": "eval", "latent_scale/scale_factor": 0.5}]
+    rows.append({"step": 20, "split": "eval", "latent_scale/scale_factor": 0.25})
+    (tmp_path / "metrics.jsonl").write_text(jsonl(rows)[:-10])
+    assert read_scale_factor(str(tmp_path)) == 0.5

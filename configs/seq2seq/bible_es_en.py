@@ -83,6 +83,8 @@ def get_config(arg: str = "") -> ConfigDict:
     config.sample.num_samples = 8  # verses of the eval split translated at each sample
     config.sample.source = ""  # "|"-separated sources to translate instead (experiments.sample)
     config.sample.source_file = ""  # or a UTF-8 file with one source a line
+    # Sources translated at a time: device memory holds one batch, however long the file.
+    config.sample.batch_size = 64
     config.sample.max_new_tokens = 100
     config.sample.temperature = 0.0  # greedy unless beams
     config.sample.top_k = 0
@@ -125,6 +127,6 @@ def get_config(arg: str = "") -> ConfigDict:
             evals=dict(
                 val=dict(batch_size=8, num_examples=16), bleu=dict(batch_size=8, num_examples=16)
             ),
-            sample=dict(num_samples=4, max_new_tokens=12, num_beams=2),
+            sample=dict(num_samples=4, batch_size=4, max_new_tokens=12, num_beams=2),
         )
     return config

@@ -8,9 +8,10 @@ A TSV file has a header row naming its columns; config.data.source and config.da
 the two text columns, and an optional `id` column keys the split. Every row goes to "train",
 "validation" or "test" by a hash of its id (or of the row's two texts when there is no id
 column): hash in [0, 1) < val_fraction -> validation, < val_fraction + test_fraction -> test,
-else train. A row therefore never moves between splits when the file grows. Bad files (no
-header, a missing column, an empty cell, a wrong number of cells, not UTF-8) are one-line
-DataErrors naming the file and the line.
+else train. A row therefore never moves between splits when the file grows. A UTF-8 byte order
+mark (what Excel writes first) is dropped, so it never hides the `id` column. Bad files (no
+header, a column named twice, a missing column, an empty cell, a wrong number of cells, not
+UTF-8) are one-line DataErrors naming the file and the line.
 
 Prepared once, under an fcntl lock, as TFDS array_record records {"source", "target"} per split
 (<tfds_dir>/jaxgen_pairs/<stem>-<hash of bytes, columns and fractions>/), so reading a prepared
@@ -69,6 +70,12 @@ def parse_tsv(text: str, origin: str, source: str, target: str) -> Iterator[tupl
     if not header or not any(cell.strip() for cell in header):
         raise DataError(f"{origin}:1: no header row (a TSV header naming the columns)")
     header = [cell.strip() for cell in header]
+    repeated = sorted({cell for cell in header if cell and header.count(cell) > 1})
+    if repeated:
+        raise DataError(
+            f"{origin}:1: column {', '.join(map(repr, repeated))} named more than once in the "
+            "header; give each column its own name"
+        )
     for column, field in ((source, "source"), (target, "target")):
         if column not in header:
             raise DataError(
@@ -114,9 +121,10 @@ def _line_of_offset(data: bytes, offset: int) -> int:
 
 
 def decode_tsv_bytes(data: bytes, origin: str) -> str:
-    """The text of a TSV file; a DataError naming the file and line if it is not UTF-8."""
+    """The text of a TSV file, without a byte order mark; a DataError naming the file and line
+    if it is not UTF-8."""
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as e:
         line = _line_of_offset(data, e.start)
         raise DataError(

@@ -21,6 +21,7 @@ import numpy as np
 import tokenizers as hf
 
 from jaxgen import tokenizers
+from jaxgen.config import is_number
 from jaxgen.pretrained import Tensors, WeightError
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -38,6 +39,8 @@ def read_hf_config(hf_dir: str) -> dict:
             raw = json.load(f)
     except (OSError, ValueError) as error:
         raise WeightError(f"{path}: not JSON ({error})") from None
+    if not isinstance(raw, dict):
+        raise WeightError(f"{path}: not a JSON object (a {type(raw).__name__})")
     if raw.get("model_type") != "gpt2":
         raise WeightError(f"{path}: model_type is {raw.get('model_type')!r}, not 'gpt2'")
     sizes = {
@@ -48,8 +51,10 @@ def read_hf_config(hf_dir: str) -> dict:
         "vocab": raw.get("vocab_size"),
     }
     for name, value in sizes.items():
-        if not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise WeightError(f"{path}: no positive integer for the {name} (got {value!r})")
+    if sizes["positions"] < 2:  # a prompt token and one new token
+        raise WeightError(f"{path}: n_positions={sizes['positions']}: must be >= 2")
     if sizes["width"] % sizes["heads"]:
         raise WeightError(f"{path}: n_embd={sizes['width']} is not divisible by n_head")
     inner = raw.get("n_inner") or 4 * sizes["width"]
@@ -58,7 +63,10 @@ def read_hf_config(hf_dir: str) -> dict:
         raise WeightError(f"{path}: only n_inner = 4 * n_embd with gelu_new is supported")
     if raw.get("scale_attn_by_inverse_layer_idx") or not raw.get("scale_attn_weights", True):
         raise WeightError(f"{path}: only GPT-2's attention scaling 1/sqrt(head_dim) is supported")
-    return sizes | {"epsilon": float(raw.get("layer_norm_epsilon", 1e-5))}
+    epsilon = raw.get("layer_norm_epsilon", 1e-5)
+    if not is_number(epsilon) or epsilon <= 0:
+        raise WeightError(f"{path}: layer_norm_epsilon must be a number > 0 (got {epsilon!r})")
+    return sizes | {"epsilon": float(epsilon)}
 
 
 def to_params(weights: dict[str, np.ndarray], sizes: dict, origin: str) -> dict:

@@ -51,6 +51,7 @@ family's sampling file, e.g. sampling/gpt.py.
 """
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -101,16 +102,24 @@ def read_settings(sample_config: ConfigDict) -> Settings:
     def fail(field, why):
         raise ConfigError(f"config.sample.{field}: {why}, got {getattr(settings, field)!r}")
 
+    def integer(value):
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    def number(value):
+        return integer(value) or (isinstance(value, float) and math.isfinite(value))
+
     for field in ("max_new_tokens", "num_beams", "num_return_sequences"):
-        if not isinstance(getattr(settings, field), int) or getattr(settings, field) < 1:
+        if not integer(getattr(settings, field)) or getattr(settings, field) < 1:
             fail(field, "must be a positive integer")
     for field in ("top_k", "no_repeat_ngram_size"):
-        if not isinstance(getattr(settings, field), int) or getattr(settings, field) < 0:
+        if not integer(getattr(settings, field)) or getattr(settings, field) < 0:
             fail(field, "must be a non-negative integer (0 = off)")
-    if not settings.temperature >= 0.0:
-        fail("temperature", "must be >= 0 (0 = greedy)")
-    if not 0.0 < settings.top_p <= 1.0:
+    if not number(settings.temperature) or not settings.temperature >= 0.0:
+        fail("temperature", "must be a finite number >= 0 (0 = greedy)")
+    if not number(settings.top_p) or not 0.0 < settings.top_p <= 1.0:
         fail("top_p", "must be in (0, 1] (1 = off)")
+    if not number(settings.length_penalty):
+        fail("length_penalty", "must be a finite number")
     if settings.early_stopping not in (True, False, "never"):
         fail("early_stopping", 'must be True, False or "never"')
     if settings.num_return_sequences > settings.num_beams:

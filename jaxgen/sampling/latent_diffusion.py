@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxgen import images, samples
-from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.config import ConfigDict, ConfigError, is_count, is_number
 from jaxgen.data import captions as caption_data
 from jaxgen.data.captions_kind import encode_captions
 from jaxgen.models.clip import PAD_ID
@@ -164,20 +164,23 @@ def check_settings(sample_config: ConfigDict, num_timesteps: int, caption_dropou
             f"choose from {', '.join(sampling.SAMPLERS)}"
         )
     steps = sample_config.num_inference_steps
-    if not isinstance(steps, int) or not 1 <= steps <= num_timesteps:
+    if not is_count(steps) or steps > num_timesteps:
         raise ConfigError(
             f"config.sample.num_inference_steps: must be in [1, T = {num_timesteps}], got {steps!r}"
         )
-    if sample_config.eta < 0:
-        raise ConfigError(f"config.sample.eta: must be >= 0, got {sample_config.eta}")
+    eta = sample_config.eta
+    if not is_number(eta) or eta < 0:
+        raise ConfigError(f"config.sample.eta: must be a finite number >= 0, got {eta!r}")
     count = sample_config.num_images_per_prompt
-    if not isinstance(count, int) or count < 1:
+    if not is_count(count):
         raise ConfigError(f"config.sample.num_images_per_prompt: must be >= 1, got {count!r}")
 
 
 def check_guidance(scale: Any, caption_dropout: float, field: str) -> None:
-    if isinstance(scale, bool) or not isinstance(scale, int | float) or scale < 0:
-        raise ConfigError(f"{field}: must be a number >= 0 (diffusers' convention), got {scale!r}")
+    if not is_number(scale) or scale < 0:
+        raise ConfigError(
+            f"{field}: must be a finite number >= 0 (diffusers' convention), got {scale!r}"
+        )
     if scale != 1 and not caption_dropout:
         raise ConfigError(
             f"{field}: guidance needs the unconditional model; train with "

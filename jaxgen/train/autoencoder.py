@@ -17,7 +17,6 @@ Samples: a grid of columns alternating input and reconstruction.
 """
 
 import functools
-import json
 import os
 from typing import Any
 
@@ -30,6 +29,7 @@ from jaxgen.losses import autoencoder as losses
 from jaxgen.models import autoencoder as models
 from jaxgen.parallel import example_rngs
 from jaxgen.train import state as train_state
+from jaxgen.workdir import read_jsonl
 
 
 def validate(config: ConfigDict, info: Any) -> None:
@@ -108,9 +108,8 @@ def read_scale_factor(workdir: str, eval_name: str = "latent_scale") -> float:
     """The run's last logged <eval_name>/scale_factor (metrics.jsonl); ConfigError if none."""
     path, key, found = os.path.join(workdir, "metrics.jsonl"), f"{eval_name}/scale_factor", None
     if os.path.isfile(path):
-        with open(path) as f:
-            for line in f:
-                found = json.loads(line).get(key, found)
+        for row in read_jsonl(path)[0]:  # a torn last row: left out with a warning
+            found = row.get(key, found)
     if found is None:
         raise ConfigError(
             f"{path}: no {key} logged; evaluate the autoencoder run first "

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen import diffusion
-from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.config import ConfigDict, ConfigError, is_count, is_number
 from jaxgen.family import FAMILIES, Family, Steps
 from jaxgen.losses import ddpm as losses
 from jaxgen.metrics import likelihood
@@ -68,13 +68,17 @@ def validate(config: ConfigDict, info: Any) -> None:
             "sample.sampler",
             f"unknown sampler {sample.sampler!r}; choose from {', '.join(sampling.SAMPLERS)}",
         )
-    if not 1 <= sample.num_inference_steps <= num_steps:
+    if not is_count(sample.num_inference_steps) or sample.num_inference_steps > num_steps:
         _fail(
             "sample.num_inference_steps",
             f"must be in [1, T = {num_steps}], got {sample.num_inference_steps}",
         )
-    if sample.eta < 0:
-        _fail("sample.eta", f"must be >= 0, got {sample.eta}")
+    if not is_number(sample.eta) or sample.eta < 0:
+        _fail("sample.eta", f"must be a finite number >= 0, got {sample.eta!r}")
+    if not is_number(sample.guidance_scale) or sample.guidance_scale < 0:
+        _fail(
+            "sample.guidance_scale", f"must be a finite number >= 0, got {sample.guidance_scale!r}"
+        )
     if sample.variance not in diffusion.VARIANCES:
         _fail(
             "sample.variance",
@@ -95,7 +99,7 @@ def validate(config: ConfigDict, info: Any) -> None:
     bad = [label for label in sample.labels if not 0 <= label < info.num_classes]
     if bad:
         _fail("sample.labels", f"{bad} out of range [0, {info.num_classes})")
-    if sample.samples_per_class < 1:
+    if not is_count(sample.samples_per_class):
         _fail("sample.samples_per_class", f"must be >= 1, got {sample.samples_per_class}")
     for name, entry in config.evals.items():
         if entry.type != "bpd":

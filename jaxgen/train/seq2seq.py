@@ -8,16 +8,22 @@ drawn per example (row) from its index in the global batch (parallel.example_rng
 train/gpt.py), so an update does not depend on the device count or the number of microbatches.
 The "loss" eval sums the token NLL and correct argmaxes over the real target tokens of the eval
 split (nats, accuracy, and perplexity by finalize). Sampling translates config.sample.source
-("|"-separated) or the lines of config.sample.source_file if set, else the sources of the fixed
-eval batch beside their references; the whole decode is one compiled call (sampling/seq2seq.py).
+("|"-separated) or the lines of config.sample.source_file if set, config.sample.batch_size at a
+time (Steps.sample_batches; experiments.sample shows a progress bar and names its files by a
+digest of the sources and settings, sample_tag), else the sources of the fixed eval batch beside
+their references; each batch's decode is one compiled call (sampling/seq2seq.py).
 The pieces are module-level pure functions (train_inputs, loss_of, eval_sums,
 sample_translations); make_steps only binds them with functools.partial, the train step being
 train_state.train_step over train_inputs and loss_of. BLEU/chrF evaluators live in
 jaxgen/metrics/text.py.
 """
 
+import dataclasses
 import functools
+import hashlib
+import json
 import pathlib
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -58,23 +64,81 @@ def validate(config: ConfigDict, info: Any) -> None:
     sampling.check_length(config.model, settings.max_new_tokens)
     del info
     pad_id_of(config)
-    sample_sources(config)
+    sample_sources(config.sample)
 
 
-def sample_sources(config: ConfigDict) -> list[str]:
-    """The texts of config.sample.source ("|"-separated) or .source_file (one per line)."""
-    sample = config.sample
-    if sample.get("source_file"):
-        path = pathlib.Path(sample.source_file).expanduser()
+def sample_sources(sample_config: ConfigDict) -> list[str]:
+    """The texts of config.sample.source ("|"-separated) or .source_file (one per line), or
+    [] when neither is set (the eval batch's sources are translated); ConfigError naming the
+    field for a source that holds no text or is not UTF-8."""
+    if sample_config.get("source_file"):
+        path = pathlib.Path(sample_config.source_file).expanduser()
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as error:
-            raise ConfigError(f"config.sample.source_file: cannot read {path} ({error})") from None
+        except OSError as error:
+            raise ConfigError(
+                f"config.sample.source_file: cannot read {path} ({error.strerror or error})"
+            ) from None
+        except UnicodeDecodeError as error:
+            raise ConfigError(
+                f"config.sample.source_file: {path} is not UTF-8 text (byte {error.start}: "
+                f"{error.reason})"
+            ) from None
         texts = [line.strip() for line in lines if line.strip()]
         if not texts:
             raise ConfigError(f"config.sample.source_file: {path} has no non-empty line")
         return texts
-    return [text.strip() for text in sample.get("source", "").split("|") if text.strip()]
+    source = sample_config.get("source", "")
+    try:
+        source.encode("utf-8")
+    except UnicodeEncodeError:  # bytes the command line could not decode (surrogateescape)
+        raise ConfigError(f"config.sample.source: not UTF-8 text: {source!r}") from None
+    texts = [text.strip() for text in source.split("|") if text.strip()]
+    if source and not texts:
+        raise ConfigError(
+            f"config.sample.source: no text in {source!r} (sources are separated by '|')"
+        )
+    return texts
+
+
+class SourceBatches(Sequence):
+    """The sample sources in batches of config.sample.batch_size, encoded when indexed:
+    {"source": int32 [B, S], "keep": bool [B]}, the last batch padded with its last text
+    (Steps.sample_batches)."""
+
+    def __init__(self, texts, batch_size, *, tokenizer, length, pad_id):
+        self.texts, self.batch_size = texts, batch_size
+        self.encode = functools.partial(
+            sampling.encode_sources, tokenizer, length=length, pad_id=pad_id
+        )
+
+    def __len__(self) -> int:
+        return -(-len(self.texts) // self.batch_size)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        texts = self.texts[index * self.batch_size : (index + 1) * self.batch_size]
+        keep = np.arange(self.batch_size) < len(texts)
+        texts = texts + [texts[-1]] * (self.batch_size - len(texts))
+        return {"source": self.encode(texts), "keep": keep}
+
+
+def sample_batch_size(sample_config: ConfigDict) -> int:
+    """config.sample.batch_size; num_samples for runs saved before it existed."""
+    return sample_config.get("batch_size", sample_config.num_samples)
+
+
+def sample_tag(sample_config: ConfigDict) -> str:
+    """The end of experiments.sample's file names: _seed<S>_<8 hex digits of the sources and
+    every decoding setting>, so a call with other sources or settings never overwrites the
+    output of an earlier one (the same call writes the same files again)."""
+    settings = dataclasses.asdict(decoding.read_settings(sample_config))
+    settings["batch_size"] = sample_batch_size(sample_config)  # rng per batch when sampling
+    texts = sample_sources(sample_config)
+    settings["sources"] = hashlib.sha256("\n".join(texts).encode()).hexdigest()
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    return f"_seed{sample_config.seed}_{digest}"
 
 
 PACKING = ("source_segment", "source_position", "target_segment", "target_position")
@@ -145,13 +209,11 @@ def train_inputs(state, batch, rng, *, dropout, axis_name=None):
     return inputs
 
 
-def sample_translations(state, batch, rng, *, translate, sources_of, eos_id, pad_id):
-    """{"source", "translation"[, "reference"]}: int32 rows, -1 where there is no token.
-
-    sources_of() -> int32 [N, S], the encoded config.sample texts (called when the sample
-    function is traced), or None: translate the sources of `batch` beside its references.
-    """
-    source = batch["source"] if sources_of is None else jnp.asarray(sources_of())
+def sample_translations(state, batch, rng, *, translate, eos_id, pad_id):
+    """{"source", "translation"[, "reference"]}: int32 rows, -1 where there is no token: the
+    translations of batch["source"] (eval data, or config.sample's texts), beside the
+    references of eval data (batch["target"])."""
+    source = batch["source"]
     output = translate(state.eval_params, source, rng)
     returned = output.tokens.shape[0] // source.shape[0]  # num_return_sequences
     source = jnp.repeat(source, returned, axis=0)
@@ -160,7 +222,7 @@ def sample_translations(state, batch, rng, *, translate, sources_of, eos_id, pad
         "source": jnp.where(keep, source, -1),
         "translation": sampling.output_rows(output, eos_id),
     }
-    if sources_of is None:
+    if "target" in batch:
         reference = jnp.repeat(batch["target"][:, 1:], returned, axis=0)
         keep = (reference != pad_id) & (reference != eos_id)
         out["reference"] = jnp.where(keep, reference, -1)
@@ -171,11 +233,15 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
     pad_id, tokenizer = pad_id_of(config)
     model = models.make_model(config.model, info.vocab_size, pad_id)
     optimizer = train_state.from_config(config)
-    texts = sample_sources(config)
-    sources_of = None
+    texts = sample_sources(config.sample)
+    batches = None
     if texts:
-        sources_of = functools.partial(
-            sampling.encode_sources, tokenizer, texts, config.data.source_len, pad_id
+        batches = SourceBatches(
+            texts,
+            sample_batch_size(config.sample),
+            tokenizer=tokenizer,
+            length=config.data.source_len,
+            pad_id=pad_id,
         )
     loss_eval = train_state.on_eval_params(functools.partial(eval_sums, model=model, pad_id=pad_id))
     return Steps(
@@ -200,7 +266,6 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
         sample=functools.partial(
             sample_translations,
             translate=sampling.make_translate(model, config.sample, tokenizer.eos_id, pad_id),
-            sources_of=sources_of,
             eos_id=tokenizer.eos_id,
             pad_id=pad_id,
         ),
@@ -208,7 +273,8 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
             "source": jax.ShapeDtypeStruct((1, config.data.source_len), jnp.int32),
             "target": jax.ShapeDtypeStruct((1, config.data.target_len + 1), jnp.int32),
         },
-        sample_reads_data=sources_of is None,  # no texts given: the eval batch's sources
+        sample_reads_data=batches is None,  # no texts given: the eval batch's sources
+        sample_batches=batches,
         finalize={"loss": gpt_losses.add_perplexity},
         # translate(params, source [B, S], rng, *, settings) -> decoding.GenerateOutput: what
         # the BLEU/ROUGE evaluators and experiments.export run (jaxgen/metrics/text.py).
@@ -231,5 +297,11 @@ def write_sample(config: ConfigDict, name: str, tokens: np.ndarray, stem: str) -
 
 
 FAMILIES.register("seq2seq")(
-    Family(validate, make_steps, losses=losses.LOSSES, write_sample=write_sample)
+    Family(
+        validate,
+        make_steps,
+        losses=losses.LOSSES,
+        write_sample=write_sample,
+        sample_tag=sample_tag,
+    )
 )

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.config import ConfigDict, ConfigError, is_count
 from jaxgen.family import FAMILIES, Family, Steps
 from jaxgen.losses import vae as losses
 from jaxgen.models import vae as models
@@ -45,6 +45,12 @@ def validate(config: ConfigDict, info: Any) -> None:
         raise ConfigError(f"config.model.latent_dim: must be >= 1, got {config.model.latent_dim}")
     if config.loss.num_samples < 1:
         raise ConfigError(f"config.loss.num_samples: must be >= 1, got {config.loss.num_samples}")
+    for field, least in (("num_interpolations", 1), ("interpolation_steps", 2)):
+        value = config.sample[field]
+        if not is_count(value) or value < least:
+            raise ConfigError(
+                f"config.sample.{field}: must be an integer >= {least}, got {value!r}"
+            )
     for name, entry in config.evals.items():
         for field in ("num_samples", "chunk") if entry.type == "nll" else ():
             if entry[field] < 1:

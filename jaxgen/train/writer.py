@@ -5,7 +5,8 @@ signature beside a BLEU score (TensorBoard's text tab); both go into the JSON ro
 
 On resume from step s, lines logged after s by the interrupted run are dropped
 (from the JSON file, and from TensorBoard through purge_step), so the record
-matches an uninterrupted run. A write that fails (disk full...) raises
+matches an uninterrupted run; a torn last line (power lost mid-append) is cut
+back with one warning saying what was lost. A write that fails (disk full...) raises
 jaxgen.workdir.RunWriteError naming the file, also when TensorBoard's background
 thread is the one that failed.
 """
@@ -20,7 +21,7 @@ import numpy as np
 from PIL import Image
 from tensorboardX import SummaryWriter
 
-from jaxgen.workdir import RunWriteError, reason, write_atomic, writing
+from jaxgen.workdir import RunWriteError, read_jsonl, reason, write_atomic, writing
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -54,11 +55,10 @@ class MetricWriter:
         if not self.enabled:
             return
         if os.path.exists(self.path):
-            with open(self.path) as f:
-                rows = [(line, json.loads(line)) for line in f if line.strip()]
+            rows, _ = read_jsonl(self.path, required=("step",), torn_action="cut back")
             kept = [
-                line
-                for line, row in rows
+                json.dumps(row) + "\n"
+                for row in rows
                 if row["step"] < start_step
                 or (row["step"] == start_step and row.get("split") not in redo)
             ]
@@ -116,6 +116,6 @@ class MetricWriter:
 
 
 def read_metrics(workdir: str) -> list[dict]:
-    """Every row of workdir/metrics.jsonl."""
-    with open(os.path.join(workdir, METRICS_FILE)) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """Every row of workdir/metrics.jsonl, each with its step and split; a torn last row is
+    left out with a warning, any other bad row is a ConfigError naming the line."""
+    return read_jsonl(os.path.join(workdir, METRICS_FILE), required=("step", "split"))[0]
