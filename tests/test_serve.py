@@ -167,6 +167,8 @@ HEAD = "POST /translate HTTP/1.1\r\nHost: t\r\n"
 BAD_MESSAGES = [  # (bytes, half-close, status, reason)
     (HEAD + "Content-Length: abc\r\n\r\n{}", False, 400, "bad Content-Length"),
     (HEAD + "Content-Length: -5\r\n\r\n{}", False, 400, "bad Content-Length"),
+    # ... with 4 MiB behind it: closed at once with those unread, the reply would be reset away
+    (HEAD + "Content-Length: abc\r\n\r\n" + "x" * (4 << 20), False, 400, "bad Content-Length"),
     (HEAD + "Content-Length: 1\r\nContent-Length: 2\r\n\r\n{}", False, 400, "Content-Length"),
     (HEAD + "Content-Length: 1000000000000000\r\n\r\n{}", False, 413, "at most 1048576"),
     (HEAD + "Content-Length: 50\r\n\r\n{}", True, 400, "input ended mid-request"),
@@ -182,7 +184,9 @@ BAD_MESSAGES = [  # (bytes, half-close, status, reason)
 ]
 
 
-@pytest.mark.parametrize("data, half_close, status, reason", BAD_MESSAGES, ids=range(14))
+@pytest.mark.parametrize(
+    "data, half_close, status, reason", BAD_MESSAGES, ids=range(len(BAD_MESSAGES))
+)
 def test_a_bad_http_message_gets_a_json_4xx(server, data, half_close, status, reason):
     port, _, _ = server
     got, reply, seconds = exchange(port, data.encode("latin-1"), half_close)
