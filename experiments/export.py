@@ -7,10 +7,15 @@ Writes to --out: translate_beams<k>.bin (jax.export's serialized StableHLO of
 translate(params, source [batch, S] int32) -> (tokens [batch, max_new_tokens] int32, lengths
 [batch] int32), one per --num_beams value, with the run's other config.sample settings),
 params.msgpack (the run's eval params: EMA when kept), tokenizer.json and export.json (source
-length, eos and pad ids, batch size, beams). --batch=0 exports a symbolic batch dimension
+length, eos and pad ids, batch size, beams, the SHA-256 of every file, which serve checks).
+The folder is written whole or not at all: into a hidden temporary folder beside --out, renamed
+to --out when complete (an earlier export there is replaced whole; a killed export leaves the
+earlier one as it was, and its own hidden .partial- folder). --out inside a run's
+checkpoints*/, an existing file, a folder that is not an earlier export, or a place it cannot
+write is one line, exit 2, before anything compiles. --batch=0 exports a symbolic batch dimension
 (any number of rows per call); --batch=N a fixed one (the server pads to N). The export runs on
 the backend it is made on (jax.export's platforms: this one); serve.py needs only jax, numpy,
-flax.serialization and tokenizers.
+flax.serialization, tokenizers, starlette and uvicorn.
 """
 
 import functools

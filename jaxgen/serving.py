@@ -338,24 +338,26 @@ class Batcher:
             self.wakeup.clear()
             while self.pending:
                 jobs = self._take()
-                if not jobs:
-                    continue
-                sources = [text for job in jobs for text in job.sources]
-                try:
-                    outputs = await asyncio.to_thread(
-                        self.translator.translate, sources, jobs[0].num_beams
-                    )
-                except Exception as error:  # each request answers 500 and logs it
-                    for job in jobs:
-                        if not job.future.done():
-                            job.future.set_exception(error)
-                    continue
-                finally:
-                    self.calls, self.rows = self.calls + 1, self.rows + len(sources)
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_result(outputs[: len(job.sources)])
-                    outputs = outputs[len(job.sources) :]
+                if jobs:
+                    await self._run(jobs)
+
+    async def _run(self, jobs: list[_Job]) -> None:
+        sources = [text for job in jobs for text in job.sources]
+        try:
+            outputs = await asyncio.to_thread(self.translator.translate, sources, jobs[0].num_beams)
+            if len(outputs) != len(sources):
+                raise RuntimeError(f"{len(outputs)} translations of {len(sources)} sources")
+        except Exception as error:  # each of its requests answers 500 and logs it
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(error)
+            return
+        finally:
+            self.calls, self.rows = self.calls + 1, self.rows + len(sources)
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_result(outputs[: len(job.sources)])
+            outputs = outputs[len(job.sources) :]
 
 
 def _error(status: int, message: str) -> JSONResponse:

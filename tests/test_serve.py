@@ -212,8 +212,14 @@ def test_forty_parallel_clients_are_answered_batched_each_as_alone(server):
     alone = {k: translate(port, SOURCES, num_beams=k) for k in (1, 2)}  # row by row equal below
     _, before, _ = exchange(port, b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
     jobs = [(SOURCES[i % 4], 1 + i % 2) for i in range(40)]
+    barrier = threading.Barrier(40, timeout=60)  # all connect at once: the backlog's test
+
+    def client(job):
+        barrier.wait()
+        return translate(port, [job[0]], job[1])
+
     with concurrent.futures.ThreadPoolExecutor(40) as pool:
-        replies = list(pool.map(lambda job: translate(port, [job[0]], job[1]), jobs))
+        replies = list(pool.map(client, jobs))
     for (source, k), reply in zip(jobs, replies, strict=True):
         assert reply == [alone[k][SOURCES.index(source)]]
     _, after, _ = exchange(port, b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
