@@ -11,7 +11,7 @@ JSON {"source": [str, ...] (at most 256), "num_beams": k (optional: the smallest
 requests waiting together are translated together, up to --max_batch rows per device call.
 Every reply is JSON: a bad request gets a 4xx {"error": one line naming the field}, anything
 unexpected a 500 whose traceback goes to --log (not the console). GET /health answers
-{"ok": true, "num_beams": [...], "calls": device calls so far, "rows": rows they held}. Sources longer than the exported source length lose their end,
+{"ok": true, "num_beams": [...], "batches": batches translated so far, "rows": the rows they held}. Sources longer than the exported source length lose their end,
 as in training. There is no authentication: keep the default --host=127.0.0.1 unless a proxy in
 front of it has some.
 """

@@ -310,7 +310,7 @@ class Batcher:
         self.translator, self.max_rows = translator, max_rows
         self.pending: collections.deque[_Job] = collections.deque()
         self.wakeup = asyncio.Event()
-        self.calls, self.rows = 0, 0  # device batches run and the rows they held (GET /health)
+        self.batches, self.rows = 0, 0  # batches translated, rows they held (GET /health)
 
     async def translate(self, sources: list[str], num_beams: int) -> list[str]:
         job = _Job(sources, num_beams, asyncio.get_running_loop().create_future())
@@ -353,7 +353,7 @@ class Batcher:
                     job.future.set_exception(error)
             return
         finally:
-            self.calls, self.rows = self.calls + 1, self.rows + len(sources)
+            self.batches, self.rows = self.batches + 1, self.rows + len(sources)
         for job in jobs:
             if not job.future.done():
                 job.future.set_result(outputs[: len(job.sources)])
@@ -373,8 +373,8 @@ def make_app(translator: Translator, *, max_rows: int, max_body: int) -> Starlet
     exported = sorted(translator.functions)
 
     async def health(request: Request) -> JSONResponse:
-        calls, rows = batcher.calls, batcher.rows
-        return JSONResponse({"ok": True, "num_beams": exported, "calls": calls, "rows": rows})
+        batches, rows = batcher.batches, batcher.rows
+        return JSONResponse({"ok": True, "num_beams": exported, "batches": batches, "rows": rows})
 
     async def read_body(request: Request) -> bytes:
         length = request.headers.get("content-length")
