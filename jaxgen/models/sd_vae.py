@@ -18,19 +18,25 @@ __call__(image, noise) is the jaxgen autoencoders' interface (a posterior draw, 
 Left out: tiling/slicing, the spatial norm of other decoders, SDXL's latents_mean/std.
 """
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jaxgen.config import ConfigDict, ConfigError
-from jaxgen.models.autoencoder import LOGVAR_RANGE, AutoencoderOutput
 from jaxgen.models.building import from_config
 from jaxgen.models.sd_layers import Downsample, ResnetBlock, Upsample, conv, group_norm
 
 Dtype = Any
 EPS = 1e-6
+LOGVAR_RANGE = (-30.0, 20.0)  # DiagonalGaussianDistribution's clamp
+
+
+class AutoencoderOutput(NamedTuple):  # models/autoencoder.py's fields
+    reconstruction: jax.Array  # [B, H, W, C]
+    mean: jax.Array  # [B, h, w, latent_channels]
+    logvar: jax.Array  # [B, h, w, latent_channels]
 
 
 class MidAttention(nn.Module):
@@ -168,8 +174,20 @@ def latent_shape(model_config: ConfigDict, image_shape: tuple[int, ...]) -> tupl
     return (height, width, model_config.latent_channels)
 
 
-def check_config(model_config: ConfigDict) -> None:
-    """ConfigError naming the field SDAutoencoderKL cannot build."""
+def check_config(model_config: ConfigDict, image_shape: tuple[int, ...] | None = None) -> None:
+    """ConfigError naming the field SDAutoencoderKL cannot build (for images of image_shape)."""
+    if image_shape is not None:
+        f = downsampling(model_config)
+        if len(image_shape) != 3 or image_shape[0] % f or image_shape[1] % f:
+            raise ConfigError(
+                f"config.model.block_out_channels: {len(model_config.block_out_channels)} levels "
+                f"downsample by {f}, which does not divide the image shape {tuple(image_shape)}"
+            )
+        if image_shape[-1] != model_config.out_channels:
+            raise ConfigError(
+                f"config.model.out_channels: {model_config.out_channels}, the images have "
+                f"{image_shape[-1]} channels"
+            )
     groups = model_config.norm_num_groups
     for channels in model_config.block_out_channels:
         if channels % groups:
