@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
+from jaxgen import diffusion
 from jaxgen.models import sd_layers, sd_pretrained, sd_unet, sd_vae
 from jaxgen.pretrained import WeightError
 
@@ -229,3 +230,10 @@ def test_group_norm_is_two_pass():
     variance = groups.var(axis=(1, 3), keepdims=True)
     expected = ((groups - mean) / np.sqrt(variance + 1e-6)).reshape(x.shape)
     np.testing.assert_allclose(np.asarray(got), expected, rtol=0, atol=1e-2)
+
+
+def test_scaled_linear_schedule_is_sd_training_schedule():
+    """jaxgen.diffusion's "scaled_linear" ᾱ_t against the diffusers scheduler's (float32)."""
+    golden = np.load(FIXTURES / "sd_tiny_v1.npz")["alphas_cumprod"]
+    schedule = diffusion.make_schedule("scaled_linear", 1000)
+    np.testing.assert_allclose(np.asarray(schedule.alphas_cumprod), golden, rtol=1e-5, atol=0)
