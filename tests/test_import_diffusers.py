@@ -7,17 +7,23 @@ diffusers does; the U-Net built through models/latent_unet.make_model from confi
 written.
 """
 
+import importlib.util
 import os
 import pathlib
 import shutil
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from jaxgen import rundir
-from jaxgen.config import load_workdir_config
+from jaxgen import data, rundir
+from jaxgen.config import ConfigDict, load_workdir_config
+from jaxgen.family import get_family
 from jaxgen.models import autoencoder, latent_unet, sd_pretrained
+from jaxgen.sampling import latent_diffusion as latent_sampling
 from tests.e2e import run_script, stderr_lines
+from tests.helpers import ROOT
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 TOLERANCE = 1e-5  # float32 against diffusers' float32
@@ -95,4 +101,57 @@ def test_bad_tensor_is_one_line(tmp_path):
     assert line == (
         f"error: {weights}: down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight has "
         "shape (4, 8), the model needs (4, 6)"
+    )
+
+
+def config_file(path: str, arg: str):
+    spec = importlib.util.spec_from_file_location("config", ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+@pytest.mark.slow  # compiles a latent diffusion train step (about 1 min on an idle CPU)
+def test_latent_diffusion_family_runs_the_sd_modules():
+    """The latent diffusion family with config.model.name sd_unet and an sd_vae stage: a train
+    step (SD's VAE encodes, SD's U-Net denoises) and the family's decode of diffusers' latents."""
+    unet = sd_pretrained.read_unet(str(FIXTURES / "sd_tiny_v1"))
+    vae = sd_pretrained.read_vae(str(FIXTURES / "sd_tiny_v1"))
+    config = config_file("configs/latent_diffusion/mnist.py", "smoke")
+    clip = config_file("configs/clip/mnist.py", "smoke")  # jaxgen's CLIP, at the U-Net's width
+    clip.model.update(width=unet.model_config.cross_attention_dim, heads=2)
+    shape = (32, 32, 3)
+    stage = {"data": "emoji", "image_shape": list(shape)}
+    with config.unlocked():
+        config.model = ConfigDict(unet.model_config.to_dict() | {"param_dtype": "float32"})
+        config.model.stages = ConfigDict(
+            {
+                "autoencoder": stage
+                | {"workdir": "/ae", "scale_factor": vae.scaling_factor}
+                | {"model": vae.model_config.to_dict() | {"param_dtype": "float32"}},
+                "text_encoder": stage
+                | {"workdir": "/clip", "caption_len": config.data.caption_len, "tokenizer": ""}
+                | {"model": clip.model.to_dict()},
+            }
+        )
+        config.diffusion.schedule = "scaled_linear"
+    info = data.DatasetInfo(shape, 10, {"train": 0, "test": 0}, 40)
+    steps = get_family("latent_diffusion").make_steps(config, info, None)
+    state = jax.jit(steps.init)(jax.random.PRNGKey(0), None)
+    frozen = dict(state.frozen, autoencoder=vae.params)
+    state = state.replace(params=unet.params, frozen=frozen)
+    captions = jnp.ones((2, config.data.caption_len), jnp.int32)
+    batch = {"image": jnp.zeros((2, *shape)), "caption": captions}
+    _, metrics = jax.jit(steps.train_step)(state, batch)
+    assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
+
+    golden = np.load(FIXTURES / "sd_tiny_v1.npz")
+    latents = jnp.asarray(golden["vae_latents"]).transpose(0, 2, 3, 1) * vae.scaling_factor
+    ae = autoencoder.make_model(config.model.stages.autoencoder.model, shape)
+    images = latent_sampling.decode_latents(
+        vae.params, latents, autoencoder=ae, scale_factor=vae.scaling_factor
+    )
+    expected = np.clip(golden["vae_decoded"], -1, 1)
+    np.testing.assert_allclose(
+        np.asarray(images).transpose(0, 3, 1, 2), expected, rtol=0, atol=TOLERANCE
     )
