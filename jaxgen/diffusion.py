@@ -37,6 +37,15 @@ def linear_betas(num_steps: int, beta_start: float = 1e-4, beta_end: float = 0.0
     return np.linspace(scale * beta_start, scale * beta_end, num_steps, dtype=np.float64)
 
 
+@SCHEDULES.register("scaled_linear")
+def scaled_linear_betas(
+    num_steps: int, beta_start: float = 0.00085, beta_end: float = 0.012
+) -> np.ndarray:
+    """Stable Diffusion's: √β_t linear from √0.00085 to √0.012 (diffusers' "scaled_linear",
+    LDM's "linear"), not rescaled for T != 1000."""
+    return np.linspace(beta_start**0.5, beta_end**0.5, num_steps, dtype=np.float64) ** 2
+
+
 @SCHEDULES.register("cosine")
 def cosine_betas(num_steps: int, offset: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
     """ᾱ(t) = cos²((t/T + s) / (1 + s) · π/2) / ᾱ(0), β clipped at 0.999 (Nichol & Dhariwal 2021, eq. 17)."""

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.models import sd_vae
 from jaxgen.models.building import from_config
 
 LOGVAR_RANGE = (-30.0, 20.0)  # LDM's DiagonalGaussianDistribution clamps logvar to this
@@ -101,17 +102,32 @@ class KLAutoencoder(nn.Module):
         return AutoencoderOutput(self.decode(z), mean, logvar)
 
 
+# config.model.name of Stable Diffusion's VAE (models/sd_vae.py, imported by
+# experiments/import_diffusers); any other name is this file's KLAutoencoder.
+SD_VAE = "sd_vae"
+
+
+def is_sd_vae(model_config: ConfigDict) -> bool:
+    return model_config.get("name") == SD_VAE
+
+
 def downsampling(model_config: ConfigDict) -> int:
+    if is_sd_vae(model_config):
+        return sd_vae.downsampling(model_config)
     return 2 ** (len(model_config.channels) - 1)
 
 
 def latent_shape(model_config: ConfigDict, image_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    if is_sd_vae(model_config):
+        return sd_vae.latent_shape(model_config, image_shape)
     f = downsampling(model_config)
     return image_shape[0] // f, image_shape[1] // f, model_config.latent_channels
 
 
 def check_config(model_config: ConfigDict, image_shape: tuple[int, ...]) -> None:
     """ConfigError naming the field for a model that cannot take `image_shape`."""
+    if is_sd_vae(model_config):
+        return sd_vae.check_config(model_config, image_shape)
     channels = model_config.channels
     if not channels or not all(isinstance(c, int) and c > 0 for c in channels):
         raise ConfigError(f"config.model.channels: positive integers, got {channels}")
@@ -129,5 +145,8 @@ def check_config(model_config: ConfigDict, image_shape: tuple[int, ...]) -> None
         )
 
 
-def make_model(model_config: ConfigDict, image_shape: tuple[int, ...]) -> KLAutoencoder:
+def make_model(model_config: ConfigDict, image_shape: tuple[int, ...]) -> nn.Module:
+    """KLAutoencoder, or SD's AutoencoderKL when config.model.name is "sd_vae"."""
+    if is_sd_vae(model_config):
+        return sd_vae.make_model(model_config)
     return from_config(KLAutoencoder, model_config, out_channels=image_shape[-1])

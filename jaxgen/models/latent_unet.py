@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.models import sd_unet
 from jaxgen.models.building import from_config
 from jaxgen.models.ddpm import ResBlock, timestep_embedding
 
@@ -126,8 +127,15 @@ class LatentUNet(nn.Module):
         return h.astype(jnp.float32)
 
 
+# config.model.name of Stable Diffusion's U-Net (models/sd_unet.py, imported by
+# experiments/import_diffusers); any other name is this file's LatentUNet.
+SD_UNET = "sd_unet"
+
+
 def check_config(model_config: ConfigDict) -> None:
     """ConfigError naming the field for U-Net settings that cannot build."""
+    if model_config.get("name") == SD_UNET:
+        return sd_unet.check_config(model_config)
     for field in ("channels", "num_res_blocks", "heads", "groups"):
         value = model_config[field]
         if not isinstance(value, int) or value < 1:
@@ -141,5 +149,8 @@ def check_config(model_config: ConfigDict) -> None:
             )
 
 
-def make_model(model_config: ConfigDict, latent_channels: int) -> LatentUNet:
+def make_model(model_config: ConfigDict, latent_channels: int) -> nn.Module:
+    """LatentUNet, or SD's UNet2DConditionModel when config.model.name is "sd_unet"."""
+    if model_config.get("name") == SD_UNET:
+        return sd_unet.make_model(model_config, latent_channels)
     return from_config(LatentUNet, model_config, out_channels=latent_channels)
