@@ -15,7 +15,8 @@ CLIPImageProcessor does, for a published CLIP (models/clip_pretrained.py) scorin
 """
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -78,3 +79,27 @@ def preprocess(image: Image.Image, processor: Mapping) -> np.ndarray:
         mean = np.asarray(processor["image_mean"], np.float32)
         pixels = (pixels - mean) / np.asarray(processor["image_std"], np.float32)
     return pixels
+
+
+class Scorer(NamedTuple):
+    """What a clip family run gives scripts and evaluators (Steps.predict_fns["clip_scorer"]):
+
+    preprocess(PIL image) -> float32 [H, W, C]   host-side: the model's input for one image
+    image_features(params, inputs [B, H, W, C]) -> [B, D]   any norm
+    text_features(params, ids [B, L]) -> [B, D]              any norm
+    params(state) -> the params to score with (the eval params)
+    """
+
+    preprocess: Callable[[Image.Image], np.ndarray]
+    image_features: Callable[..., jax.Array]
+    text_features: Callable[..., jax.Array]
+    params: Callable[[Any], Any]
+
+
+def data_preprocess(image: Image.Image, image_shape: tuple[int, ...]) -> np.ndarray:
+    """A jaxgen image [H, W, C] in [-1, 1] of a PIL image (bilinear to the data's size, RGB or
+    grayscale as the data): the input of a CLIP trained here (models/clip.py)."""
+    height, width, channels = image_shape
+    image = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
+    pixels = np.asarray(image, np.float32).reshape(height, width, channels)
+    return pixels / 127.5 - 1.0

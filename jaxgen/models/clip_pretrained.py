@@ -26,11 +26,13 @@ Deliberately left out: attention masks for padding (the causal mask already hide
 after the end token from every real token), dropout, and position-embedding interpolation.
 """
 
+import dataclasses
 import json
 import math
 import os
 from typing import NamedTuple
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -38,6 +40,7 @@ import numpy as np
 import tokenizers as hf
 
 from jaxgen import tokenizers
+from jaxgen.config import ConfigError
 from jaxgen.models.clip import MAX_LOGIT_SCALE, ClipOutput, TextFeatures
 from jaxgen.pretrained import Tensors, WeightError
 
@@ -362,6 +365,70 @@ def clip_kwargs(sizes: dict, processor: dict | None = None) -> dict:
     if processor is not None:
         kwargs |= {"image_mean": processor["image_mean"], "image_std": processor["image_std"]}
     return kwargs
+
+
+MODEL_FIELDS = ("text", "vision", "projection_dim", "processor")
+
+
+def model_config(sizes: dict, processor: dict) -> dict:
+    """config.model of a clip family run of this CLIP (name "clip_pretrained")."""
+    return {
+        "name": "clip_pretrained",
+        "text": text_kwargs(sizes["text"]),
+        "vision": vision_kwargs(sizes["vision"]),
+        "projection_dim": sizes["projection_dim"],
+        "processor": dict(processor, crop=list(processor["crop"])),
+    }
+
+
+def check_config(config_model) -> None:
+    """ConfigError naming the first config.model field a Clip cannot be built from."""
+    for field in MODEL_FIELDS:
+        if field not in config_model:
+            raise ConfigError(f"config.model.{field}: missing (a clip_pretrained model needs it)")
+    for tower, fields in (("text", TextTransformer), ("vision", VisionTransformer)):
+        wanted = {f.name for f in dataclasses.fields(fields) if f.name not in ("parent", "name")}
+        given = set(config_model[tower].keys())
+        for name in sorted(wanted ^ given):
+            where = "missing" if name in wanted else "not a field"
+            raise ConfigError(f"config.model.{tower}.{name}: {where}")
+        if config_model[tower]["activation"] not in ACTIVATIONS:
+            raise ConfigError(
+                f"config.model.{tower}.activation: {config_model[tower]['activation']!r} "
+                f"is not one of {ACTIVATIONS}"
+            )
+        if config_model[tower]["width"] % config_model[tower]["heads"]:
+            raise ConfigError(f"config.model.{tower}.heads: does not divide the width")
+    for name in ("image_mean", "image_std"):
+        if len(config_model.processor[name]) != 3:
+            raise ConfigError(f"config.model.processor.{name}: needs 3 values (RGB)")
+
+
+def make_model(config_model, vocab_size: int, caption_len: int) -> "Clip":
+    """The Clip of config.model (model_config's fields); the data's vocabulary and caption
+    length must fit its text tower (ConfigError naming the field)."""
+    check_config(config_model)
+    text = config_model.text
+    if vocab_size > text["vocab_size"]:
+        raise ConfigError(
+            f"config.data.tokenizer: {vocab_size} ids, the text tower has {text['vocab_size']}"
+        )
+    if caption_len > text["positions"]:
+        raise ConfigError(
+            f"config.data.caption_len: {caption_len} > the text tower's {text['positions']} "
+            "positions"
+        )
+    return Clip(
+        text=flax.core.FrozenDict(_plain(text)),
+        vision=flax.core.FrozenDict(_plain(config_model.vision)),
+        projection_dim=config_model.projection_dim,
+        image_mean=tuple(config_model.processor["image_mean"]),
+        image_std=tuple(config_model.processor["image_std"]),
+    )
+
+
+def _plain(section) -> dict:
+    return section.to_dict() if hasattr(section, "to_dict") else dict(section)
 
 
 def _norm(tensors: Tensors, name: str, width: int) -> dict:
