@@ -8,12 +8,14 @@ import shutil
 import numpy as np
 import pytest
 
-from jaxgen import runs, tokenizers
-from jaxgen.config import load_workdir_config
+from jaxgen import metrics, runs, text_to_image, tokenizers
+from jaxgen.config import ConfigError, load_workdir_config
 from jaxgen.metrics import clip_score
 from jaxgen.models import clip_pretrained
 from tests import clip_fixture
 from tests.e2e import run_script, stderr_lines
+from tests.helpers import load_config
+from tests.stages import nonzero, untrained_run
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +138,36 @@ def test_bad_hf_folders_are_one_line(tmp_path, break_it, message):
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
     assert message in lines[0]
     assert not (tmp_path / "w" / "config.json").exists()
+
+
+@pytest.mark.slow
+def test_latent_diffusion_conditions_on_and_scores_with_an_imported_clip(imported, tmp_path):
+    """A latent diffusion run naming the imported CLIP as config.model.text_encoder (with its
+    tokenizer and 77-token captions) validates, copies it, attends to its last hidden states
+    (width 32) and its clip_score evaluator scores generated 28x28 gray images with it."""
+    _, clip_dir = imported["quick_gelu"]
+    ae = untrained_run(load_config("configs/autoencoder/mnist.py", "smoke"), tmp_path / "ae")
+    config = load_config("configs/latent_diffusion/mnist.py", "smoke")
+    config.model.autoencoder, config.model.text_encoder = ae, str(clip_dir)
+    config.data.caption_len = 77
+    config.data.tokenizer = str(clip_dir / "tokenizer.json")
+    workdir = untrained_run(config, tmp_path / "ldm", params_fn=nonzero)
+    run = text_to_image.load(workdir)
+    assert run.config.model.stages.text_encoder.model.name == "clip_pretrained"
+    frozen = run.state.frozen["text_encoder"]
+    assert frozen["text_model"]["token_embedding"]["embedding"].shape == (49408, 32)
+    entry = next(name for name, e in run.config.evals.items() if e.type == "clip_score")
+    scores = metrics.build(run.config, run.steps, run.placement)[entry](run.state)
+    assert scores["count"] > 0 and 0 <= scores["score"] <= 100
+    # The entry's `clip` field: the other imported CLIP (same tokenizer) scores instead.
+    _, scorer_dir = imported["gelu"]
+    config = run.config.copy_and_resolve_references()
+    config.evals[entry].clip = str(scorer_dir)
+    scored = runs.load_run(config, workdir)
+    other = metrics.build(scored.config, scored.steps, scored.placement)[entry](scored.state)
+    assert other["count"] == scores["count"] and other["score"] != scores["score"]
+    # A scorer whose caption ids differ (our char-level CLIP) is one line naming the field.
+    char_clip = untrained_run(load_config("configs/clip/mnist.py", "smoke"), tmp_path / "clip")
+    config.evals[entry].clip = char_clip
+    with pytest.raises(ConfigError, match=rf"config.evals.{entry}.clip: .* tokenizer"):
+        runs.load_run(config, workdir)

@@ -150,6 +150,13 @@ def check_config(model_config: ConfigDict) -> None:
         )
 
 
+def text_width(model_config: ConfigDict) -> int:
+    """The width of encode_text's hidden states (what a latent diffusion U-Net attends to)."""
+    if model_config.get("name") == PRETRAINED:
+        return model_config.text.width
+    return model_config.width
+
+
 def make_model(model_config: ConfigDict, vocab_size: int, caption_len: int) -> nn.Module:
     """Ours (config.model.name "clip"), or a published CLIP's architecture ("clip_pretrained",
     models/clip_pretrained.py, what experiments/import_clip.py writes): the same interface."""

@@ -234,7 +234,10 @@ class Clip(nn.Module):
         return _normalize(self.image_features(pixels))
 
     def encode_image(self, image: jax.Array) -> jax.Array:
-        """Unit-norm image embeddings of jaxgen images [B, H, W, 3] in [-1, 1]."""
+        """Unit-norm image embeddings of jaxgen images [B, H, W, C] in [-1, 1] (C = 1: gray,
+        repeated to RGB as PIL's convert("RGB") does)."""
+        if image.shape[-1] == 1:
+            image = jnp.repeat(image, 3, axis=-1)
         size = self.vision["image_size"]
         if image.shape[1:3] != (size, size):
             image = jax.image.resize(image, (image.shape[0], size, size, image.shape[3]), "bicubic")
