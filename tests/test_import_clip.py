@@ -7,10 +7,12 @@ import shutil
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from jaxgen import metrics, runs, text_to_image, tokenizers
 from jaxgen.config import ConfigError, load_workdir_config
 from jaxgen.metrics import clip_score
+from jaxgen.models import clip as clip_models
 from jaxgen.models import clip_pretrained
 from tests import clip_fixture
 from tests.e2e import run_script, stderr_lines
@@ -171,3 +173,28 @@ def test_latent_diffusion_conditions_on_and_scores_with_an_imported_clip(importe
     config.evals[entry].clip = char_clip
     with pytest.raises(ConfigError, match=rf"config.evals.{entry}.clip: .* tokenizer"):
         runs.load_run(config, workdir)
+
+
+def test_a_clip_trained_here_scores_folders_on_its_own_data_size(tmp_path):
+    """experiments.clip_score's scoring with our CLIP (configs/clip/mnist.py: 28x28 gray,
+    char captions): each image resized bilinearly to 28x28 gray in [-1, 1] in the test, the
+    captions cut at caption_len, and the score 100 cos of the family's own embeddings."""
+    from experiments import clip_score as script
+    from jaxgen.data.captions_kind import encode_captions
+
+    workdir = untrained_run(load_config("configs/clip/mnist.py", "smoke"), tmp_path / "clip")
+    run = runs.load_run(load_workdir_config(workdir), workdir)
+    folder = clip_fixture.FIXTURE / "images"
+    pairs = [(str(folder / f"image{i}.png"), c) for i, c in enumerate(clip_fixture.CAPTIONS)]
+    scores = script.score_pairs(run, pairs, batch_size=2)
+    images = []
+    for path, _ in pairs:
+        gray = Image.open(path).convert("L").resize((28, 28), Image.BILINEAR)
+        images.append(np.asarray(gray, np.float32)[..., None] / 127.5 - 1)
+    ids = encode_captions(run.tokenizer, clip_fixture.CAPTIONS, run.config.data.caption_len)
+    model = clip_models.make_model(run.config.model, run.info.vocab_size, ids.shape[1])
+    variables = {"params": run.state.eval_params}
+    image = model.apply(variables, np.stack(images), method=model.encode_image)
+    text, _ = model.apply(variables, ids, method=model.encode_text)
+    expected = 100 * np.sum(np.asarray(image) * np.asarray(text), axis=-1)
+    np.testing.assert_allclose(scores, expected, atol=1e-3)

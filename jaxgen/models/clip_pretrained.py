@@ -1,6 +1,8 @@
 """OpenAI CLIP as Hugging Face transformers computes it, for published weights (Radford et al.
-2021): the text transformer (Stable Diffusion's text encoder), and its weight map.
+2021): the text transformer (Stable Diffusion's text encoder), the vision ViT, the whole
+CLIPModel, their weight maps, the CLIP tokenizer and the image processor's settings.
 
+    model, params = load_text_encoder(text_encoder_dir)    # SD's text_encoder/, in one call
     sizes = read_text_config(hf_dir)                       # config.json of CLIPModel or CLIPTextModel
     weights, origin = pretrained.read_weights(hf_dir, *WEIGHT_FILES)
     params = text_params(weights, sizes, origin)           # shape by shape, names the tensor if off
@@ -10,6 +12,10 @@
     out.last_hidden_state                                   # [B, 77, width]: what SD attends to
     out.pooled                                              # [B, width]: at the end token
 
+    sizes = read_clip_config(hf_dir); processor = read_processor(hf_dir)   # a CLIPModel folder
+    params = clip_params(weights, sizes, origin)
+    clip = Clip(**clip_kwargs(sizes, processor))           # encode_pixels, encode_text, ...
+
 The modules follow transformers' CLIPTextModel exactly: token + learned position embeddings,
 pre-LN encoder layers (q/k/v/out projections with biases, attention scaled by 1/sqrt(head_dim),
 a causal mask), an MLP with quick_gelu (OpenAI's checkpoints) or exact gelu (OpenCLIP's, SD 2),
@@ -17,6 +23,10 @@ final_layer_norm, LayerNorm epsilon from config.json. The pooled output is the f
 state at the end token: at argmax(ids) when config.json has the legacy eos_token_id 2 (OpenAI's
 checkpoints, where <|endoftext|> is the largest id), else at the first eos_token_id. Param names
 are transformers' (layers_0.self_attn.q_proj ...), kernels [in, out] (torch's Linear transposed).
+The vision tower is CLIPVisionModel's (patch conv without bias, class token, pre_layrnorm, the
+same encoder layers without the mask, post_layernorm of the class token); Clip adds the
+projections and logit_scale with jaxgen.models.clip.Clip's interface, so the clip family
+(config.model.name "clip_pretrained", model_config) and a latent diffusion run take it as ours.
 
 The folder is what save_pretrained writes: a CLIPModel (text_config inside config.json; names
 under text_model.) or a CLIPTextModel alone (SD's text_encoder/: the sizes at the top level;
@@ -39,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 import tokenizers as hf
 
-from jaxgen import tokenizers
+from jaxgen import pretrained, tokenizers
 from jaxgen.config import ConfigError
 from jaxgen.models.clip import MAX_LOGIT_SCALE, ClipOutput, TextFeatures
 from jaxgen.pretrained import Tensors, WeightError
@@ -563,6 +573,14 @@ def read_processor(hf_dir: str) -> dict:
     if len(processor["image_mean"]) != 3 or len(processor["image_std"]) != 3:
         raise WeightError(f"{path}: image_mean and image_std need 3 values (RGB)")
     return processor
+
+
+def load_text_encoder(folder: str) -> tuple[TextTransformer, dict]:
+    """(TextTransformer, params) of a CLIPTextModel folder (SD's text_encoder/: config.json and
+    model.safetensors): what a Stable Diffusion pipeline conditions on."""
+    sizes = read_text_config(folder)
+    weights, origin = pretrained.read_weights(folder, *WEIGHT_FILES)
+    return TextTransformer(**text_kwargs(sizes)), text_params(weights, sizes, origin)
 
 
 def _special_token(value) -> str | None:
