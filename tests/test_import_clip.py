@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxgen import metrics, runs, text_to_image, tokenizers
+from jaxgen import metrics, rundir, runs, text_to_image, tokenizers
 from jaxgen.config import ConfigError, load_workdir_config
 from jaxgen.metrics import clip_score
 from jaxgen.models import clip as clip_models
@@ -198,3 +198,19 @@ def test_a_clip_trained_here_scores_folders_on_its_own_data_size(tmp_path):
     text, _ = model.apply(variables, ids, method=model.encode_text)
     expected = 100 * np.sum(np.asarray(image) * np.asarray(text), axis=-1)
     np.testing.assert_allclose(scores, expected, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_clip_family_evaluates_an_imported_clip_on_emoji_captions(imported):
+    """The imported run's own "clip_score" evaluation (experiments.evaluate's path): emoji
+    rendered at the model's 32 px, captions through the saved CLIP tokenizer (77 ids each,
+    start and end tokens), scored and retrieved by the transformers-exact model."""
+    _, workdir = imported["quick_gelu"]
+    config = load_workdir_config(str(workdir))
+    config.evals.clip_score.update(num_examples=64, batch_size=32)
+    run = runs.load_run(config, str(workdir))
+    ids = rundir.first_eval_batch(run.config, 8)["caption"]
+    assert ids.shape[1] == 77 and (ids[:, 0] == 49406).all() and (ids == 49407).any(axis=1).all()
+    result = metrics.build(run.config, run.steps, run.placement)["clip_score"](run.state)
+    assert result["count"] == 64 and 0 <= result["retrieval"] <= 1
+    assert 0 <= result["score"] <= 100 and np.isfinite(result["mismatched_score"])
