@@ -71,8 +71,11 @@ def score_pairs(run, pairs, batch_size: int) -> np.ndarray:
         chunk = pairs[start : start + batch_size]
         inputs = []
         for path, _ in chunk:
-            with Image.open(path) as image:
-                inputs.append(scorer.preprocess(image))
+            try:
+                with Image.open(path) as image:
+                    inputs.append(scorer.preprocess(image))
+            except (OSError, SyntaxError, ValueError) as error:  # verify() misses some damage
+                cli.fail(f"{path}: not a readable image ({error})")
         # The last batch is padded to batch_size: one compilation for the whole folder.
         pad = batch_size - len(chunk)
         images = np.stack(inputs + [inputs[-1]] * pad)

@@ -86,6 +86,7 @@ def test_imported_run_holds_the_architecture_and_the_tokenizer(imported):
         ("no_captions", "captions.jsonl: no such file"),
         ("missing_image", "image1.png: not a readable image"),
         ("broken_image", "image2.png: not a readable image"),
+        ("truncated_image", "image0.png: not a readable image"),
         ("not_a_folder", "is not a folder"),
     ],
 )
@@ -99,6 +100,9 @@ def test_bad_image_folders_are_one_line(imported, tmp_path, case, message):
         (images / "image1.png").unlink()
     elif case == "broken_image":
         (images / "image2.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    elif case == "truncated_image":  # half a PNG: its header is fine
+        data = (images / "image0.png").read_bytes()
+        (images / "image0.png").write_bytes(data[: len(data) // 2])
     else:
         images = tmp_path / "nothing"
     result = run_script("clip_score", f"--clip={workdir}", f"--images={images}", check=False)
