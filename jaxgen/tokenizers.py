@@ -190,6 +190,17 @@ class HFTokenizer(Tokenizer):
         return self.hf.to_str()
 
 
+def fixed_length(tokenizer: Tokenizer) -> int | None:
+    """The length every encode() has, for a HF tokenizer that truncates and pads to one length
+    (CLIP's: jaxgen.models.clip_pretrained.clip_bpe); else None."""
+    if not isinstance(tokenizer, HFTokenizer):
+        return None
+    padding, truncation = tokenizer.hf.padding, tokenizer.hf.truncation
+    if not padding or not truncation or padding.get("length") != truncation.get("max_length"):
+        return None
+    return padding["length"]
+
+
 def train_char(train_text: str | Iterable[str], other_texts: Iterable[str] = ()) -> CharTokenizer:
     """The sorted unique characters of the training text (a str, or its consecutive parts), plus
     an unknown id if `other_texts` have characters outside them."""

@@ -8,8 +8,10 @@ import os
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from jaxgen import pretrained, tokenizers
+from jaxgen.metrics import clip_score
 from jaxgen.models import clip_pretrained
 from tests import clip_fixture
 
@@ -96,7 +98,8 @@ def test_text_encoder_matches_transformers(tmp_path, variant, prefix):
     """last_hidden_state and the pooled output of CLIPTextModel, to 1e-4, for the legacy argmax
     pooling (quick_gelu, eos_token_id 2) and the first-end-token pooling (gelu, 49407)."""
     folder = clip_fixture.write_text_encoder(tmp_path, variant, prefix)
-    sizes, params, model = run_text_encoder(folder)
+    sizes = clip_pretrained.read_text_config(folder)
+    model, params = clip_pretrained.load_text_encoder(folder)
     expected = clip_fixture.golden(variant)
     ids = clip_pretrained.tokenize(clip_tokenizer(), clip_fixture.CAPTIONS)
     np.testing.assert_array_equal(ids, expected["input_ids"])
@@ -142,3 +145,82 @@ def test_bad_text_encoder_folders_are_one_line(tmp_path):
     (tmp_path / "te" / "config.json").write_text(json.dumps(config | {"model_type": "bert"}))
     with pytest.raises(pretrained.WeightError, match="model_type is 'bert'"):
         clip_pretrained.read_text_config(folder)
+
+
+def load_clip(folder):
+    sizes = clip_pretrained.read_clip_config(folder)
+    processor = clip_pretrained.read_processor(folder)
+    weights, origin = pretrained.read_weights(folder, *clip_pretrained.WEIGHT_FILES)
+    params = clip_pretrained.clip_params(weights, sizes, origin)
+    model = clip_pretrained.Clip(**clip_pretrained.clip_kwargs(sizes, processor))
+    return model, params, processor
+
+
+def fixture_pixels(processor):
+    folder = clip_fixture.FIXTURE / "images"
+    names = [json.loads(line)["file"] for line in (folder / "captions.jsonl").open()]
+    return np.stack([clip_score.preprocess(Image.open(folder / name), processor) for name in names])
+
+
+@pytest.mark.parametrize("variant", clip_fixture.VARIANTS)
+def test_clip_model_matches_transformers(tmp_path, variant):
+    """CLIPImageProcessor's pixel_values (PIL bicubic, crop, mean/std) of 40x56, 32x32 and
+    61x45 PNGs to 1e-5, CLIPModel's projected text and image embeddings to 1e-4, its
+    logits_per_image, and torchmetrics' CLIP score definition to 0.05."""
+    model, params, processor = load_clip(clip_fixture.write_clip_model(tmp_path, variant))
+    expected = clip_fixture.golden(variant)
+    pixels = fixture_pixels(processor)
+    np.testing.assert_allclose(pixels, expected["pixel_values"].transpose(0, 2, 3, 1), atol=1e-5)
+    ids = clip_pretrained.tokenize(clip_tokenizer(), clip_fixture.CAPTIONS)
+    variables = {"params": params}
+    image_features = model.apply(variables, pixels, method=model.image_features)
+    text_features, _ = model.apply(variables, ids, method=model.text_features)
+    np.testing.assert_allclose(image_features, expected["image_embeds"], atol=1e-4)
+    np.testing.assert_allclose(text_features, expected["text_embeds"], atol=1e-4)
+    image_embeds = model.apply(variables, pixels, method=model.encode_pixels)
+    text_embeds, _ = model.apply(variables, ids, method=model.encode_text)
+    logits = np.exp(params["logit_scale"]) * image_embeds @ text_embeds.T
+    np.testing.assert_allclose(logits, expected["logits_per_image"], atol=1e-3)
+    scores = clip_score.pair_scores(image_features, text_features)
+    np.testing.assert_allclose(scores, expected["scores"], atol=0.05)
+    assert abs(clip_score.folder_score(scores) - float(expected["clip_score"])) < 0.05
+    # torchmetrics slices the long caption's ids instead: its score differs.
+    assert abs(float(expected["torchmetrics_score"]) - float(expected["clip_score"])) > 1
+
+
+def test_preprocess_pads_small_images_and_composites_alpha():
+    """An image smaller than the crop with resizing off is centred on zeros (CLIPImageProcessor
+    pads); a transparent pixel becomes white before normalising."""
+    processor = {
+        "size": 4, "crop": (4, 4), "resample": 3, "do_resize": False, "do_center_crop": True,
+        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": False,
+        "image_mean": (0, 0, 0), "image_std": (1, 1, 1),
+    }  # fmt: skip
+    rgba = np.zeros((1, 3, 4), np.uint8)  # one row of 3 transparent black pixels
+    pixels = clip_score.preprocess(Image.fromarray(rgba, "RGBA"), processor)
+    assert pixels.shape == (4, 4, 3)
+    # height 1 -> rows 2 (ceil(3/2) = 2 top rows of padding), width 3 -> columns 1..3
+    expected = np.zeros((4, 4, 3), np.float32)
+    expected[2, 1:4] = 1.0
+    np.testing.assert_array_equal(pixels, expected)
+
+
+def test_bad_clip_folders_are_one_line(tmp_path):
+    folder = clip_fixture.write_clip_model(tmp_path / "m", "gelu", tokenizer=False)
+    sizes = clip_pretrained.read_clip_config(folder)
+    weights, origin = pretrained.read_weights(folder, *clip_pretrained.WEIGHT_FILES)
+    name = "vision_model.embeddings.patch_embedding.weight"
+    with pytest.raises(pretrained.WeightError, match=f"{name} has shape"):
+        clip_pretrained.clip_params(weights | {name: weights[name][:, :2]}, sizes, origin)
+    with pytest.raises(pretrained.WeightError, match="missing logit_scale"):
+        clip_pretrained.clip_params(
+            {k: v for k, v in weights.items() if k != "logit_scale"}, sizes, origin
+        )
+    os.remove(os.path.join(folder, "processor_config.json"))
+    with pytest.raises(pretrained.WeightError, match="no preprocessor_config.json"):
+        clip_pretrained.read_processor(folder)
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["vision_config"]["patch_size"] = 5
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(pretrained.WeightError, match="patch_size does not divide image_size"):
+        clip_pretrained.read_clip_config(folder)

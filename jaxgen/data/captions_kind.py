@@ -5,8 +5,9 @@ int32 [b] for the class datasets, + "mask" float32 [b] in evaluation), L = confi
 the caption's token ids, cut at L and padded with PAD_ID (0). The tokenizer (config.data.tokenizer:
 "char": one id per printable ASCII character, id 0 the padding character "\\x00" and one
 unknown id for any other character, the same for every dataset and config, so a text tower moves
-between datasets; or a tokenizer.json of a tokenizer whose id 0 encodes "\\x00") is the kind's
-tokenizer field, so a run saves it and samples with exactly it.
+between datasets; or a tokenizer.json of a tokenizer whose id 0 encodes "\\x00", or of one that
+pads every text to caption_len itself, as a published CLIP's does) is the kind's tokenizer
+field, so a run saves it and samples with exactly it.
 
 Which caption: example i (its index in the split) has a list of candidates (templates x class
 name, an emoji's templates, a file's captions); training draws candidate
@@ -158,8 +159,12 @@ def _load(data_config: ConfigDict, split: str) -> captions.CaptionedSplit:
 
 
 def load_caption_tokenizer(path: str) -> tokenizers.Tokenizer:
-    """A tokenizer.json whose id PAD_ID (0) encodes the padding character; DataError if not."""
+    """A tokenizer.json whose id PAD_ID (0) encodes the padding character, or one that pads and
+    truncates every text to one length itself (a published CLIP's: start and end tokens, its
+    own pad token; config.data.caption_len must then be that length); DataError if neither."""
     tokenizer = tokenizers.load(os.path.expanduser(path))
+    if tokenizers.fixed_length(tokenizer):
+        return tokenizer
     try:
         pad_ids = [int(i) for i in tokenizer.encode(PAD)]
     except ValueError:
@@ -184,7 +189,14 @@ class CaptionSource:
         path = self._config.tokenizer
         if path == "char":
             return char_tokenizer()
-        return load_caption_tokenizer(path)
+        tokenizer = load_caption_tokenizer(path)
+        length = tokenizers.fixed_length(tokenizer)
+        if length and length != self._config.caption_len:
+            raise DataError(
+                f"config.data.caption_len: {self._config.caption_len}, but {path} pads every "
+                f"caption to {length} tokens; set caption_len={length}"
+            )
+        return tokenizer
 
     def info(self) -> kinds.DatasetInfo:
         train = self._splits[self._config.train_split]

@@ -24,6 +24,7 @@ from jaxgen.models.building import from_config
 
 PAD_ID = 0  # jaxgen.data.captions_kind.PAD_ID (models do not import the data layer)
 MAX_LOGIT_SCALE = math.log(100.0)
+PRETRAINED = "clip_pretrained"  # config.model.name of a published CLIP's architecture
 
 
 class ClipOutput(NamedTuple):
@@ -130,6 +131,10 @@ class Clip(nn.Module):
 
 
 def check_config(model_config: ConfigDict) -> None:
+    if model_config.get("name") == PRETRAINED:  # a published CLIP's architecture
+        from jaxgen.models import clip_pretrained  # it builds on this module's outputs
+
+        return clip_pretrained.check_config(model_config)
     for field in ("embed_dim", "width", "depth", "heads", "groups"):
         value = model_config[field]
         if not isinstance(value, int) or value < 1:
@@ -145,5 +150,18 @@ def check_config(model_config: ConfigDict) -> None:
         )
 
 
-def make_model(model_config: ConfigDict, vocab_size: int, caption_len: int) -> Clip:
+def text_width(model_config: ConfigDict) -> int:
+    """The width of encode_text's hidden states (what a latent diffusion U-Net attends to)."""
+    if model_config.get("name") == PRETRAINED:
+        return model_config.text.width
+    return model_config.width
+
+
+def make_model(model_config: ConfigDict, vocab_size: int, caption_len: int) -> nn.Module:
+    """Ours (config.model.name "clip"), or a published CLIP's architecture ("clip_pretrained",
+    models/clip_pretrained.py, what experiments/import_clip.py writes): the same interface."""
+    if model_config.get("name") == PRETRAINED:
+        from jaxgen.models import clip_pretrained
+
+        return clip_pretrained.make_model(model_config, vocab_size, caption_len)
     return from_config(Clip, model_config, vocab_size=vocab_size, caption_len=caption_len)

@@ -10,6 +10,11 @@ Evaluation "clip_score": over the eval split, the CLIP score (metrics/clip_score
 image with its own caption and, as the chance baseline, with the next example's caption, and
 the in-batch top-1 retrieval accuracy (image -> caption) among the batch's real examples.
 The trained text tower is what a latent diffusion model conditions on (encode_text's hidden).
+
+config.model.name "clip_pretrained" is a published CLIP's architecture (models/clip_pretrained.py,
+written by experiments/import_clip.py): the same steps and evaluation run on it. Both give
+predict_fns["clip_scorer"] (metrics/clip_score.Scorer), with which experiments/clip_score.py
+scores image folders.
 """
 
 import functools
@@ -21,7 +26,8 @@ import jax.numpy as jnp
 from jaxgen.config import ConfigDict, ConfigError
 from jaxgen.family import FAMILIES, Family, Steps
 from jaxgen.losses import clip as losses
-from jaxgen.metrics.clip_score import clip_score
+from jaxgen.metrics import clip_score as metrics
+from jaxgen.metrics.clip_score import Scorer, clip_score
 from jaxgen.models import clip as models
 from jaxgen.train import state as train_state
 
@@ -75,6 +81,33 @@ def clip_score_sums(params, batch, rng, *, model):
     }
 
 
+def image_features(params, inputs, *, model, method):
+    return model.apply({"params": params}, inputs, method=method)
+
+
+def text_features(params, ids, *, model):
+    return model.apply({"params": params}, ids, method=model.encode_text)[0]
+
+
+def make_scorer(config: ConfigDict, info: Any, model) -> Scorer:
+    """predict_fns["clip_scorer"]: an imported CLIP takes CLIPImageProcessor's pixel_values
+    (config.model.processor), ours the data's images."""
+    if config.model.name == models.PRETRAINED:
+        processor = config.model.processor.to_dict()
+        processor["crop"] = tuple(processor["crop"])
+        preprocess = functools.partial(metrics.preprocess, processor=processor)
+        method = model.encode_pixels
+    else:
+        preprocess = functools.partial(metrics.data_preprocess, image_shape=info.image_shape)
+        method = model.encode_image
+    return Scorer(
+        preprocess=preprocess,
+        image_features=functools.partial(image_features, model=model, method=method),
+        text_features=functools.partial(text_features, model=model),
+        params=lambda state: state.eval_params,
+    )
+
+
 def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> Steps:
     del axis_name  # validate admits the jit path only
     model = models.make_model(config.model, info.vocab_size, config.data.caption_len)
@@ -92,6 +125,7 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
             "image": jax.ShapeDtypeStruct((1, *info.image_shape), jnp.float32),
             "caption": jax.ShapeDtypeStruct((1, config.data.caption_len), jnp.int32),
         },
+        predict_fns={"clip_scorer": make_scorer(config, info, model)},
     )
 
 

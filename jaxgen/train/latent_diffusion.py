@@ -26,7 +26,8 @@ this run's. Its text-to-image function (Steps.predict_fns["text_to_image"], what
 jaxgen.text_to_image and Steps.sample run) takes prompts and sampler settings as arguments.
 
 Evaluations: "clip_score" (the CLIP score of images generated for the eval split's captions, with
-the run's own CLIP; entry fields guidance_scale, num_inference_steps), and the sample evaluators
+the run's own CLIP, or with the clip run the entry's `clip` field names, e.g. an imported one
+sharing the run's tokenizer; entry fields guidance_scale, num_inference_steps, clip), and the sample evaluators
 of metrics/generative.py through Steps.generate, whose options an entry's generate_kw sets:
 guidance_scale and captions ("seen" or "heldout" class templates; labels i % 10).
 """
@@ -38,7 +39,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from jaxgen import data, diffusion
+from jaxgen import data, diffusion, rundir, tokenizers
 from jaxgen.config import ConfigDict, ConfigError
 from jaxgen.data import captions as caption_data
 from jaxgen.family import FAMILIES, Family, Steps
@@ -94,6 +95,8 @@ def check_eval_entry(config: ConfigDict, info: Any, name: str, entry: ConfigDict
     field, dropout = f"config.evals.{name}", config.loss.caption_dropout
     if entry.get("type") == "clip_score" and "guidance_scale" in entry:
         sampling.check_guidance(entry.guidance_scale, dropout, f"{field}.guidance_scale")
+    if entry.get("type") == "clip_score" and entry.get("clip"):
+        check_scorer(config, entry.clip, f"{field}.clip")
     options = entry.get("generate_kw", {})
     for key in options:
         if key not in ("guidance_scale", "captions"):
@@ -113,6 +116,35 @@ def check_eval_entry(config: ConfigDict, info: Any, name: str, entry: ConfigDict
         raise ConfigError(
             f"{field}.type: {entry.type!r} prompts with class captions; {config.data.name} has none"
         )
+
+
+def check_scorer(config: ConfigDict, workdir: str, field: str) -> ConfigDict:
+    """The config of the clip run `workdir` that a clip_score entry scores with instead of the
+    run's own CLIP (e.g. an imported ViT-L/14: experiments/import_clip.py); ConfigError naming
+    `field` unless it is a clip run whose tokenizer gives this run's caption ids."""
+    scorer = rundir.check_stage(workdir, field, "clip")
+    saved = rundir.with_saved_tokenizers(scorer.data, workdir)
+    theirs = data.get_tokenizers(saved)["tokenizer"]
+    ours = data.get_tokenizers(config.data)["tokenizer"]
+    if not same_ids(ours, theirs) or scorer.data.caption_len != config.data.caption_len:
+        raise ConfigError(
+            f"{field}: {workdir}'s tokenizer and caption_len are not this run's: the scorer "
+            "reads the run's caption ids (a CLIP's own, as the text encoder's, fit)"
+        )
+    return scorer
+
+
+def same_ids(ours, theirs) -> bool:
+    """Whether two caption tokenizers give the same ids but perhaps the padding after the end
+    token (OpenAI's CLIPs pad with <|endoftext|>, SD 2's with "!": CLIP never reads it)."""
+    if ours.fingerprint() == theirs.fingerprint():
+        return True
+    length = tokenizers.fixed_length(ours)
+    return (
+        bool(length)
+        and length == tokenizers.fixed_length(theirs)
+        and (ours.hf.get_vocab() == theirs.hf.get_vocab())
+    )
 
 
 def draw_example(key, *, latent_shape, num_steps):
@@ -212,14 +244,16 @@ def setup(state, *, config):
     return state.replace(frozen=latent_stages.load_frozen(config))
 
 
-def clip_score_sums(state, batch, rng, *, images_of, clip, latent_shape):
-    """Sums of the CLIP score of an image generated for each eval caption, with "count"."""
+def clip_score_sums(state, batch, rng, *, images_of, clip, latent_shape, scorer_params=None):
+    """Sums of the CLIP score of an image generated for each eval caption, with "count";
+    scored by `clip` with `scorer_params` (another clip run's), else the frozen text encoder."""
     mask = batch["mask"]
     negative = jnp.full((1, batch["caption"].shape[1]), PAD_ID, jnp.int32)
     noise_rng, rng = jax.random.split(rng)
     noise = jax.random.normal(noise_rng, (mask.shape[0], *latent_shape))
     images = images_of(state.eval_params, state.frozen, batch["caption"], negative, noise, rng)
-    variables = {"params": state.frozen["text_encoder"]}
+    params = state.frozen["text_encoder"] if scorer_params is None else scorer_params
+    variables = {"params": params}
     image_embeds = clip.apply(variables, images, method=clip.encode_image)
     text_embeds, _ = clip.apply(variables, batch["caption"], method=clip.encode_text)
     return {"score": jnp.sum(clip_score(image_embeds, text_embeds) * mask), "count": jnp.sum(mask)}
@@ -264,6 +298,13 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
         overrides = {k: entry[k] for k in ("guidance_scale", "num_inference_steps") if k in entry}
         images = images_of(**overrides)
         score = functools.partial(clip_score_sums, images_of=images, clip=text_model)
+        if entry.get("clip"):  # another clip run scores (validate checked it)
+            scorer = check_scorer(config, entry.clip, "config.evals.*.clip")
+            model = clips.make_model(scorer.model, info.vocab_size, caption_len)
+            params = rundir.load_params(entry.clip, scorer)
+            score = functools.partial(
+                clip_score_sums, images_of=images, clip=model, scorer_params=params
+            )
         return functools.partial(score, latent_shape=latent_shape)
 
     tokenizer = data.get_tokenizers(config.data)["tokenizer"]
@@ -288,7 +329,7 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
             init,
             unet=unet,
             latent_shape=latent_shape,
-            context_shape=(caption_len, clip_model.width),
+            context_shape=(caption_len, clips.text_width(clip_model)),
             frozen_shapes=frozen_shapes(
                 ae, text_model, info.image_shape, latent_shape, caption_len
             ),

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from jaxgen import data, rundir
 from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.models import clip as clips
 from jaxgen.train import autoencoder
 
 STAGES = {"autoencoder": "autoencoder", "text_encoder": "clip"}  # config.model field -> family
@@ -54,7 +55,8 @@ def read_stages(config: ConfigDict) -> ConfigDict:
     stages.autoencoder.scale_factor = scale_factor
     clip_config = rundir.check_stage(clip_dir, "config.model.text_encoder", "clip")
     saved = rundir.with_saved_tokenizers(clip_config.data, clip_dir)
-    if saved.tokenizer == clip_config.data.tokenizer:
+    # An imported CLIP's config already names its W/tokenizer.json: the file is what counts.
+    if not os.path.isfile(os.path.join(clip_dir, "tokenizer.json")):
         raise ConfigError(f"config.model.text_encoder: {clip_dir} has no saved tokenizer.json")
     stages.text_encoder.caption_len = clip_config.data.caption_len
     stages.text_encoder.tokenizer = data.get_tokenizers(saved)["tokenizer"].fingerprint()
@@ -81,7 +83,9 @@ def check_stages(config: ConfigDict, info: Any, stages: ConfigDict) -> None:
     """The stages match this run's data: image shape, caption_len and tokenizer."""
     for field in STAGES:
         shape, stage = tuple(stages[field].image_shape), stages[field]
-        if shape != tuple(info.image_shape):
+        # A published CLIP (clip_pretrained) resizes any image to its input: no shape to match.
+        any_shape = stage.model.get("name") == clips.PRETRAINED
+        if shape != tuple(info.image_shape) and not any_shape:
             raise ConfigError(
                 f"config.model.{field}: {stage.workdir} trained on {stage.data} images {shape}; "
                 f"this run's {config.data.name} images are {tuple(info.image_shape)}"
