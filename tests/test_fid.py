@@ -99,7 +99,7 @@ def test_unbiased_mmd_equals_the_pairwise_sums_of_binkowski_et_al():
     m, n, d = len(x), len(y), x.shape[1]
 
     def k(a, b):
-        return (sum(a_i * b_i for a_i, b_i in zip(a, b)) / d + 1.0) ** 3
+        return (sum(a_i * b_i for a_i, b_i in zip(a, b, strict=True)) / d + 1.0) ** 3
 
     xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
     yy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
