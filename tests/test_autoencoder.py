@@ -103,3 +103,34 @@ def test_configs_load_and_smoke_shrinks(name):
     config = load_config(f"configs/autoencoder/{name}.py", "smoke")
     assert config.family == "autoencoder" and config.train.num_steps == 20
     assert load_config(f"configs/autoencoder/{name}.py").train.num_steps >= 2000
+
+
+def test_latent_scale_is_one_over_the_numpy_std_of_every_real_latent_element():
+    """Two eval batches, the second padded with garbage: the scale factor is 1 / std of the
+    posterior draws z = μ + σ ε of the 13 real examples, every element, computed in NumPy."""
+    config = _config()
+    info = DatasetInfo((8, 8, 3), 0, {"train": 8, "test": 13})
+    steps = family.make_steps(config, info)
+    model = models.make_model(config.model, info.image_shape)
+    rng = np.random.default_rng(3)
+    images = rng.uniform(-1, 1, (16, 8, 8, 3)).astype(np.float32)
+    images[13:] = 50.0  # padding: must not count
+    mask = (np.arange(16) < 13).astype(np.float32)
+    state = steps.init(jax.random.PRNGKey(0), {"image": images[:8]})
+    evaluate = steps.eval_steps["latent_scale"](None)
+    totals, draws = {}, []
+    for index, rows in enumerate([slice(0, 8), slice(8, 16)]):
+        batch = {"image": images[rows], "mask": mask[rows]}
+        key = jax.random.PRNGKey(10 + index)
+        for name, value in evaluate(state, batch, key).items():
+            totals[name] = totals.get(name, 0.0) + float(value)
+        mean, logvar = model.apply({"params": state.params}, images[rows], method=model.encode)
+        noise = family.draw_noise(key, 8, mean.shape[1:])
+        z = np.asarray(mean, np.float64) + np.exp(0.5 * np.asarray(logvar, np.float64)) * noise
+        draws.append(z[mask[rows] > 0])
+    assert totals["count"] == 13
+    result = steps.finalize["latent_scale"]({k: v / 13 for k, v in totals.items() if k != "count"})
+    z = np.concatenate(draws)
+    assert z.shape == (13, 2, 2, 3) and np.std(z) > 0.01
+    assert result["z_std"] == pytest.approx(np.std(z), rel=1e-4)
+    assert result["scale_factor"] == pytest.approx(1 / np.std(z), rel=1e-4)
