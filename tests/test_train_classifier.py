@@ -3,8 +3,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxgen.data import DatasetInfo
+from jaxgen.losses import classifier as losses
 from jaxgen.models import classifier as models
 from jaxgen.train import classifier
 from tests.helpers import load_config
@@ -55,3 +57,48 @@ def test_steps_on_a_fixed_batch_learn_it_and_eval_counts_only_real_examples():
     assert float(sums["count"]) == 20
     assert 0 <= float(sums["accuracy"]) <= 20 and float(sums["xent"]) > 0
     assert float(sums["accuracy"]) >= 15  # learned the bars
+
+
+def numpy_log_softmax(logits):
+    shifted = logits - logits.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+def test_eval_sums_equal_numpy_softmax_over_the_real_examples():
+    """accuracy and xent sums against argmax and -log softmax in NumPy over the 20 real rows;
+    the 12 padding rows are labelled with the model's own predictions, so they would count."""
+    config, steps = smoke_steps()
+    batch = fixed_batch()
+    state = jax.jit(steps.init)(jax.random.PRNGKey(0), batch)
+    step = jax.jit(steps.train_step)
+    for _ in range(10):  # part-trained: some right, some wrong
+        state, _ = step(state, batch)
+    model = models.make_model(config.model, 10)
+    logits = np.asarray(model.apply({"params": state.params}, batch["image"]).logits, np.float64)
+    mask = (np.arange(32) < 20).astype(np.float32)
+    labels = np.asarray(batch["label"]).copy()
+    labels[20:] = logits[20:].argmax(-1)
+    evaluate = batch | {"label": jnp.asarray(labels), "mask": jnp.asarray(mask)}
+    sums = jax.jit(steps.eval_steps["accuracy"]({}))(state, evaluate, jax.random.PRNGKey(0))
+
+    real = mask > 0
+    log_p = numpy_log_softmax(logits)[np.arange(32), labels]
+    correct = logits.argmax(-1) == labels
+    assert float(sums["count"]) == 20
+    assert float(sums["accuracy"]) == correct[real].sum() < 20
+    assert float(sums["xent"]) == pytest.approx(-log_p[real].sum(), rel=1e-5)
+
+
+def test_label_smoothed_loss_equals_numpy():
+    """-Σ_k q_k log softmax_k with q = (1 - s) one-hot + s / K (Szegedy et al. 2016, sec. 7)."""
+    rng = np.random.default_rng(2)
+    logits = rng.normal(size=(6, 10)) * 3
+    labels = rng.integers(0, 10, 6)
+    q = np.full((6, 10), 0.1 / 10)
+    q[np.arange(6), labels] += 0.9
+    expected = -np.mean(np.sum(q * numpy_log_softmax(logits), axis=1))
+    loss, metrics = losses.cross_entropy(
+        jnp.asarray(logits, jnp.float32), jnp.asarray(labels), label_smoothing=0.1
+    )
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    assert float(metrics["accuracy"]) == pytest.approx(np.mean(logits.argmax(-1) == labels))
