@@ -98,12 +98,17 @@ def final_params(workdir, step: int) -> dict:
     return {jax.tree_util.keystr(path): np.asarray(x) for path, x in leaves}
 
 
-def start_trainer(workdir, *extra: str) -> subprocess.Popen:
-    """experiments.train of the LONG smoke run in the background (stderr piped)."""
+def start_trainer(workdir, *extra: str, hold=None) -> subprocess.Popen:
+    """experiments.train of the LONG smoke run in the background (stderr piped). hold:
+    (file, step) holds it before that step while the file exists (tests/hold.py)."""
+    from tests.hold import hold_env
+
+    args = [*LONG, *extra, f"--workdir={workdir}"]
+    held = [sys.executable, "-m", "tests.hold", *args] if hold else None
     return subprocess.Popen(
-        command("train", *LONG, *extra, f"--workdir={workdir}"),
+        held or command("train", *args),
         cwd=ROOT,
-        env=script_env(),
+        env=script_env(**(hold_env(*hold) if hold else {})),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

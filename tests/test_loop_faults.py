@@ -31,6 +31,7 @@ from tests.e2e import (
     wait_for,
 )
 from tests.helpers import ROOT, load_config
+from tests.hold import reached
 
 ARGS = [f"--config={SMOKE}", "--config.train.sample_every=10", "--config.train.eval_every=10"]
 
@@ -205,10 +206,11 @@ def row_at_least(workdir, step):
 
 @pytest.mark.slow
 def test_ctrl_c_saves_the_step_exits_130_and_the_resumed_run_matches(reference, tmp_path):
-    process = start_trainer(tmp_path)
-    assert wait_for(lambda: row_at_least(tmp_path, 5), process)
-    time.sleep(0.2)
+    hold = tmp_path.with_name(f"{tmp_path.name}_hold")
+    process = start_trainer(tmp_path, hold=(hold, 12))  # mid-run, whatever the machine's speed
+    assert wait_for(lambda: reached(hold), process)
     process.send_signal(signal.SIGINT)
+    hold.unlink()
     _, stderr = process.communicate(timeout=HANG_GUARD)
     assert process.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stderr
