@@ -110,3 +110,34 @@ def test_missing_field_names_the_field():
     del config["norm"]
     with pytest.raises(ConfigError, match=r"^config\.model\.norm: missing"):
         models.check_config(config, (28, 28, 1))
+
+
+def test_conditional_mlp_pair_matches_numpy():
+    """The MLP generator [z, one-hot(y)] -> Dense + LeakyReLU(0.2) -> Dense -> tanh, and the
+    projection discriminator (Miyato & Koyama 2018): flatten -> Dense + LeakyReLU(0.2) ->
+    w·h + b + embed(y)·h, in NumPy with random params."""
+    generator, discriminator = models.make_models(model_config("mlp"), (4, 6, 1), num_classes=3)
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(2, 8)).astype(np.float32)
+    label = np.array([2, 0])
+    g_vars = generator.init(jax.random.PRNGKey(0), z, label, train=False)
+    g_params = jax.tree.map(lambda a: rng.normal(0, 0.5, a.shape).astype(np.float32), g_vars)
+    images = generator.apply(g_params, z, label, train=False)
+    d_vars = discriminator.init(jax.random.PRNGKey(1), images, label, train=False)
+    d_params = jax.tree.map(lambda a: rng.normal(0, 0.5, a.shape).astype(np.float32), d_vars)
+    logits = discriminator.apply(d_params, images, label, train=False)
+
+    def leaky(h):
+        return np.where(h > 0, h, 0.2 * h)
+
+    g = jax.tree.map(lambda a: np.asarray(a, np.float64), g_params["params"])
+    h = np.concatenate([z, np.eye(3)[label]], axis=1)
+    h = leaky(h @ g["Dense_0"]["kernel"] + g["Dense_0"]["bias"])
+    expected_images = np.tanh(h @ g["Dense_1"]["kernel"] + g["Dense_1"]["bias"]).reshape(2, 4, 6, 1)
+    np.testing.assert_allclose(images, expected_images, rtol=1e-5, atol=1e-5)
+
+    d = jax.tree.map(lambda a: np.asarray(a, np.float64), d_params["params"])
+    h = leaky(expected_images.reshape(2, -1) @ d["Dense_0"]["kernel"] + d["Dense_0"]["bias"])
+    projection = np.sum(d["Embed_0"]["embedding"][label] * h, axis=1)
+    expected_logits = (h @ d["head"]["kernel"] + d["head"]["bias"])[:, 0] + projection
+    np.testing.assert_allclose(logits, expected_logits, rtol=1e-4, atol=1e-4)
