@@ -102,3 +102,39 @@ def test_label_smoothed_loss_equals_numpy():
     )
     assert float(loss) == pytest.approx(expected, rel=1e-5)
     assert float(metrics["accuracy"]) == pytest.approx(np.mean(logits.argmax(-1) == labels))
+
+
+def numpy_conv3x3_same(x, kernel, bias):
+    """Cross-correlation with zero padding 1 (Flax's "SAME" for 3x3, stride 1), in loops."""
+    batch, height, width, _ = x.shape
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    out = np.zeros((batch, height, width, kernel.shape[-1]))
+    for i in range(3):
+        for j in range(3):
+            out += np.einsum(
+                "bhwc,cd->bhwd", padded[:, i : i + height, j : j + width], kernel[i, j]
+            )
+    return out + bias
+
+
+def test_cnn_forward_matches_numpy():
+    """Two stages of 3x3 conv + ReLU + 2x2 max-pool, Dense + ReLU features, Dense logits."""
+    config = load_config("configs/classifier/mnist.py", "smoke")
+    model = models.make_model(config.model, 10)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (2, 12, 8, 1)).astype(np.float32)  # H != W catches swapped axes
+    variables = model.init(jax.random.PRNGKey(0), x)
+    params = jax.tree.map(lambda a: rng.normal(0, 0.5, a.shape).astype(np.float32), variables)
+    out = model.apply(params, x)
+
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params["params"])
+    h = x.astype(np.float64)
+    for stage in range(2):
+        conv = p[f"Conv_{stage}"]
+        h = np.maximum(numpy_conv3x3_same(h, conv["kernel"], conv["bias"]), 0)
+        b, height, width, c = h.shape
+        h = h.reshape(b, height // 2, 2, width // 2, 2, c).max(axis=(2, 4))
+    features = np.maximum(h.reshape(2, -1) @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"], 0)
+    logits = features @ p["Dense_1"]["kernel"] + p["Dense_1"]["bias"]
+    np.testing.assert_allclose(out.features, features, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out.logits, logits, rtol=1e-4, atol=1e-4)
