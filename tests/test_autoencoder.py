@@ -134,3 +134,78 @@ def test_latent_scale_is_one_over_the_numpy_std_of_every_real_latent_element():
     assert z.shape == (13, 2, 2, 3) and np.std(z) > 0.01
     assert result["z_std"] == pytest.approx(np.std(z), rel=1e-4)
     assert result["scale_factor"] == pytest.approx(1 / np.std(z), rel=1e-4)
+
+
+def numpy_conv(x, p, stride=1):
+    """Flax/TF "SAME" cross-correlation: out = ceil(in / stride), the padding's odd pixel at the
+    end (LDM's Downsample pads (0, 1) before its stride-2 conv: the same)."""
+    kernel, bias = p["kernel"], p["bias"]
+    k = kernel.shape[0]
+    batch, height, width, _ = x.shape
+    out_h, out_w = -(-height // stride), -(-width // stride)
+    pad_h = max((out_h - 1) * stride + k - height, 0)
+    pad_w = max((out_w - 1) * stride + k - width, 0)
+    x = np.pad(
+        x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0))
+    )
+    out = np.zeros((batch, out_h, out_w, kernel.shape[-1]))
+    for i in range(k):
+        for j in range(k):
+            window = x[:, i : i + stride * out_h : stride, j : j + stride * out_w : stride]
+            out += np.einsum("bhwc,cd->bhwd", window, kernel[i, j])
+    return out + bias
+
+
+def numpy_group_norm(x, p, groups):
+    b, h, w, c = x.shape
+    g = x.reshape(b, h, w, groups, c // groups)
+    mean = g.mean(axis=(1, 2, 4), keepdims=True)
+    var = g.var(axis=(1, 2, 4), keepdims=True)
+    return ((g - mean) / np.sqrt(var + 1e-6)).reshape(x.shape) * p["scale"] + p["bias"]
+
+
+def numpy_swish(x):
+    return x / (1 + np.exp(-x))
+
+
+def numpy_res_block(x, p, groups):
+    h = numpy_conv(numpy_swish(numpy_group_norm(x, p["GroupNorm_0"], groups)), p["Conv_0"])
+    h = numpy_conv(numpy_swish(numpy_group_norm(h, p["GroupNorm_1"], groups)), p["Conv_1"])
+    return (numpy_conv(x, p["Conv_2"]) if "Conv_2" in p else x) + h
+
+
+def test_forward_matches_numpy_ldm_encoder_decoder():
+    """LDM's Encoder/Decoder at two levels (channels 8, 16), in NumPy: stem conv, a ResBlock
+    (GroupNorm, swish, 3x3 conv, twice; 1x1 skip when widths differ) and a stride-2 conv per
+    level, a middle ResBlock, GroupNorm + swish + conv to (mean, logvar); the decoder mirrored
+    with nearest-neighbour 2x upsampling; z = mean + exp(logvar / 2) ε."""
+    config = _model_config(channels=(8, 16), latent_channels=3)
+    model = models.make_model(config, (8, 12, 1))
+    rng = np.random.default_rng(0)
+    image = rng.uniform(-1, 1, (2, 8, 12, 1)).astype(np.float32)
+    noise = rng.normal(size=(2, 4, 6, 3)).astype(np.float32)
+    variables = model.init(jax.random.PRNGKey(0), image, noise)
+    params = jax.tree.map(lambda a: rng.normal(0, 0.3, a.shape).astype(np.float32), variables)
+    out = model.apply(params, image, noise)
+
+    groups = 4
+    e = jax.tree.map(lambda a: np.asarray(a, np.float64), params["params"]["encoder"])
+    h = numpy_conv(image.astype(np.float64), e["Conv_0"])
+    h = numpy_res_block(h, e["ResBlock_0"], groups)
+    h = numpy_conv(h, e["Conv_1"], stride=2)
+    h = numpy_res_block(h, e["ResBlock_1"], groups)
+    h = numpy_res_block(h, e["ResBlock_2"], groups)
+    h = numpy_conv(numpy_swish(numpy_group_norm(h, e["GroupNorm_0"], groups)), e["Conv_2"])
+    mean, logvar = h[..., :3], np.clip(h[..., 3:], -30.0, 20.0)
+    z = mean + np.exp(0.5 * logvar) * noise
+
+    d = jax.tree.map(lambda a: np.asarray(a, np.float64), params["params"]["decoder"])
+    h = numpy_conv(z, d["Conv_0"])
+    h = numpy_res_block(h, d["ResBlock_0"], groups)
+    h = numpy_res_block(h, d["ResBlock_1"], groups)
+    h = numpy_conv(h.repeat(2, axis=1).repeat(2, axis=2), d["Conv_1"])
+    h = numpy_res_block(h, d["ResBlock_2"], groups)
+    image_out = numpy_conv(numpy_swish(numpy_group_norm(h, d["GroupNorm_0"], groups)), d["Conv_2"])
+    np.testing.assert_allclose(out.mean, mean, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out.logvar, logvar, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out.reconstruction, image_out, rtol=1e-4, atol=1e-4)
