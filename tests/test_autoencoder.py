@@ -12,6 +12,7 @@ from jaxgen.losses import autoencoder as losses
 from jaxgen.models import autoencoder as models
 from jaxgen.train import autoencoder as family
 from tests.helpers import load_config
+from tests.references import numpy_conv, numpy_group_norm, numpy_swish
 
 
 def _model_config(**overrides):
@@ -134,38 +135,6 @@ def test_latent_scale_is_one_over_the_numpy_std_of_every_real_latent_element():
     assert z.shape == (13, 2, 2, 3) and np.std(z) > 0.01
     assert result["z_std"] == pytest.approx(np.std(z), rel=1e-4)
     assert result["scale_factor"] == pytest.approx(1 / np.std(z), rel=1e-4)
-
-
-def numpy_conv(x, p, stride=1):
-    """Flax/TF "SAME" cross-correlation: out = ceil(in / stride), the padding's odd pixel at the
-    end (LDM's Downsample pads (0, 1) before its stride-2 conv: the same)."""
-    kernel, bias = p["kernel"], p["bias"]
-    k = kernel.shape[0]
-    batch, height, width, _ = x.shape
-    out_h, out_w = -(-height // stride), -(-width // stride)
-    pad_h = max((out_h - 1) * stride + k - height, 0)
-    pad_w = max((out_w - 1) * stride + k - width, 0)
-    x = np.pad(
-        x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0))
-    )
-    out = np.zeros((batch, out_h, out_w, kernel.shape[-1]))
-    for i in range(k):
-        for j in range(k):
-            window = x[:, i : i + stride * out_h : stride, j : j + stride * out_w : stride]
-            out += np.einsum("bhwc,cd->bhwd", window, kernel[i, j])
-    return out + bias
-
-
-def numpy_group_norm(x, p, groups):
-    b, h, w, c = x.shape
-    g = x.reshape(b, h, w, groups, c // groups)
-    mean = g.mean(axis=(1, 2, 4), keepdims=True)
-    var = g.var(axis=(1, 2, 4), keepdims=True)
-    return ((g - mean) / np.sqrt(var + 1e-6)).reshape(x.shape) * p["scale"] + p["bias"]
-
-
-def numpy_swish(x):
-    return x / (1 + np.exp(-x))
 
 
 def numpy_res_block(x, p, groups):

@@ -15,6 +15,14 @@ from jaxgen.metrics.clip_score import clip_score
 from jaxgen.models import clip as models
 from jaxgen.train import clip as family
 from tests.helpers import load_config
+from tests.references import (
+    numpy_conv,
+    numpy_gelu_tanh,
+    numpy_group_norm,
+    numpy_layer_norm,
+    numpy_softmax_attention,
+    numpy_swish,
+)
 
 MODEL = dict(name="clip", embed_dim=8, channels=(8, 16), width=16, depth=1, heads=2, groups=4)
 
@@ -183,3 +191,51 @@ def test_loss_and_gradients_on_four_devices_equal_one_device():
         for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(local), strict=True)
     )
     assert difference > 1e-3  # so the 1-vs-4 comparison above could tell them apart
+
+
+def test_model_forward_matches_numpy():
+    """Image tower: per level 3x3 conv + GroupNorm + swish, stride-2 conv; GroupNorm + swish,
+    global average pool, projection. Text tower: token + learned positions, pre-LN causal
+    blocks (4x GELU MLP), final LN, the last real token, projection. Both unit-normalised;
+    logit_scale clipped at log 100. NumPy, random params."""
+    model = models.make_model(ml_collections.ConfigDict(MODEL), vocab_size=11, caption_len=6)
+    rng = np.random.default_rng(0)
+    image = rng.uniform(-1, 1, (2, 8, 12, 3)).astype(np.float32)
+    tokens = np.array([[3, 4, 5, 0, 0, 0], [3, 9, 5, 6, 7, 8]], np.int32)
+    variables = model.init(jax.random.PRNGKey(0), image, tokens)
+    params = jax.tree.map(lambda a: rng.normal(0, 0.3, a.shape).astype(np.float32), variables)
+    params["params"]["logit_scale"] = np.float32(5.0)  # above log 100: clipped
+    out = model.apply(params, image, tokens)
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params["params"])
+
+    t = p["image_tower"]
+    h = image.astype(np.float64)
+    for level in range(2):
+        h = numpy_conv(h, t[f"Conv_{2 * level}"])
+        h = numpy_swish(numpy_group_norm(h, t[f"GroupNorm_{level}"], 4))
+        h = numpy_conv(h, t[f"Conv_{2 * level + 1}"], stride=2)
+    pooled = numpy_swish(numpy_group_norm(h, t["GroupNorm_2"], 4)).mean(axis=(1, 2))
+    image_embeds = pooled @ p["image_projection"]["kernel"]
+
+    t = p["text_tower"]
+    h = t["Embed_0"]["embedding"][tokens] + t["position"][:6]
+    causal = np.tril(np.ones((6, 6), bool))[None]
+    for index in range(MODEL["depth"]):
+        b = t[f"Block_{index}"]
+        qkv = numpy_layer_norm(h, b["LayerNorm_0"]) @ b["Dense_0"]["kernel"] + b["Dense_0"]["bias"]
+        q, k, v = (part.reshape(2, 6, 2, 8) for part in np.split(qkv, 3, axis=-1))
+        attended = numpy_softmax_attention(q, k, v, causal).reshape(2, 6, 16)
+        h = h + attended @ b["Dense_1"]["kernel"] + b["Dense_1"]["bias"]
+        hidden = (
+            numpy_layer_norm(h, b["LayerNorm_1"]) @ b["Dense_2"]["kernel"] + b["Dense_2"]["bias"]
+        )
+        h = h + numpy_gelu_tanh(hidden) @ b["Dense_3"]["kernel"] + b["Dense_3"]["bias"]
+    h = numpy_layer_norm(h, t["LayerNorm_0"])
+    text_embeds = h[[0, 1], [2, 5]] @ p["text_projection"]["kernel"]
+
+    def unit(x):
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    np.testing.assert_allclose(out.image_embeds, unit(image_embeds), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out.text_embeds, unit(text_embeds), rtol=1e-4, atol=1e-5)
+    assert float(out.logit_scale) == pytest.approx(np.log(100.0))
