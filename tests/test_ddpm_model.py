@@ -8,12 +8,7 @@ import pytest
 from jaxgen.config import ConfigError
 from jaxgen.models import ddpm as models
 from tests.helpers import load_config
-from tests.references import (
-    numpy_conv,
-    numpy_group_norm,
-    numpy_softmax_attention,
-    numpy_swish,
-)
+from tests.references import NumpyUNet
 
 TINY = dict(
     channels=8,
@@ -92,69 +87,6 @@ def test_attention_resolution_not_reached_is_a_config_error():
     config.model.attention_resolutions = (16,)
     with pytest.raises(ConfigError, match="config.model.attention_resolutions"):
         models.check_model_config(config.model, (28, 28, 1))
-
-
-class NumpyUNet:
-    """Ho et al.'s U-Net (appendix B; the reference code's model.py) in NumPy, walking the
-    Flax parameter tree in creation order: the sinusoidal timestep embedding through a 2-layer
-    SiLU MLP (+ the label embedding), a 3x3 stem; per level ResBlocks (GroupNorm, SiLU, conv,
-    + Dense(SiLU(temb)), GroupNorm, SiLU, conv, 1x1 shortcut when widths change) with
-    single-head attention at the listed resolutions and a stride-2 conv; res-attn-res; the
-    mirrored decoder over skip connections with nearest 2x upsampling; GroupNorm, SiLU, conv."""
-
-    def __init__(self, params, channels, multipliers, num_res_blocks, attention, groups):
-        self.p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
-        self.channels, self.multipliers = channels, multipliers
-        self.num_res_blocks, self.attention, self.groups = num_res_blocks, attention, groups
-        self.counts = {}
-
-    def take(self, kind):
-        index = self.counts.get(kind, 0)
-        self.counts[kind] = index + 1
-        return self.p[f"{kind}_{index}"]
-
-    def res(self, x, temb):
-        p = self.take("ResBlock")
-        h = numpy_conv(numpy_swish(numpy_group_norm(x, p["GroupNorm_0"], self.groups)), p["Conv_0"])
-        h = h + (numpy_swish(temb) @ p["Dense_0"]["kernel"] + p["Dense_0"]["bias"])[:, None, None]
-        h = numpy_conv(numpy_swish(numpy_group_norm(h, p["GroupNorm_1"], self.groups)), p["Conv_1"])
-        return (numpy_conv(x, p["Conv_2"]) if "Conv_2" in p else x) + h
-
-    def attend(self, x):
-        p = self.take("AttentionBlock")
-        b, height, width, c = x.shape
-        h = numpy_group_norm(x, p["GroupNorm_0"], self.groups).reshape(b, height * width, 1, c)
-        q, k, v = (h @ p[name]["kernel"] + p[name]["bias"] for name in ("q", "k", "v"))
-        h = numpy_softmax_attention(q, k, v, np.ones((1, height * width, height * width), bool))
-        return x + (h @ p["proj"]["kernel"] + p["proj"]["bias"]).reshape(x.shape)
-
-    def __call__(self, x, t, label):
-        half = self.channels // 2
-        frequencies = np.exp(-np.log(10000.0) * np.arange(half) / (half - 1))
-        angles = t[:, None] * frequencies[None]
-        temb = np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
-        d0, d1 = self.take("Dense"), self.take("Dense")
-        temb = numpy_swish(temb @ d0["kernel"] + d0["bias"]) @ d1["kernel"] + d1["bias"]
-        temb = temb + self.take("Embed")["embedding"][label]
-        h = numpy_conv(x, self.take("Conv"))
-        skips = [h]
-        for level in range(len(self.multipliers)):
-            for _ in range(self.num_res_blocks):
-                h = self.res(h, temb)
-                h = self.attend(h) if h.shape[1] in self.attention else h
-                skips.append(h)
-            if level != len(self.multipliers) - 1:
-                h = numpy_conv(h, self.take("Conv"), stride=2)
-                skips.append(h)
-        h = self.res(self.attend(self.res(h, temb)), temb)
-        for level in reversed(range(len(self.multipliers))):
-            for _ in range(self.num_res_blocks + 1):
-                h = self.res(np.concatenate([h, skips.pop()], axis=-1), temb)
-                h = self.attend(h) if h.shape[1] in self.attention else h
-            if level != 0:
-                h = numpy_conv(h.repeat(2, axis=1).repeat(2, axis=2), self.take("Conv"))
-        h = numpy_swish(numpy_group_norm(h, self.take("GroupNorm"), self.groups))
-        return numpy_conv(h, self.take("Conv"))
 
 
 def test_unet_forward_matches_numpy():
