@@ -197,3 +197,18 @@ class NumpyLatentUNet(NumpyUNet):
                 h = numpy_conv(h, self.take("Conv"))
         h = numpy_swish(numpy_group_norm(h, self.take("GroupNorm"), self.groups))
         return numpy_conv(h, self.take("Conv"))
+
+
+def numpy_conv_transpose_2x(x, p):
+    """Flax's ConvTranspose, 3x3, stride 2, "SAME" (lax.conv_transpose, kernel not flipped):
+    zeros between the input pixels, padding (2, 1), a 3x3 cross-correlation; out = 2 * in."""
+    batch, height, width, channels = x.shape
+    dilated = np.zeros((batch, 2 * height - 1, 2 * width - 1, channels))
+    dilated[:, ::2, ::2] = x
+    padded = np.pad(dilated, ((0, 0), (2, 1), (2, 1), (0, 0)))
+    out = np.zeros((batch, 2 * height, 2 * width, p["kernel"].shape[-1]))
+    for i in range(3):
+        for j in range(3):
+            window = padded[:, i : i + 2 * height, j : j + 2 * width]
+            out += np.einsum("bhwc,cd->bhwd", window, p["kernel"][i, j])
+    return out + p["bias"]
