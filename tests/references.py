@@ -199,16 +199,27 @@ class NumpyLatentUNet(NumpyUNet):
         return numpy_conv(h, self.take("Conv"))
 
 
-def numpy_conv_transpose_2x(x, p):
-    """Flax's ConvTranspose, 3x3, stride 2, "SAME" (lax.conv_transpose, kernel not flipped):
-    zeros between the input pixels, padding (2, 1), a 3x3 cross-correlation; out = 2 * in."""
+def numpy_conv_transpose(x, p, stride=2):
+    """Flax's ConvTranspose with "SAME" padding (lax.conv_transpose, kernel not flipped): the
+    input dilated by `stride` (zeros between pixels), padded (a, b), a k x k cross-correlation;
+    out = stride * in. a = k - 1 if stride > k - 1 else ceil((k + stride - 2) / 2)."""
+    kernel = p["kernel"]
+    k = kernel.shape[0]
     batch, height, width, channels = x.shape
-    dilated = np.zeros((batch, 2 * height - 1, 2 * width - 1, channels))
-    dilated[:, ::2, ::2] = x
-    padded = np.pad(dilated, ((0, 0), (2, 1), (2, 1), (0, 0)))
-    out = np.zeros((batch, 2 * height, 2 * width, p["kernel"].shape[-1]))
-    for i in range(3):
-        for j in range(3):
-            window = padded[:, i : i + 2 * height, j : j + 2 * width]
-            out += np.einsum("bhwc,cd->bhwd", window, p["kernel"][i, j])
-    return out + p["bias"]
+    total = k + stride - 2
+    before = k - 1 if stride > k - 1 else -(-total // 2)
+    dilated = np.zeros((batch, stride * (height - 1) + 1, stride * (width - 1) + 1, channels))
+    dilated[:, ::stride, ::stride] = x
+    padded = np.pad(dilated, ((0, 0), (before, total - before), (before, total - before), (0, 0)))
+    out = np.zeros((batch, stride * height, stride * width, kernel.shape[-1]))
+    for i in range(k):
+        for j in range(k):
+            window = padded[:, i : i + stride * height, j : j + stride * width]
+            out += np.einsum("bhwc,cd->bhwd", window, kernel[i, j])
+    return out + p.get("bias", 0.0)
+
+
+def numpy_batch_norm_inference(x, params, stats, epsilon=1e-5):
+    """BatchNorm with the running statistics (Ioffe & Szegedy 2015, the inference form)."""
+    scaled = (x - stats["mean"]) / np.sqrt(stats["var"] + epsilon)
+    return scaled * params["scale"] + params["bias"]

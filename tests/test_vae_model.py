@@ -11,7 +11,7 @@ import pytest
 from jaxgen.config import ConfigError
 from jaxgen.models import vae as models
 from jaxgen.sampling import vae as sampling
-from tests.references import numpy_conv, numpy_conv_transpose_2x
+from tests.references import numpy_conv, numpy_conv_transpose
 
 LATENT = 3
 IMAGE_SHAPE = (8, 12, 3)  # H != W catches swapped axes; both divisible by 4 for "conv"
@@ -264,7 +264,7 @@ def test_conv_forward_matches_numpy():
     z = mean + np.exp(0.5 * logvar) * noise
     h = silu(dense("decoder_dense_1", silu(dense("decoder_dense_0", z))))
     h = silu(dense("decoder_project", h))
-    h = silu(numpy_conv_transpose_2x(h.reshape(2, 2, 3, 8), p["decoder_conv"]))
-    logits = numpy_conv_transpose_2x(h, p["decoder_head"])
+    h = silu(numpy_conv_transpose(h.reshape(2, 2, 3, 8), p["decoder_conv"]))
+    logits = numpy_conv_transpose(h, p["decoder_head"])
     np.testing.assert_allclose(out.mean, mean, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(out.out, logits, rtol=1e-4, atol=1e-4)
