@@ -27,14 +27,19 @@ PARAMETERISATIONS = Registry("parameterisation", "config.diffusion.parameterisat
 
 
 @SCHEDULES.register("linear")
-def linear_betas(num_steps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
+def linear_betas(
+    num_steps: int, beta_start: float = 1e-4, beta_end: float = 0.02, max_beta: float = 0.999
+) -> np.ndarray:
     """β_t linear from 1e-4 to 0.02 (Ho et al. 2020, sec. 4), rescaled for T != 1000.
 
     The rescaling (improved DDPM, Nichol & Dhariwal 2021, eq. 17's companion code) keeps
-    ᾱ_T about the same for other T; for T = 1000 it is the identity.
+    ᾱ_T about the same for other T; for T = 1000 it is the identity. For T <= 20 the
+    rescaled β_T reaches 1 or more (ᾱ_t <= 0: NaN from there on), so β is clipped at 0.999
+    as the cosine schedule is.
     """
     scale = 1000 / num_steps
-    return np.linspace(scale * beta_start, scale * beta_end, num_steps, dtype=np.float64)
+    betas = np.linspace(scale * beta_start, scale * beta_end, num_steps, dtype=np.float64)
+    return np.minimum(betas, max_beta)
 
 
 @SCHEDULES.register("scaled_linear")

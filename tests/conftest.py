@@ -2,13 +2,17 @@
 
 XLA_FLAGS must be set before jax is imported, so it is done here at import
 time: every test process sees 4 CPU devices (for correctness, not speed).
-Raw data comes from ../shared/data when it is there (JAXGEN_DATA_DIR); TFDS
+Raw data comes from ../shared/data when it is there (JAXGEN_DATA_DIR): a test that reads it
+is marked @pytest.mark.shared_data("mnist/...") or calls need_shared_data(), which skips it when
+the file is missing, and fails it with one line naming the file under CI=true. TFDS
 preparations are shared by the whole session in build/tfds, compiled XLA programs in
 build/xla_cache (the persistent compilation cache, as experiments/*.py use it).
 """
 
 import os
 import pathlib
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -33,3 +37,33 @@ def pytest_collection_modifyitems(config, items):
     idles, so the long ones start first and the short files fill in around them."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow_files)
+
+
+def shared_data_dir() -> pathlib.Path:
+    """Where the tests read real data: $JAXGEN_DATA_DIR, else ../shared/data."""
+    return pathlib.Path(os.environ.get("JAXGEN_DATA_DIR") or SHARED_DATA)
+
+
+def need_shared_data(*names: str) -> list[pathlib.Path]:
+    """The paths of files (or folders) under the shared data folder. A missing one skips the
+    test on a developer machine; under CI=true (which CI sets) it fails the test with one line
+    naming the file, so that a CI run without the data cannot pass by skipping."""
+    paths = [shared_data_dir() / name for name in names]
+    for path in paths:
+        if not path.exists():
+            message = f"missing {path} (this test reads ../shared/data, or $JAXGEN_DATA_DIR)"
+            if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+                pytest.fail(message, pytrace=False)
+            pytest.skip(message)
+    return paths
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "shared_data(*names): the test reads these files of ../shared/data"
+    )
+
+
+def pytest_runtest_setup(item):
+    for marker in item.iter_markers("shared_data"):
+        need_shared_data(*marker.args)

@@ -12,6 +12,9 @@ from jaxgen.train.writer import read_metrics
 from tests.helpers import ROOT
 
 SMOKE = "configs/vae/mnist.py:smoke"
+# Seconds after which a test calls a subprocess hung. Only a guard against hangs: a loaded
+# 2-core machine may be many times slower than an idle one; speed is measured in benchmarks/.
+HANG_GUARD = 300
 # A 60-step smoke run with steps slow enough that signals land mid-run; checkpoints every 10.
 LONG = [
     f"--config={SMOKE}",
@@ -95,19 +98,24 @@ def final_params(workdir, step: int) -> dict:
     return {jax.tree_util.keystr(path): np.asarray(x) for path, x in leaves}
 
 
-def start_trainer(workdir, *extra: str) -> subprocess.Popen:
-    """experiments.train of the LONG smoke run in the background (stderr piped)."""
+def start_trainer(workdir, *extra: str, hold=None) -> subprocess.Popen:
+    """experiments.train of the LONG smoke run in the background (stderr piped). hold:
+    (file, step) holds it before that step while the file exists (tests/hold.py)."""
+    from tests.hold import hold_env
+
+    args = [*LONG, *extra, f"--workdir={workdir}"]
+    held = [sys.executable, "-m", "tests.hold", *args] if hold else None
     return subprocess.Popen(
-        command("train", *LONG, *extra, f"--workdir={workdir}"),
+        held or command("train", *args),
         cwd=ROOT,
-        env=script_env(),
+        env=script_env(**(hold_env(*hold) if hold else {})),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
 
 
-def wait_for(condition, process, timeout: float = 180.0) -> bool:
+def wait_for(condition, process, timeout: float = HANG_GUARD) -> bool:
     """Poll until `condition()` holds or the process ends; True if it held."""
     deadline = time.time() + timeout
     while time.time() < deadline and process.poll() is None:

@@ -12,6 +12,7 @@ from jaxgen.losses import autoencoder as losses
 from jaxgen.models import autoencoder as models
 from jaxgen.train import autoencoder as family
 from tests.helpers import load_config
+from tests.references import numpy_conv, numpy_group_norm, numpy_swish
 
 
 def _model_config(**overrides):
@@ -103,3 +104,77 @@ def test_configs_load_and_smoke_shrinks(name):
     config = load_config(f"configs/autoencoder/{name}.py", "smoke")
     assert config.family == "autoencoder" and config.train.num_steps == 20
     assert load_config(f"configs/autoencoder/{name}.py").train.num_steps >= 2000
+
+
+def test_latent_scale_is_one_over_the_numpy_std_of_every_real_latent_element():
+    """Two eval batches, the second padded with garbage: the scale factor is 1 / std of the
+    posterior draws z = μ + σ ε of the 13 real examples, every element, computed in NumPy."""
+    config = _config()
+    info = DatasetInfo((8, 8, 3), 0, {"train": 8, "test": 13})
+    steps = family.make_steps(config, info)
+    model = models.make_model(config.model, info.image_shape)
+    rng = np.random.default_rng(3)
+    images = rng.uniform(-1, 1, (16, 8, 8, 3)).astype(np.float32)
+    images[13:] = 50.0  # padding: must not count
+    mask = (np.arange(16) < 13).astype(np.float32)
+    state = steps.init(jax.random.PRNGKey(0), {"image": images[:8]})
+    evaluate = steps.eval_steps["latent_scale"](None)
+    totals, draws = {}, []
+    for index, rows in enumerate([slice(0, 8), slice(8, 16)]):
+        batch = {"image": images[rows], "mask": mask[rows]}
+        key = jax.random.PRNGKey(10 + index)
+        for name, value in evaluate(state, batch, key).items():
+            totals[name] = totals.get(name, 0.0) + float(value)
+        mean, logvar = model.apply({"params": state.params}, images[rows], method=model.encode)
+        noise = family.draw_noise(key, 8, mean.shape[1:])
+        z = np.asarray(mean, np.float64) + np.exp(0.5 * np.asarray(logvar, np.float64)) * noise
+        draws.append(z[mask[rows] > 0])
+    assert totals["count"] == 13
+    result = steps.finalize["latent_scale"]({k: v / 13 for k, v in totals.items() if k != "count"})
+    z = np.concatenate(draws)
+    assert z.shape == (13, 2, 2, 3) and np.std(z) > 0.01
+    assert result["z_std"] == pytest.approx(np.std(z), rel=1e-4)
+    assert result["scale_factor"] == pytest.approx(1 / np.std(z), rel=1e-4)
+
+
+def numpy_res_block(x, p, groups):
+    h = numpy_conv(numpy_swish(numpy_group_norm(x, p["GroupNorm_0"], groups)), p["Conv_0"])
+    h = numpy_conv(numpy_swish(numpy_group_norm(h, p["GroupNorm_1"], groups)), p["Conv_1"])
+    return (numpy_conv(x, p["Conv_2"]) if "Conv_2" in p else x) + h
+
+
+def test_forward_matches_numpy_ldm_encoder_decoder():
+    """LDM's Encoder/Decoder at two levels (channels 8, 16), in NumPy: stem conv, a ResBlock
+    (GroupNorm, swish, 3x3 conv, twice; 1x1 skip when widths differ) and a stride-2 conv per
+    level, a middle ResBlock, GroupNorm + swish + conv to (mean, logvar); the decoder mirrored
+    with nearest-neighbour 2x upsampling; z = mean + exp(logvar / 2) ε."""
+    config = _model_config(channels=(8, 16), latent_channels=3)
+    model = models.make_model(config, (8, 12, 1))
+    rng = np.random.default_rng(0)
+    image = rng.uniform(-1, 1, (2, 8, 12, 1)).astype(np.float32)
+    noise = rng.normal(size=(2, 4, 6, 3)).astype(np.float32)
+    variables = model.init(jax.random.PRNGKey(0), image, noise)
+    params = jax.tree.map(lambda a: rng.normal(0, 0.3, a.shape).astype(np.float32), variables)
+    out = model.apply(params, image, noise)
+
+    groups = 4
+    e = jax.tree.map(lambda a: np.asarray(a, np.float64), params["params"]["encoder"])
+    h = numpy_conv(image.astype(np.float64), e["Conv_0"])
+    h = numpy_res_block(h, e["ResBlock_0"], groups)
+    h = numpy_conv(h, e["Conv_1"], stride=2)
+    h = numpy_res_block(h, e["ResBlock_1"], groups)
+    h = numpy_res_block(h, e["ResBlock_2"], groups)
+    h = numpy_conv(numpy_swish(numpy_group_norm(h, e["GroupNorm_0"], groups)), e["Conv_2"])
+    mean, logvar = h[..., :3], np.clip(h[..., 3:], -30.0, 20.0)
+    z = mean + np.exp(0.5 * logvar) * noise
+
+    d = jax.tree.map(lambda a: np.asarray(a, np.float64), params["params"]["decoder"])
+    h = numpy_conv(z, d["Conv_0"])
+    h = numpy_res_block(h, d["ResBlock_0"], groups)
+    h = numpy_res_block(h, d["ResBlock_1"], groups)
+    h = numpy_conv(h.repeat(2, axis=1).repeat(2, axis=2), d["Conv_1"])
+    h = numpy_res_block(h, d["ResBlock_2"], groups)
+    image_out = numpy_conv(numpy_swish(numpy_group_norm(h, d["GroupNorm_0"], groups)), d["Conv_2"])
+    np.testing.assert_allclose(out.mean, mean, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out.logvar, logvar, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(out.reconstruction, image_out, rtol=1e-4, atol=1e-4)

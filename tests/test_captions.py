@@ -12,6 +12,7 @@ from jaxgen import data, tokenizers
 from jaxgen.config import ConfigError, base_config
 from jaxgen.data import captions, captions_kind, emoji, sources
 from jaxgen.data.captions_kind import PAD_ID, decode_caption, splitmix64
+from tests.conftest import need_shared_data
 
 
 def _config(name, **overrides):
@@ -34,7 +35,8 @@ def _font_or_skip():
     try:
         return emoji.find_font(_config("emoji"))
     except data.DataError:
-        pytest.skip("NotoColorEmoji.ttf not found (../shared/data/emoji)")
+        need_shared_data("emoji/NotoColorEmoji.ttf")  # skips, or fails on CI
+        raise
 
 
 def _template_pattern(name, kind):

@@ -14,6 +14,7 @@ import io
 import json
 import os
 import pathlib
+import shutil
 import sys
 import zipfile
 from collections import Counter
@@ -36,6 +37,7 @@ from jaxgen.data import (
     raw,
     sources,
 )
+from tests.conftest import need_shared_data
 from tests.helpers import run_concurrently
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -46,13 +48,7 @@ MNIST_FILES = [
     "t10k-images-idx3-ubyte.gz",
     "t10k-labels-idx1-ubyte.gz",
 ]
-HAVE_MNIST = all((SHARED_DATA / "mnist" / f).is_file() for f in MNIST_FILES)
-NEED_MNIST = pytest.mark.skipif(
-    not HAVE_MNIST,
-    reason=f"real MNIST IDX files not found in {SHARED_DATA}/mnist "
-    "(set JAXGEN_DATA_DIR to a folder holding mnist/*-ubyte.gz)",
-)
-FASHION_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
+NEED_MNIST = pytest.mark.shared_data(*(f"mnist/{name}" for name in MNIST_FILES))
 # Published class counts of MNIST; Fashion-MNIST is balanced (6000 / 1000 per class).
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -124,11 +120,7 @@ def _no_network(monkeypatch):
 @pytest.fixture(scope="session")
 def mnist_config(tmp_path_factory):
     """config.data for real MNIST, prepared once into a temporary TFDS dir via $JAXGEN_DATA_DIR."""
-    if not HAVE_MNIST:
-        pytest.skip(
-            f"real MNIST IDX files not found in {SHARED_DATA}/mnist "
-            "(set JAXGEN_DATA_DIR to a folder holding mnist/*-ubyte.gz)"
-        )
+    need_shared_data(*(f"mnist/{name}" for name in MNIST_FILES))
     config = _data_config(name="mnist", tfds_dir=str(tmp_path_factory.mktemp("tfds")))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(raw.DATA_DIR_ENV, str(SHARED_DATA))
@@ -508,13 +500,28 @@ def test_binary_pixels(mnist_config):
 # ----------------------------------------------------------------------------- Fashion-MNIST
 
 
-@pytest.mark.skipif(
-    not FASHION_DIR.is_dir(),
-    reason=f"{FASHION_DIR} absent (apt-get install dataset-fashion-mnist to run this test)",
-)
+@pytest.mark.shared_data("fashion_mnist")
 def test_fashion_mnist_from_debian_package(tmp_path, monkeypatch):
+    """Debian's dataset-fashion-mnist installs the four .gz files flat in
+    /usr/share/datasets/fashion-mnist: a temporary folder laid out so stands in for it."""
+    system = tmp_path / "usr-share-datasets-fashion-mnist"
+    shutil.copytree(SHARED_DATA / "fashion_mnist", system)
+    spec = raw.FASHION_MNIST
+    assert spec.system_dirs == ("/usr/share/datasets/fashion-mnist",)
+    monkeypatch.setattr(
+        builders.JaxgenFashionMnist, "RAW", dataclasses.replace(spec, system_dirs=(str(system),))
+    )
     monkeypatch.delenv(raw.DATA_DIR_ENV, raising=False)
-    config = _data_config(name="fashion_mnist", tfds_dir=str(tmp_path))
+
+    def offline(url, timeout):
+        raise AssertionError(f"tried the network: {url}")
+
+    monkeypatch.setattr(raw, "_urlopen", offline)
+    loaded = raw.load_raw(
+        builders.JaxgenFashionMnist.RAW, source_dir="", cache_dir=tmp_path / "cache"
+    )
+    assert {pathlib.Path(o).parent for o in loaded.origins.values()} == {system}
+    config = _data_config(name="fashion_mnist", tfds_dir=str(tmp_path / "tfds"))
     assert get_info(config) == DatasetInfo((28, 28, 1), 10, {"train": 60000, "test": 10000})
     batches = list(make_iterator(config, "test", 2500, 0, train=False))
     labels = np.concatenate([b["label"] for b in batches])

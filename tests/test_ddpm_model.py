@@ -8,6 +8,7 @@ import pytest
 from jaxgen.config import ConfigError
 from jaxgen.models import ddpm as models
 from tests.helpers import load_config
+from tests.references import NumpyUNet
 
 TINY = dict(
     channels=8,
@@ -86,3 +87,22 @@ def test_attention_resolution_not_reached_is_a_config_error():
     config.model.attention_resolutions = (16,)
     with pytest.raises(ConfigError, match="config.model.attention_resolutions"):
         models.check_model_config(config.model, (28, 28, 1))
+
+
+def test_unet_forward_matches_numpy():
+    """Random params everywhere (the zero-initialised convs included), class-conditional."""
+    model = models.UNet(**(TINY | dict(out_channels=2, num_classes=3, dropout=0.0)))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 8, 8, 2)).astype(np.float32)
+    t, label = np.array([3, 917]), np.array([1, 3])  # 3: the "null" label
+    variables = model.init(jax.random.PRNGKey(0), x, jnp.asarray(t), jnp.asarray(label))
+    params = jax.tree.map(lambda a: rng.normal(0, 0.3, a.shape).astype(np.float32), variables)
+    out = model.apply(params, x, jnp.asarray(t), jnp.asarray(label))
+    reference = NumpyUNet(params["params"], 8, (1, 2), 1, (4,), 4)
+    expected = reference(x.astype(np.float64), t, label)
+    assert sorted(reference.counts.items()) == [
+        ("AttentionBlock", 4), ("Conv", 4), ("Dense", 2), ("Embed", 1), ("GroupNorm", 1),
+        ("ResBlock", 8),
+    ]  # fmt: skip
+    assert len(params["params"]) == sum(reference.counts.values())  # every module was used
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)

@@ -45,6 +45,38 @@ def test_cosine_schedule_matches_nichol_dhariwal():
     assert float(schedule.alphas_cumprod[0]) > 0.9999
 
 
+@pytest.mark.parametrize("num_steps", [10, 4000])
+def test_linear_schedule_for_other_t_follows_the_rescaled_formula(num_steps):
+    """Nichol & Dhariwal's rescaling: β from 1e-4·1000/T to 0.02·1000/T, here at most 0.999
+    (at T = 10 the formula's β_T is 2: ᾱ would go negative). ᾱ_t as the product of α_s."""
+    schedule = diffusion.make_schedule("linear", num_steps)
+    scale = 1000 / num_steps
+    t = np.arange(num_steps)
+    formula = scale * (1e-4 + (0.02 - 1e-4) * t / (num_steps - 1))
+    betas = np.minimum(formula, 0.999)
+    alpha_bar = np.array([np.prod(1 - betas[: i + 1]) for i in t])
+    np.testing.assert_allclose(schedule.betas, betas, rtol=1e-6)
+    np.testing.assert_allclose(schedule.alphas_cumprod, alpha_bar, rtol=1e-5, atol=1e-30)
+    for name, values in schedule._asdict().items():
+        assert np.all(np.isfinite(values)), name
+    assert np.all(np.diff(schedule.alphas_cumprod) < 0) and schedule.alphas_cumprod[-1] > 0
+    if num_steps == 4000:  # ᾱ_T about Ho et al.'s 4.0e-5 at T = 1000, as the rescaling intends
+        assert 1e-5 < float(schedule.alphas_cumprod[-1]) < 1e-4
+
+
+@pytest.mark.parametrize("num_steps", [10, 4000])
+def test_cosine_schedule_for_other_t_is_the_closed_form_alpha_bar(num_steps):
+    """ᾱ_t = f(t) / f(0), f(t) = cos²((t/T + s) / (1 + s) · π/2), s = 0.008 (eq. 17), read off
+    directly for t = 1..T-1 (schedule index t - 1); only the last β is clipped at 0.999."""
+    schedule = diffusion.make_schedule("cosine", num_steps)
+    s = 0.008
+    steps = np.arange(num_steps + 1)
+    f = np.cos((steps / num_steps + s) / (1 + s) * math.pi / 2) ** 2
+    np.testing.assert_allclose(schedule.alphas_cumprod[:-1], f[1:-1] / f[0], rtol=1e-5)
+    assert float(schedule.betas[-1]) == pytest.approx(0.999)
+    assert float(schedule.alphas_cumprod[-1]) == pytest.approx(f[-2] / f[0] * 0.001, rel=1e-4)
+
+
 @pytest.fixture(scope="module")
 def arrays():
     rng = np.random.default_rng(0)

@@ -16,7 +16,9 @@ import time
 import numpy as np
 import pytest
 
+from tests.conftest import need_shared_data
 from tests.e2e import (
+    HANG_GUARD,
     LONG,
     SMOKE,
     comparable_metrics,
@@ -26,7 +28,8 @@ from tests.e2e import (
     stderr_lines,
     wait_for,
 )
-from tests.helpers import SHARED_DATA, tree_snapshot
+from tests.helpers import tree_snapshot
+from tests.hold import reached
 
 pytestmark = pytest.mark.slow
 
@@ -55,22 +58,23 @@ def assert_same_final_params(workdir, reference_dir, step=60):
 
 def test_sigkill_at_seeded_kill_points(reference, tmp_path):
     """Seven kills: during a step, right after a log row (eval, sampling and saving follow it),
-    and while an async checkpoint is being written; the rerun matches the reference exactly."""
+    while an async checkpoint is being written, and held before a seeded step (tests/hold.py:
+    lands mid-run on any machine); the rerun matches the reference exactly."""
     rng = random.Random(7)
     triggers = [
         ("row", 15),  # after the train row at 15: mid-step
         ("row", 20),  # the eval, samples and checkpoint of step 20 follow this row
         ("saving", None),  # a temporary (uncommitted) checkpoint directory exists
         ("row", 30),  # samples at 30
-        ("random", rng.uniform(0.0, 1.0)),
+        ("hold", rng.randint(1, 15)),
         ("saving", None),
-        ("random", rng.uniform(0.0, 1.0)),
+        ("hold", rng.randint(1, 15)),
     ]
     workdir = tmp_path / "run"
     landed, lost = [], []
     for kind, value in triggers:
-        before = len(metric_rows(workdir))
-        process = start_trainer(workdir)
+        hold = tmp_path / f"hold{len(lost)}"
+        process = start_trainer(workdir, hold=(hold, value) if kind == "hold" else None)
         checkpoints = workdir / "checkpoints"
         if kind == "row":
             ok = wait_for(
@@ -82,8 +86,8 @@ def test_sigkill_at_seeded_kill_points(reference, tmp_path):
                 process,
             )
         else:
-            ok = wait_for(lambda b=before: len(metric_rows(workdir)) > b, process)
-            time.sleep(value)
+            ok = wait_for(lambda h=hold: reached(h), process)
+            assert ok, "the run never reached its hold"
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             landed.append((kind, value, ok))
@@ -112,22 +116,23 @@ def test_sigkill_at_seeded_kill_points(reference, tmp_path):
 
 
 def test_sigterm_saves_the_current_step_and_exits_zero(reference, tmp_path):
-    process = start_trainer(tmp_path)
-    assert wait_for(lambda: any(r["step"] >= 5 for r in metric_rows(tmp_path)), process)
-    time.sleep(0.3)
+    hold = tmp_path / "hold"
+    process = start_trainer(tmp_path / "run", hold=(hold, 23))  # held before step 24 of 60
+    assert wait_for(lambda: reached(hold), process)
     sent = time.time()
     process.send_signal(signal.SIGTERM)
-    process.wait(timeout=60)
+    hold.unlink()
+    process.wait(timeout=HANG_GUARD)
     assert process.returncode == 0, process.stderr.read()[-2000:]
-    assert time.time() - sent < 30
-    saved = sorted(int(n) for n in os.listdir(tmp_path / "checkpoints") if n.isdigit())
-    last_row = max(r["step"] for r in metric_rows(tmp_path))
-    assert saved and saved[-1] >= last_row and saved[-1] < 60
+    assert time.time() - sent < HANG_GUARD
+    saved = sorted(int(n) for n in os.listdir(tmp_path / "run" / "checkpoints") if n.isdigit())
+    last_row = max(r["step"] for r in metric_rows(tmp_path / "run"))
+    assert saved and saved[-1] >= last_row and saved[-1] == 24
     assert last_row % 5 == 0, "no train row at the preemption step, only where one is due"
-    run_script("train", *LONG, f"--workdir={tmp_path}")
-    assert_same_final_params(tmp_path, reference)
+    run_script("train", *LONG, f"--workdir={tmp_path / 'run'}")
+    assert_same_final_params(tmp_path / "run", reference)
     # The resumed run completes the window the preempted one began: the same rows.
-    assert comparable_metrics(tmp_path) == comparable_metrics(reference)
+    assert comparable_metrics(tmp_path / "run") == comparable_metrics(reference)
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path):
@@ -179,9 +184,7 @@ def test_corrupt_latest_checkpoint_falls_back_and_continues(tmp_path):
 
 
 def copy_mnist(target):
-    source = SHARED_DATA / "mnist"
-    if not source.is_dir():
-        pytest.skip("needs the MNIST IDX files in ../shared/data/mnist")
+    (source,) = need_shared_data("mnist")
     shutil.copytree(source, target / "mnist")
     return target / "mnist"
 
@@ -365,7 +368,7 @@ def test_sampling_a_live_run_leaves_it_untouched(reference, tmp_path):
     trainer.send_signal(signal.SIGSTOP)  # freeze the save in flight
     try:
         # The signal is delivered asynchronously: snapshot only once the trainer is stopped.
-        assert wait_for(lambda: process_state(trainer.pid) == "T", trainer, timeout=30)
+        assert wait_for(lambda: process_state(trainer.pid) == "T", trainer)
         before = tree_snapshot(checkpoints)
         assert any("tmp" in name for name in before)
         result = run_script("sample", f"--workdir={tmp_path}", check=False)

@@ -91,6 +91,22 @@ def test_unbiased_mmd_is_symmetric_and_zero_on_equal_sets():
     assert fid.polynomial_mmd(constant, constant) == pytest.approx(0.0, abs=1e-12)
 
 
+def test_unbiased_mmd_equals_the_pairwise_sums_of_binkowski_et_al():
+    """MMD²_u = Σ_{i≠j} k(x_i, x_j) / m(m-1) + Σ_{i≠j} k(y_i, y_j) / n(n-1) - 2 Σ k(x_i, y_j) / mn
+    with k(a, b) = (a·b / d + 1)³ (Bińkowski et al. 2018, eq. 2 and sec. 4), pair by pair."""
+    rng = np.random.default_rng(7)
+    x, y = rng.normal(size=(7, 5)), 0.8 * rng.normal(size=(9, 5)) + 0.3
+    m, n, d = len(x), len(y), x.shape[1]
+
+    def k(a, b):
+        return (sum(a_i * b_i for a_i, b_i in zip(a, b, strict=True)) / d + 1.0) ** 3
+
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(n)) / (m * n)
+    assert fid.polynomial_mmd(x, y) == pytest.approx(xx + yy - 2 * xy, rel=1e-10)
+
+
 def test_inception_score_of_confident_uniform_predictions_is_the_class_count():
     probs = np.eye(10)[np.arange(1000) % 10]
     mean, std = fid.inception_score(probs, splits=10)

@@ -44,7 +44,10 @@ def test_build_prints_floor_below_ceiling_and_reuses(cache_dir):
     path, result = cache_dir
     summary = json.loads((path / "domain" / "mnist" / "summary.json").read_text())
     assert 0 <= summary["fid_eval_vs_train"] < summary["fid_noise_vs_train"]
-    assert summary["feature_dim"] == 16 and summary["test_accuracy"] is not None
+    assert summary["feature_dim"] == 16
+    # Chance is 0.1; the 20-step smoke network reaches ~0.58 on the 256 test images it is
+    # scored on (it stayed at ~0.13 with the full config's rate 2e-3, features of an untrained net).
+    assert summary["test_accuracy"] >= 0.3, summary
     stats = sorted(p.name for p in (path / "domain" / "mnist" / "stats").iterdir())
     assert stats == ["mnist_test_first512_domain16.npz", "mnist_train_first512_domain16.npz"]
     again = run_script(

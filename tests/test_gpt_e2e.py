@@ -15,6 +15,7 @@ from tests.helpers import SHARED_DATA
 
 pytestmark = pytest.mark.slow
 SMOKE = "configs/gpt/shakespeare_char.py:smoke"
+LR = 1e-4  # the fine-tune's rate in test_finetune_config_starts_from_the_source_run
 
 
 @pytest.fixture(scope="module")
@@ -133,11 +134,26 @@ def test_finetune_config_starts_from_the_source_run(smoke_run, tmp_path, corpus_
         f"--config.init_from={source}",
         f"--config.data.text_file={text}",
         f"--config.data.tokenizer={source / 'tokenizer.json'}",
+        # One Adam step of a known size: m̂ / √v̂ = g / |g| elementwise at step 1.
+        "--config.train.num_steps=1",
+        "--config.train.ckpt_every=1",
+        "--config.train.eval_every=1",
+        f"--config.optim.lr={LR}",
+        "--config.optim.warmup_steps=0",
+        "--config.optim.weight_decay=0.0",
     )
     rows = [
         json.loads(line) for line in (tmp_path / "tuned" / "metrics.jsonl").read_text().splitlines()
     ]
     assert any(r["split"] == "eval" for r in rows)
+    # The params after one step are the source run's last params moved by at most lr each
+    # (a fresh init would be ~0.02 away), and most of them by about lr: a step was taken.
+    tuned, trained = final_params(tmp_path / "tuned", 1), final_params(source, 20)
+    names = [k for k in tuned if k.startswith("['params']")]
+    assert names and all(k in trained for k in names), sorted(tuned)
+    moves = np.concatenate([np.abs(tuned[k] - trained[k]).ravel() for k in names])
+    assert moves.max() <= 1.01 * LR, moves.max()  # 1%: float32 rounding of params near 1
+    assert np.median(moves) > 0.5 * LR, np.median(moves)
     assert (tmp_path / "tuned" / "tokenizer.json").read_text() == (
         source / "tokenizer.json"
     ).read_text()

@@ -163,3 +163,52 @@ def test_einsum_attention_is_the_xla_path_in_values_and_gradients():
     grads = [jax.grad(loss)(params, m) for m in (model, einsum)]
     for a, b in zip(*map(jax.tree.leaves, grads), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-4)
+
+
+def numpy_rotary_attention(x, params, positions, heads):
+    """Causal self-attention with rotary positions (Su et al. 2021, eq. 16), in NumPy: the
+    score of query t and key s is q_t · R(p_s - p_t) k_s / √d, R(Δ) rotating each pair of
+    dims (i, i + d/2) by Δ θ_i, θ_i = 10000^(-2i/d): relative positions only."""
+    p = {name: np.asarray(value, np.float64) for name, value in params.items()}
+    batch, steps, width = x.shape
+    d = width // heads
+    qkv = np.einsum("btc,cjhd->btjhd", x, p["qkv_kernel"]) + p["qkv_bias"]  # [B, T, 3, H, d]
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, T, H, d]
+    theta = 10000.0 ** (-2 * np.arange(d // 2) / d)
+    out = np.zeros((batch, steps, heads, d))
+    for b, t, h in np.ndindex(batch, steps, heads):
+        scores = np.full(steps, -np.inf)
+        for s in range(t + 1):
+            angle = (positions[b, s] - positions[b, t]) * theta
+            k1, k2 = k[b, s, h, : d // 2], k[b, s, h, d // 2 :]
+            rotated = np.concatenate(
+                [k1 * np.cos(angle) - k2 * np.sin(angle), k2 * np.cos(angle) + k1 * np.sin(angle)]
+            )
+            scores[s] = q[b, t, h] @ rotated / np.sqrt(d)
+        weights = np.exp(scores - scores.max())
+        out[b, t, h] = (weights / weights.sum()) @ v[b, :, h]
+    return np.einsum("bthd,hdc->btc", out, p["proj_kernel"]) + p["proj_bias"]
+
+
+@pytest.mark.parametrize("attention", ["einsum", "xla"])
+def test_rotary_attention_matches_numpy(attention):
+    """Rows start at positions 0, 5 and 100 (a cache's offsets): only differences count."""
+    heads, width, steps = 2, 16, 6
+    module = gpt.CausalSelfAttention(
+        heads, num_layers=1, dropout=0.0, bias=True, position="rope", attention=attention,
+        dtype=jnp.float32, param_dtype=jnp.float32,
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, steps, width)).astype(np.float32)
+    positions = np.arange(steps)[None] + np.array([0, 5, 100])[:, None]
+    variables = module.init(jax.random.PRNGKey(0), x, positions, None, False)
+    params = jax.tree.map(lambda p: rng.normal(0, 0.5, p.shape).astype(np.float32), variables)
+    y, _ = module.apply(params, x, jnp.asarray(positions), None, False)
+    flat = {
+        "qkv_kernel": params["params"]["qkv"]["kernel"],  # [C, 3, heads, head_dim]
+        "qkv_bias": params["params"]["qkv"]["bias"],
+        "proj_kernel": params["params"]["proj"]["kernel"],  # [heads, head_dim, C]
+        "proj_bias": params["params"]["proj"]["bias"],
+    }
+    expected = numpy_rotary_attention(x.astype(np.float64), flat, positions, heads)
+    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)

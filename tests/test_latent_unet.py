@@ -9,6 +9,7 @@ import pytest
 from jaxgen.config import ConfigError
 from jaxgen.models import latent_unet
 from jaxgen.sampling import ddpm as sampling
+from tests.references import NumpyLatentUNet
 
 MODEL = dict(
     channels=16,
@@ -73,3 +74,20 @@ def test_guided_on_text_condition_is_the_cfg_formula():
         out = sampling.guided_on(apply, condition, null, scale)(x, t)
         expected = 1.0 + scale * (np.array([3.0, 7.0]) - 1.0)
         np.testing.assert_allclose(out[:, 0, 0, 0], expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("size", [7, 8])
+def test_forward_matches_numpy(size):
+    """Random params (the zero-initialised projections included); 7x7 latents go 7 -> 4 -> 7."""
+    model = _model()
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(2, size, size, 3)).astype(np.float32)
+    t = np.array([5, 980])
+    context = rng.normal(size=(2, 5, 6)).astype(np.float32)
+    variables = model.init(jax.random.PRNGKey(0), z, jnp.asarray(t), context)
+    params = jax.tree.map(lambda a: rng.normal(0, 0.3, a.shape).astype(np.float32), variables)
+    out = model.apply(params, z, jnp.asarray(t), context)
+    reference = NumpyLatentUNet(params["params"], 16, (1, 2), 1, (7, 4), 4, heads=2)
+    expected = reference(z.astype(np.float64), t, context.astype(np.float64))
+    assert len(params["params"]) == sum(reference.counts.values())  # every module was used
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)

@@ -22,6 +22,7 @@ from jaxgen import distributed
 from jaxgen.config import ConfigError
 from tests.e2e import SMOKE, comparable_metrics, final_params, script_env
 from tests.helpers import ROOT
+from tests.hold import hold_env, install, reached
 
 NUM_PROCESSES = 2
 DEVICES_PER_PROCESS = 2
@@ -34,7 +35,9 @@ ARGS = [
     "--config.train.sample_every=30",
 ]
 LAST_STEP = 30
-TIMEOUT = 120  # seconds for one run of the whole job
+# Seconds for one run of the whole job: a hang guard (a job that never forms waits forever),
+# not a speed limit; a loaded 2-core machine runs the 2-process job many times slower.
+TIMEOUT = 600
 
 
 def free_port() -> int:
@@ -43,8 +46,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_job(workdir, logs, *args: str) -> list[subprocess.Popen]:
-    """Start every process of one job; their output goes to logs/<workdir name>.<id>.log."""
+def start_job(workdir, logs, *args: str, hold=None) -> list[subprocess.Popen]:
+    """Start every process of one job; their output goes to logs/<workdir name>.<id>.log.
+    hold: (file, step) holds every process before that step while the file exists."""
     coordinator = f"127.0.0.1:{free_port()}"
     processes = []
     for process_id in range(NUM_PROCESSES):
@@ -56,6 +60,8 @@ def start_job(workdir, logs, *args: str) -> list[subprocess.Popen]:
                 distributed.PROCESS_ID: str(process_id),
             }
         )
+        if hold:
+            env.update(hold_env(*hold))
         log = open(logs / f"{workdir.name}.{process_id}.log", "ab")  # appends across restarts
         processes.append(
             subprocess.Popen(
@@ -183,14 +189,15 @@ def test_sigkill_both_processes_then_restart_under_pmap_resumes(tmp_path, logs, 
     """Killed under jit, resumed under pmap: the checkpoint does not depend on the backend, and
     the pmap path gathers its per-process state for saving and evaluation."""
     workdir = tmp_path / "killed"
-    processes = start_job(workdir, logs)
+    hold = tmp_path / "hold"
+    processes = start_job(workdir, logs, hold=(hold, 15))  # held before step 16 of 30
     try:
         # Kill once the save at 10 is committed (Orbax renames its folder into place; saves
-        # are asynchronous, so a logged step 15 does not mean that yet), well before step 30.
+        # are asynchronous, so a logged step 15 does not mean that yet), while held at 15.
         saved = workdir / "checkpoints" / "10"
         deadline = time.monotonic() + TIMEOUT
         while time.monotonic() < deadline and all(p.poll() is None for p in processes):
-            if saved.is_dir():
+            if saved.is_dir() and reached(hold):
                 break
             time.sleep(0.01)
         running = [process.poll() is None for process in processes]
@@ -297,4 +304,5 @@ if __name__ == "__main__":
         )
     if os.environ.get(EMULATED_HOSTS):
         _emulate_hosts(int(os.environ[EMULATED_HOSTS]))
+    install()  # tests/hold.py: only when the JAXGEN_TEST_HOLD variables are set
     runpy.run_module("experiments.train", run_name="__main__", alter_sys=True)

@@ -11,6 +11,7 @@ import tensorflow_datasets as tfds
 from jaxgen import data
 from jaxgen.config import ConfigError, base_config
 from jaxgen.data import DataError, pairs, pairs_kind
+from tests.conftest import need_shared_data
 from tests.helpers import load_config
 
 _ROWS = [
@@ -142,10 +143,7 @@ def test_batches_tokenizer_and_padding(tmp_path):
 
 
 def test_bible_is_found_and_split(tmp_path):
-    if not os.environ.get("JAXGEN_DATA_DIR") or not os.path.isfile(
-        os.path.join(os.environ["JAXGEN_DATA_DIR"], pairs.BIBLE_FILE)
-    ):
-        pytest.skip("no bible_es_en.tsv")
+    need_shared_data(pairs.BIBLE_FILE)
     config = _config(tmp_path, name="bible_es_en", vocab_size=2000)
     path = pairs.find_file(config)
     rows = pairs.read_pairs(config, path)
@@ -280,10 +278,7 @@ def test_packed_train_batches_hold_whole_pairs_and_resume_exactly(tmp_path):
 def test_packed_bible_rows_are_mostly_real_tokens(tmp_path):
     """bible_es_en at the :quick lengths (64/64, BPE 4000): ~57% of unpacked positions are
     real tokens, > 85% of packed ones."""
-    if not os.environ.get("JAXGEN_DATA_DIR") or not os.path.isfile(
-        os.path.join(os.environ["JAXGEN_DATA_DIR"], pairs.BIBLE_FILE)
-    ):
-        pytest.skip("no bible_es_en.tsv")
+    need_shared_data(pairs.BIBLE_FILE)
     quick = load_config("configs/seq2seq/bible_es_en.py", "quick").data
     config = _config(
         tmp_path, name="bible_es_en", pack=True, tfds_dir=os.environ["JAXGEN_TFDS_DIR"]

@@ -54,9 +54,7 @@ def test_one_extra_byte_is_an_error(tmp_path):
     np.testing.assert_array_equal(idx.read_idx(path), [1, 2, 3])
 
 
-@pytest.mark.skipif(
-    not (SHARED_DATA / "fashion_mnist").is_dir(), reason="needs ../shared/data/fashion_mnist"
-)
+@pytest.mark.shared_data("fashion_mnist")
 def test_fashion_mnist_comes_from_shared_data_without_the_debian_package(tmp_path, monkeypatch):
     """What a fresh CI machine has: ../shared/data, no system folder, no network."""
     monkeypatch.setenv(raw.DATA_DIR_ENV, str(SHARED_DATA))

@@ -15,7 +15,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from tests.e2e import run_script, script_env, stderr_lines
+from tests.e2e import HANG_GUARD, run_script, script_env, stderr_lines
 from tests.helpers import ROOT, SHARED_DATA
 
 pytestmark = pytest.mark.slow
@@ -107,7 +107,7 @@ def test_bad_tsv_is_one_line_naming_file_and_line(tmp_path):
 def _post(url, payload):
     request = urllib.request.Request(url, data=payload, method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=120) as response:
+        with urllib.request.urlopen(request, timeout=HANG_GUARD) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
@@ -153,7 +153,7 @@ def test_export_then_serve_over_http(smoke_run, tmp_path):
         assert status == 200 and one["translation"][0] == three["translation"][0]
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        server.wait(timeout=HANG_GUARD)
 
 
 def test_a_workdir_alone_samples_exports_and_serves_without_the_data(smoke_run, tmp_path):
@@ -195,4 +195,4 @@ def test_a_workdir_alone_samples_exports_and_serves_without_the_data(smoke_run, 
         assert status == 200 and reply["translation"] == sampled.splitlines()
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        server.wait(timeout=HANG_GUARD)

@@ -218,3 +218,103 @@ def test_a_packed_row_gives_each_pair_its_own_logits():
         np.testing.assert_allclose(packed[:4], alone_a, atol=1e-5, rtol=1e-5)
         np.testing.assert_allclose(packed[4:10], alone_b, atol=1e-5, rtol=1e-5)
         assert np.isfinite(packed).all()
+
+
+def numpy_layer_norm(x, p):
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + 1e-6) * p["scale"] + p["bias"]  # Flax's epsilon
+
+
+def numpy_attention(p, x, context, mask):
+    """Multi-head attention of x [B, T, C] over context [B, S, C]; mask [B, T, S] bool."""
+    q, k, v = (
+        np.einsum("btc,chd->bhtd", h, p[name]["kernel"]) + p[name]["bias"][:, None]
+        for name, h in (("query", x), ("key", context), ("value", context))
+    )  # [B, heads, T or S, head_dim]
+    scores = np.einsum("bhtd,bhsd->bhts", q, k) / np.sqrt(q.shape[-1])
+    scores = np.where(mask[:, None], scores, -np.inf)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    y = np.einsum("bhts,bhsd->bthd", weights, v)
+    return np.einsum("bthd,hdc->btc", y, p["out"]["kernel"]) + p["out"]["bias"]
+
+
+def numpy_transformer(params, source, target_in, norm, layers):
+    """Vaswani et al.'s encoder-decoder in NumPy: shared embeddings × √d plus sinusoids, the
+    encoder masking padding keys, the decoder causal with cross-attention masking source
+    padding; post-LN x = LN(x + F(x)) or pre-LN x = x + F(LN(x)) with a final LN per stack;
+    logits x E^T."""
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+    embedding = p["embed"]["embedding"]
+    width = embedding.shape[1]
+
+    def embed(tokens):
+        position = np.arange(tokens.shape[1])[:, None]
+        i = np.arange(width // 2)[None]
+        table = np.zeros((tokens.shape[1], width))
+        table[:, 0::2] = np.sin(position / 10000 ** (2 * i / width))
+        table[:, 1::2] = np.cos(position / 10000 ** (2 * i / width))
+        return embedding[tokens] * np.sqrt(width) + table
+
+    def sublayer(x, layer, index, fn):
+        if norm == "pre":
+            return x + fn(numpy_layer_norm(x, layer[f"norms_{index}"]))
+        return numpy_layer_norm(x + fn(x), layer[f"norms_{index}"])
+
+    def feed_forward(layer, h):
+        f = layer["feed_forward"]
+        hidden = np.maximum(h @ f["fc"]["kernel"] + f["fc"]["bias"], 0)
+        return hidden @ f["proj"]["kernel"] + f["proj"]["bias"]
+
+    source_keys = np.broadcast_to((source != PAD)[:, None, :], source.shape + source.shape[1:])
+    x = embed(source)
+    for n in range(layers):
+        layer = p[f"encoder_{n}"]
+        x = sublayer(
+            x,
+            layer,
+            0,
+            lambda h, layer=layer: numpy_attention(layer["self_attention"], h, h, source_keys),
+        )
+        x = sublayer(x, layer, 1, lambda h, layer=layer: feed_forward(layer, h))
+    memory = numpy_layer_norm(x, p["encoder_norm"]) if norm == "pre" else x
+
+    steps = target_in.shape[1]
+    causal = np.broadcast_to(np.tril(np.ones((steps, steps), bool)), (len(source), steps, steps))
+    cross = np.broadcast_to((source != PAD)[:, None, :], (len(source), steps, source.shape[1]))
+    x = embed(target_in)
+    for n in range(layers):
+        layer = p[f"decoder_{n}"]
+        x = sublayer(
+            x,
+            layer,
+            0,
+            lambda h, layer=layer: numpy_attention(layer["self_attention"], h, h, causal),
+        )
+        x = sublayer(
+            x,
+            layer,
+            1,
+            lambda h, layer=layer: numpy_attention(layer["cross_attention"], h, memory, cross),
+        )
+        x = sublayer(x, layer, 2, lambda h, layer=layer: feed_forward(layer, h))
+    if norm == "pre":
+        x = numpy_layer_norm(x, p["decoder_norm"])
+    return x @ embedding.T
+
+
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_forward_matches_a_numpy_transformer(norm):
+    """Random (not initial) params: every bias, scale and weight counts; rows padded apart."""
+    rng = np.random.default_rng(0)
+    source = rng.integers(0, 30, (3, 7))
+    source[0, 4:] = PAD
+    source[2, 1:] = PAD
+    target_in = rng.integers(0, 30, (3, 6))
+    target_in[1, 3:] = PAD
+    model, params = _init(model_config(norm=norm), jnp.asarray(source), jnp.asarray(target_in))
+    params = jax.tree.map(lambda a: rng.normal(0, 0.4, a.shape).astype(np.float32), params)
+    logits = model.apply({"params": params}, jnp.asarray(source), jnp.asarray(target_in))
+    expected = numpy_transformer(params, source, target_in, norm, layers=2)
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)

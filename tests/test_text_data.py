@@ -30,14 +30,13 @@ from jaxgen.data import (
     raw,
     text,
 )
+from tests.conftest import need_shared_data
 from tests.helpers import run_concurrently
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = pathlib.Path(os.environ.get("JAXGEN_DATA_DIR") or REPO.parent / "shared" / "data")
 TINY_SHAKESPEARE = SHARED_DATA / "tinyshakespeare.txt"
-NEED_TINY_SHAKESPEARE = pytest.mark.skipif(
-    not TINY_SHAKESPEARE.is_file(), reason=f"{TINY_SHAKESPEARE} not found"
-)
+NEED_TINY_SHAKESPEARE = pytest.mark.shared_data(TINY_SHAKESPEARE.name)
 TEXT_FIELDS = dict(seq_len=8, tokenizer="char", vocab_size=0, val_fraction=0.1, text_file="")
 
 
@@ -97,8 +96,7 @@ def sample(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def shakespeare(tmp_path_factory):
-    if not TINY_SHAKESPEARE.is_file():
-        pytest.skip(f"{TINY_SHAKESPEARE} not found")
+    need_shared_data(TINY_SHAKESPEARE.name)
     config = _config(
         name="tiny_shakespeare",
         source_dir=str(SHARED_DATA),

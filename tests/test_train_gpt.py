@@ -9,7 +9,7 @@ import pytest
 from jaxgen import parallel
 from jaxgen.data import DatasetInfo
 from jaxgen.train import gpt
-from tests.helpers import SHARED_DATA, load_config
+from tests.helpers import load_config
 
 VOCAB = 29
 INFO = DatasetInfo(image_shape=(), num_classes=0, num_examples={}, vocab_size=VOCAB)
@@ -135,9 +135,7 @@ def test_only_the_sample_function_reads_the_tokenizer(monkeypatch):
         jax.eval_shape(steps.sample, state, batch, jax.random.PRNGKey(1))
 
 
-@pytest.mark.skipif(
-    not (SHARED_DATA / "tinyshakespeare.txt").exists(), reason="needs ../shared/data (offline)"
-)
+@pytest.mark.shared_data("tinyshakespeare.txt")
 @pytest.mark.parametrize("arg", ["", "cpu", "bpe", "rope"])
 def test_full_shakespeare_configs_pass_every_check(arg):
     """Not only the smoke variants: what users launch must validate too (data is local here)."""

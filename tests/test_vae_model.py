@@ -11,6 +11,7 @@ import pytest
 from jaxgen.config import ConfigError
 from jaxgen.models import vae as models
 from jaxgen.sampling import vae as sampling
+from tests.references import numpy_conv, numpy_conv_transpose
 
 LATENT = 3
 IMAGE_SHAPE = (8, 12, 3)  # H != W catches swapped axes; both divisible by 4 for "conv"
@@ -198,3 +199,72 @@ def test_to_pixels_by_hand():
 
 def test_models_are_registered():
     assert models.MODELS.names() == ["conv", "mlp"]
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_mlp_forward_matches_numpy(likelihood):
+    """Kingma & Welling's MLP VAE in NumPy: flatten, Dense + SiLU per hidden layer, a head of
+    (mean, logvar); z = mean + exp(logvar / 2) ε; the mirrored decoder, and for the Gaussian
+    likelihood a log-scale floored softly at log(2/255): floor + softplus(s - floor)."""
+    model = models.make_model(_config("mlp", likelihood), IMAGE_SHAPE)
+    params = _params("mlp", likelihood)
+    x = _images(likelihood, (2, *IMAGE_SHAPE))
+    noise = np.random.default_rng(1).normal(size=(2, LATENT)).astype(np.float32)
+    out = model.apply({"params": params}, x, jnp.asarray(noise))
+
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+
+    def dense(name, h):
+        return h @ p[name]["kernel"] + p[name]["bias"]
+
+    def silu(h):
+        return h / (1 + np.exp(-h))
+
+    h = np.asarray(x, np.float64).reshape(2, -1)
+    for i in range(2):
+        h = silu(dense(f"encoder_{i}", h))
+    mean, logvar = np.split(dense("encoder_head", h), 2, axis=-1)
+    z = mean + np.exp(0.5 * logvar) * noise
+    h = z
+    for i in range(2):
+        h = silu(dense(f"decoder_{i}", h))
+    decoded = dense("decoder_head", h).reshape(2, 8, 12, -1)
+    if likelihood == "gaussian":
+        floor = np.log(2 / 255)
+        mu, s = np.split(decoded, 2, axis=-1)
+        decoded = np.concatenate([mu, floor + np.log1p(np.exp(s - floor))], axis=-1)
+    np.testing.assert_allclose(out.mean, mean, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out.logvar, logvar, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out.z, z, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out.out, decoded, rtol=1e-4, atol=1e-5)
+
+
+def test_conv_forward_matches_numpy():
+    """Two stride-2 3x3 convs + SiLU, dense layers to (mean, logvar), and the mirrored decoder
+    through two stride-2 transposed convs, in NumPy (Bernoulli logits)."""
+    model = models.make_model(_config("conv", "bernoulli"), IMAGE_SHAPE)
+    params = _params("conv", "bernoulli")
+    x = _images("bernoulli", (2, *IMAGE_SHAPE))
+    noise = np.random.default_rng(1).normal(size=(2, LATENT)).astype(np.float32)
+    out = model.apply({"params": params}, x, jnp.asarray(noise))
+
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
+
+    def silu(h):
+        return h / (1 + np.exp(-h))
+
+    def dense(name, h):
+        return h @ p[name]["kernel"] + p[name]["bias"]
+
+    h = np.asarray(x, np.float64)
+    for i in range(2):
+        h = silu(numpy_conv(h, p[f"encoder_convs_{i}"], stride=2))
+    h = silu(dense("encoder_dense_1", silu(dense("encoder_dense_0", h.reshape(2, -1)))))
+    mean, logvar = np.split(dense("encoder_head", h), 2, axis=-1)
+    z = mean + np.exp(0.5 * logvar) * noise
+    h = silu(dense("decoder_dense_1", silu(dense("decoder_dense_0", z))))
+    h = silu(dense("decoder_project", h))
+    h = silu(numpy_conv_transpose(h.reshape(2, 2, 3, 8), p["decoder_conv"]))
+    logits = numpy_conv_transpose(h, p["decoder_head"])
+    np.testing.assert_allclose(out.mean, mean, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out.out, logits, rtol=1e-4, atol=1e-4)

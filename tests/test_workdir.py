@@ -132,7 +132,9 @@ def test_check_resume_is_one_line_naming_every_refused_field(tmp_path):
     new = vae_smoke_config()
     new.optim.lr = 0.5
     allowed = workdir_lib.check_resume(saved, new, str(tmp_path))
+    before = time.time()
     workdir_lib.record_changes(str(tmp_path), 40, allowed)
+    after = time.time()
     workdir_lib.record_changes(str(tmp_path), 50, {})  # nothing changed: nothing written
     rows = [
         json.loads(line)
@@ -140,7 +142,7 @@ def test_check_resume_is_one_line_naming_every_refused_field(tmp_path):
     ]
     assert len(rows) == 1 and rows[0]["step"] == 40
     assert rows[0]["changes"] == {"optim.lr": [saved["optim"]["lr"], 0.5]}
-    assert time.time() - rows[0]["time"] < 60
+    assert before <= rows[0]["time"] <= after  # the wall time of the call, not a speed limit
 
 
 def test_a_failed_atomic_write_is_one_line_keeps_the_old_file_and_no_tmp(tmp_path, monkeypatch):
