@@ -11,7 +11,7 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgen.sampling.schedulers import (
+from jaxgen.sampling.scheduler_base import (
     build,
     check_prediction,
     clip_x0,
