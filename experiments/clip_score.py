@@ -94,10 +94,10 @@ def main(argv):
     if flags.FLAGS.batch_size < 1:
         cli.fail(f"--batch_size: must be >= 1, got {flags.FLAGS.batch_size}")
     config = load_workdir_config(workdir)
-    if config.family != "clip":
-        cli.fail(f"--clip: {workdir} is a {config.family} run, not a clip run (import_clip)")
     pairs = read_pairs(folder)
     run = runs.load_run(config, workdir)
+    if "clip_scorer" not in run.steps.predict_fns:
+        cli.fail(f"--clip: {workdir} is a {config.family} run, not a clip run (import_clip)")
     scores = score_pairs(run, pairs, min(flags.FLAGS.batch_size, len(pairs)))
     value = clip_score.folder_score(scores)
     print(f"clip_score: {value:.4f}")

@@ -218,3 +218,13 @@ def test_clip_family_evaluates_an_imported_clip_on_emoji_captions(imported):
     result = metrics.build(run.config, run.steps, run.placement)["clip_score"](run.state)
     assert result["count"] == 64 and 0 <= result["retrieval"] <= 1
     assert 0 <= result["score"] <= 100 and np.isfinite(result["mismatched_score"])
+
+
+def test_clip_score_refuses_a_run_that_is_not_a_clip(tmp_path):
+    """--clip naming another family's run (here an autoencoder) is one line naming the flag."""
+    ae = untrained_run(load_config("configs/autoencoder/mnist.py", "smoke"), tmp_path / "ae")
+    images = clip_fixture.FIXTURE / "images"
+    result = run_script("clip_score", f"--clip={ae}", f"--images={images}", check=False)
+    lines = stderr_lines(result)
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert "--clip:" in lines[0] and "not a clip run" in lines[0]

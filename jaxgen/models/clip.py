@@ -13,29 +13,18 @@ and is clipped at log(100), as in the paper.
 """
 
 import math
-from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from jaxgen.config import ConfigDict, ConfigError
+from jaxgen.models import clip_pretrained
 from jaxgen.models.building import from_config
+from jaxgen.models.clip_outputs import MAX_LOGIT_SCALE, ClipOutput, TextFeatures
 
 PAD_ID = 0  # jaxgen.data.captions_kind.PAD_ID (models do not import the data layer)
-MAX_LOGIT_SCALE = math.log(100.0)
 PRETRAINED = "clip_pretrained"  # config.model.name of a published CLIP's architecture
-
-
-class ClipOutput(NamedTuple):
-    image_embeds: jax.Array  # [B, embed_dim], unit norm
-    text_embeds: jax.Array  # [B, embed_dim], unit norm
-    logit_scale: jax.Array  # scalar: logits = exp(logit_scale) * cosines
-
-
-class TextFeatures(NamedTuple):
-    hidden: jax.Array  # [B, L, width]: every token's final hidden state
-    pooled: jax.Array  # [B, width]: the last real token's
 
 
 class ImageTower(nn.Module):
@@ -132,8 +121,6 @@ class Clip(nn.Module):
 
 def check_config(model_config: ConfigDict) -> None:
     if model_config.get("name") == PRETRAINED:  # a published CLIP's architecture
-        from jaxgen.models import clip_pretrained  # it builds on this module's outputs
-
         return clip_pretrained.check_config(model_config)
     for field in ("embed_dim", "width", "depth", "heads", "groups"):
         value = model_config[field]
@@ -161,7 +148,5 @@ def make_model(model_config: ConfigDict, vocab_size: int, caption_len: int) -> n
     """Ours (config.model.name "clip"), or a published CLIP's architecture ("clip_pretrained",
     models/clip_pretrained.py, what experiments/import_clip.py writes): the same interface."""
     if model_config.get("name") == PRETRAINED:
-        from jaxgen.models import clip_pretrained
-
         return clip_pretrained.make_model(model_config, vocab_size, caption_len)
     return from_config(Clip, model_config, vocab_size=vocab_size, caption_len=caption_len)

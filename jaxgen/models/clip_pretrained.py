@@ -51,7 +51,7 @@ import tokenizers as hf
 
 from jaxgen import pretrained, tokenizers
 from jaxgen.config import ConfigError
-from jaxgen.models.clip import MAX_LOGIT_SCALE, ClipOutput, TextFeatures
+from jaxgen.models.clip_outputs import MAX_LOGIT_SCALE, ClipOutput, TextFeatures
 from jaxgen.pretrained import Tensors, WeightError
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
