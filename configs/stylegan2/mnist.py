@@ -20,7 +20,7 @@ noise inputs, skip generator, residual discriminator with minibatch std (group 4
 D steps, path length (weight 2, every 4 G steps, batch / 2), style mixing 0.9, Adam 0.002 with
 betas (0, 0.99). The widths are channel_base 2048 / channel_max 128 (128 channels at 4x4 and
 8x8, 64 at 16x16 and 32x32): config F's 32768 / 512 is 16x the FLOPs and MNIST needs far less.
-r1_gamma is the stylegan2-ada "auto" heuristic, 0.0002 * res^2 / batch = 0.0032 at 32 px and
+r1_gamma is the heuristic of stylegan2-ada's auto preset, 0.0002 * res^2 / batch = 0.0032 at 32 px and
 batch 64, rounded up to 0.01 as the cifar preset uses.
 Expected ("quick"): recognisable digits; see the README's StyleGAN2 section for the measure.
 """
@@ -76,7 +76,7 @@ def get_config(arg: str = "") -> ConfigDict:
 
     config.train.batch_size = 64
     config.train.num_steps = 20_000
-    config.train.ema_kimg = 64 * 10 / 32  # the "auto" preset: a half-life of batch * 10 / 32 kimg
+    config.train.ema_kimg = 64 * 10 / 32  # the auto preset: a half-life of batch * 10 / 32 kimg
     config.train.ema_rampup = 0.0  # 0: none
     config.train.w_avg_beta = 0.995
     # Differentiable augmentation of D's inputs ("color,translation,cutout"; "" = none).
