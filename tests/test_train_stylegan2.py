@@ -213,3 +213,13 @@ def test_diffaugment_keeps_shapes_and_changes_images():
     # Differentiable: gradients reach the images.
     grads = jax.grad(lambda x: jnp.sum(diffaugment.augment(jax.random.PRNGKey(3), x, policies)))(x)
     assert float(jnp.abs(grads).sum()) > 0
+
+
+def test_unknown_loss_keyword_is_a_config_error_before_compiling():
+    from jaxgen.family import check_loss_kw
+
+    config = load_config("configs/stylegan2/mnist.py", "smoke")
+    check_loss_kw(config, get_family("stylegan2"))  # every keyword the step reads
+    config.loss.kw.r1_gama = 1.0
+    with pytest.raises(ConfigError, match=r"^config\.loss\.kw\.r1_gama: "):
+        check_loss_kw(config, get_family("stylegan2"))
