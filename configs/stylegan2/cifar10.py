@@ -14,8 +14,9 @@ conditional); "augment" adds DiffAugment (color, translation, cutout; not ADA); 
 FID/KID/IS of 50k samples with Inception-v3 ($JAXGEN_INCEPTION_WEIGHTS); "smoke" shrinks
 everything and trains on MNIST so that it runs offline in seconds (tests rely on it).
 Paper numbers (Karras et al. 2020b, "Training Generative Adversarial Networks with Limited
-Data"): conditional CIFAR-10 FID 5.59 for StyleGAN2 with this preset's tuning, 2.42 with
-ADA (the record the paper sets; IS 10.14). Not measured here: it needs a GPU for days.
+Data", abstract): ADA improves the record class-conditional CIFAR-10 FID from 5.59 to 2.42;
+the paper's CIFAR-10 runs use this preset. DiffAugment (":augment" here) is not ADA.
+Not measured here: it needs a GPU for days.
 """
 
 from jaxgen.config import ConfigDict, sample_evals, sibling_config, smoke

@@ -18,8 +18,8 @@ kimg, 25000 kimg. At 256 px stylegan2-ada's paper256 preset uses γ = 1 (its heu
 Arguments (comma-separated): "smoke" shrinks everything to a 32-pixel run of seconds (tests
 rely on it; it still needs an image_dir); "augment" adds DiffAugment (color, translation,
 cutout); "fid" adds FID/KID/IS of 50k samples with Inception-v3 ($JAXGEN_INCEPTION_WEIGHTS).
-Paper numbers: FFHQ 1024 config F FID 2.84 (Karras et al. 2020, table 1); paper256 FFHQ with
-all 70k images FID 3.88 without augmentation (Karras et al. 2020b, figure 4, full dataset).
+Paper number: FFHQ at 1024 px, config F, FID 2.84 (Karras et al. 2020, table 1); no 256 px
+number is claimed here.
 Not measured here: it needs GPUs for days.
 """
 
