@@ -223,3 +223,17 @@ def test_unknown_loss_keyword_is_a_config_error_before_compiling():
     config.loss.kw.r1_gama = 1.0
     with pytest.raises(ConfigError, match=r"^config\.loss\.kw\.r1_gama: "):
         check_loss_kw(config, get_family("stylegan2"))
+
+
+def test_training_and_sampling_generators_compute_the_same_images():
+    config = tiny_config()
+    setup = stylegan2.make_setup(config, INFO)
+    assert setup.generator.fused_modconv and not setup.train_generator.fused_modconv
+    state = jax.jit(stylegan2.make_steps(config, INFO).init)(jax.random.PRNGKey(0), fixed_batch())
+    ws, _, _ = stylegan2.draw_ws(state.params["generator"], jax.random.PRNGKey(1), 4, setup=setup)
+    rng = jax.random.PRNGKey(2)
+    images = [
+        generator.apply({"params": state.params["generator"]}, ws, rng, method="synthesis")
+        for generator in (setup.generator, setup.train_generator)
+    ]
+    np.testing.assert_allclose(np.asarray(images[0]), np.asarray(images[1]), atol=1e-4)

@@ -48,7 +48,9 @@ def get_config(arg: str = "") -> ConfigDict:
     config.model.architecture = "resnet"  # D: residual blocks (config F)
     config.model.mbstd_group_size = 4
     config.model.cmap_dim = 0  # conditional D: project on a w-sized embedding (0: D's width)
-    config.model.fused_modconv = True  # one grouped conv per layer (same numbers as unfused)
+    # Sampling and evaluation: one grouped conv per layer; training always uses the per-sample
+    # path, as stylegan2-ada does (the same function either way).
+    config.model.fused_modconv = True
     config.model.conditional = "conditional" in args
 
     config.loss.name = "non_saturating"

@@ -18,7 +18,9 @@ State besides params: w_avg (the running mean of the mapping network's w, β = t
 = 0.995, updated by the G main phase from its batch; stylegan2-ada also updates it in the
 phases that only generate fakes), pl_mean (the path length penalty's running mean) and
 `penalties`, the last value of each lazy penalty (what the step reports between evaluations).
-Style mixing (loss.kw.style_mixing_prob) applies to every generator forward of the step.
+Style mixing (loss.kw.style_mixing_prob) applies to every generator forward of the step. The
+step runs the generator's per-sample modulated convolution, sampling the configured one
+(config.model.fused_modconv), as stylegan2-ada does; both compute the same function.
 DiffAugment (train.diffaugment, e.g. "color,translation,cutout") transforms every image the
 discriminator sees, real or fake, in every phase.
 
@@ -91,7 +93,8 @@ class StyleGAN2State:
 class Setup(NamedTuple):
     """The fixed parts of a StyleGAN2 step, built once from the config."""
 
-    generator: models.Generator
+    generator: models.Generator  # sampling and evaluation (config.model.fused_modconv)
+    train_generator: models.Generator  # the same params, the per-sample modconv path
     discriminator: models.Discriminator
     gan_loss: Any  # a losses.LOSSES entry
     optimizers: dict[str, train_state.Optimizer]  # by player, lazy-corrected
@@ -207,6 +210,9 @@ def make_setup(config: ConfigDict, info: Any) -> Setup:
         )
     return Setup(
         generator=generator,
+        # stylegan2-ada trains with the per-sample modulated conv and samples with the fused
+        # one (networks.py, SynthesisBlock.forward); both compute the same function.
+        train_generator=generator.clone(fused_modconv=False),
         discriminator=discriminator,
         gan_loss=losses.LOSSES.get(config.loss.name),
         optimizers=optimizers,
@@ -263,7 +269,7 @@ def draw_ws(g_params, rng, num: int, *, setup: Setup):
 
 def synthesize(g_params, ws, rng, *, setup: Setup):
     """G's images for ws, at the data's size but padded to the model's (as reals are)."""
-    images = sampling.synthesize(setup.generator, g_params, ws, rng, "random")
+    images = sampling.synthesize(setup.train_generator, g_params, ws, rng, "random")
     return pad_to_model(crop_to_data(images, setup), setup)
 
 
@@ -293,7 +299,7 @@ def generator_reg_loss(g_params, pl_mean, rng, *, setup: Setup):
     pl_noise = jax.random.normal(pl_rng, (num, height, width, channels)) / math.sqrt(height * width)
 
     def images_of(ws):
-        images = sampling.synthesize(setup.generator, g_params, ws, noise_rng, "random")
+        images = sampling.synthesize(setup.train_generator, g_params, ws, noise_rng, "random")
         return crop_to_data(images, setup)
 
     penalty, new_mean, metrics = losses.path_length_penalty(
