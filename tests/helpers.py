@@ -79,3 +79,18 @@ def tree_snapshot(root):
             with open(path, "rb") as f:
                 snapshot[os.path.relpath(path, root)] = f.read()
     return snapshot
+
+
+def write_pngs(folder, count: int = 8, size=(40, 36), seed: int = 0):
+    """`count` random RGB PNGs of `size` (width, height) in `folder` (made if needed), for the
+    images kind's "folder" dataset; returns the folder."""
+    import numpy as np
+    from PIL import Image
+
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+    return folder

@@ -10,7 +10,7 @@ from jaxgen.config import smoke
 from jaxgen.data import DATASETS, sources
 from jaxgen.data.kinds import own_dataset_names
 from jaxgen.train import loop
-from tests.helpers import ROOT, load_config
+from tests.helpers import ROOT, load_config, write_pngs
 from tests.stages import hollow_stages
 
 CONFIG_FILES = sorted(
@@ -62,12 +62,15 @@ def stage_runs(tmp_path_factory):
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES)
-def test_smoke_variant_validates(path, monkeypatch, stage_runs):
+def test_smoke_variant_validates(path, monkeypatch, stage_runs, tmp_path):
     for arg in declared_arguments(path):
         config = load_config(path, f"{arg},smoke" if arg != "smoke" else "smoke")
         if config.family == "latent_diffusion":  # the earlier stages it names
             config.model.autoencoder, config.model.text_encoder = stage_runs(config)
-        if config.data.name in own_dataset_names():  # every kind's own datasets
+        if config.data.name == "folder":  # a folder of images the user names
+            config.data.image_dir = str(write_pngs(tmp_path / "images"))
+            loop.check(config)
+        elif config.data.name in own_dataset_names():  # every kind's own datasets
             loop.check(config)
         else:
             check_on_mock_catalog(config, monkeypatch)
@@ -78,7 +81,8 @@ def test_unknown_argument_is_rejected():
         load_config("configs/vae/mnist.py", "cnn")
 
 
-IMAGE_CONFIGS = [p for p in CONFIG_FILES if load_config(p).family in ("vae", "gan", "ddpm")]
+IMAGE_FAMILIES = ("vae", "gan", "ddpm", "stylegan2")
+IMAGE_CONFIGS = [p for p in CONFIG_FILES if load_config(p).family in IMAGE_FAMILIES]
 
 
 @pytest.mark.parametrize("path", IMAGE_CONFIGS)
@@ -100,7 +104,10 @@ def test_every_image_config_has_a_fid_variant_that_validates(path, tmp_path, mon
     weights = tmp_path / "inception.npz"  # the check only needs the file to exist
     weights.write_bytes(b"")
     monkeypatch.setenv("JAXGEN_INCEPTION_WEIGHTS", str(weights))
-    if config.data.name in DATASETS:
+    if config.data.name == "folder":
+        config.data.image_dir = str(write_pngs(tmp_path / "images"))
+        loop.check(config)
+    elif config.data.name in DATASETS:
         loop.check(config)
     else:
         check_on_mock_catalog(config, monkeypatch)

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxgen.config import ConfigDict, ConfigError
-from jaxgen.data import builders, kinds, sources
+from jaxgen.data import builders, folder, kinds, sources
 from jaxgen.tokenizers import Tokenizer
 
 _EVAL_PIXELS_SEED = 0x5EED  # fixed: eval metrics of different runs see the same binarisation
@@ -108,7 +108,10 @@ class ImageSource:
     """An opened image dataset (a kinds.Source)."""
 
     def __init__(self, data_config: ConfigDict):
-        self._dataset = sources.Dataset(data_config)
+        if data_config.name == folder.NAME:
+            self._dataset = folder.FolderDataset(data_config)
+        else:
+            self._dataset = sources.Dataset(data_config)
         self._binary = data_config.pixels == "binary"
 
     def info(self) -> kinds.DatasetInfo:
@@ -155,13 +158,16 @@ class ImageSource:
 
 
 class ImagesKind(kinds.Kind):
-    """Our datasets (builders.DATASETS) and any image dataset of the TFDS catalog."""
+    """Our datasets (builders.DATASETS), any image dataset of the TFDS catalog, and "folder":
+    the image files of config.data.image_dir (data/folder.py)."""
 
     name = "images"
     datasets = builders.DATASETS
     catch_all = True  # a catalog name no other kind claims is read as images
 
     def accepts(self, name: str) -> bool:
+        if name == folder.NAME:
+            return True
         base = sources.catalog_base_name(name)
         ours = {
             getattr(kinds.KINDS.get(kind).datasets.get(dataset), "name", dataset)
@@ -173,6 +179,9 @@ class ImagesKind(kinds.Kind):
 
     def check_config(self, data_config: ConfigDict) -> None:
         name = data_config.name
+        if name == folder.NAME:
+            folder.check_config(data_config)
+            return
         if name not in builders.DATASETS:
             return  # catalog datasets: TFDS checks the split when it is read
         for field in ("train_split", "eval_split"):
