@@ -59,7 +59,7 @@ LAYERS = (
         (
             "jaxgen", "jaxgen.config", "jaxgen.registry", "jaxgen.workdir", "jaxgen.tokenizers",
             "jaxgen.images", "jaxgen.samples", "jaxgen.lowering", "jaxgen.checksums",
-            "jaxgen.optim", "jaxgen.distributed", "jaxgen.diffusion",
+            "jaxgen.optim", "jaxgen.distributed", "jaxgen.diffusion", "jaxgen.diffaugment",
         ),
     ),
     ("data and devices", ("jaxgen.data.*", "jaxgen.parallel", "jaxgen.checkpoint")),

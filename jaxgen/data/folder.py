@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from jaxgen.config import ConfigDict, ConfigError
-from jaxgen.data import kinds
+from jaxgen.data import kinds, sources
 from jaxgen.data.errors import DataError
 
 NAME = "folder"
@@ -91,9 +91,6 @@ class FolderDataset:
     """A folder of images opened as a dataset (what sources.Dataset is for TFDS data)."""
 
     def __init__(self, data_config: ConfigDict):
-        from jaxgen.data import sources  # sources imports this kind's registry first
-
-        self._sources = sources
         self._config = data_config
         self.name = NAME
         folder = pathlib.Path(data_config.image_dir).expanduser()
@@ -120,7 +117,7 @@ class FolderDataset:
         return kinds.DatasetInfo(self.image_shape, self.num_classes, counts)
 
     def reader(self, split: str, process_index: int, process_count: int):
-        return self._sources.SplitReader(
+        return sources.SplitReader(
             self.source(split),
             self.image_shape,
             f"{self.name}/{split}",
