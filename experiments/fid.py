@@ -5,16 +5,21 @@
     python -m experiments.fid DIR_A DIR_B --kid            # and KID: <mean> (std <std>)
     python -m experiments.fid DIR --save_stats=F.npz       # mu, sigma of DIR, for later
     python -m experiments.fid samples/ F.npz
+    python -m experiments.fid data:mnist:test data:mnist:train   # a dataset split, by name
 
 Each argument is a folder of images (.png, .jpg, .jpeg, .bmp, .pgm, .ppm, .tif, .tiff, .webp,
 not searched recursively, as pytorch-fid) or an .npz with `mu` and `sigma` (pytorch-fid's
-stats files load as they are). Preprocessing is pytorch-fid's: RGB, [0, 1], bilinear resize to
+stats files load as they are), or `data:<dataset>:<split>[:<first N examples>]`, a split read
+through jaxgen.data in [-1, 1] (its statistics are cached in the cache dir, as the `fid`
+evaluator's). Preprocessing is pytorch-fid's: RGB, [0, 1], bilinear resize to
 299 x 299 (align_corners=False, no antialiasing), 2x - 1, then the Inception's pool features;
 statistics are the mean and the unbiased covariance, and the distance is pytorch-fid's (its
-eps fallback included), so the value is pytorch-fid's with the same weights. TF's FID feeds
-(x * 255 - 128) / 128 instead; README.md ("Real FID") says how much that moves a FID.
+eps fallback included), so the value is pytorch-fid's with the same weights. TF's FID (and
+StyleGAN3's) feeds (x * 255 - 128) / 128 instead: --tf_range does that; README.md
+("Real FID") says how much it moves a FID.
 Weights: --weights, else $JAXGEN_INCEPTION_WEIGHTS, else the cache dir's converted file.
-KID (Binkowski et al. 2018) needs two folders: a stats file holds no features.
+KID (Binkowski et al. 2018) needs features: folders or data splits (the first 10,000
+examples of a split), not a stats file.
 Deliberately left out: recursive folders, zip archives, and Inception Score (the wheel's
 network has no classifier).
 """
@@ -27,7 +32,7 @@ from absl import flags
 from PIL import Image, UnidentifiedImageError
 
 from jaxgen import cli, parallel
-from jaxgen.config import ConfigError, base_config
+from jaxgen.config import ConfigDict, ConfigError, base_config
 from jaxgen.metrics import fid, inception, networks
 
 flags.DEFINE_string("save_stats", None, "Write mu and sigma of the one folder given to this .npz.")
@@ -36,6 +41,7 @@ flags.DEFINE_integer("batch_size", 50, "Images per Inception batch (rounded up t
 flags.DEFINE_string(
     "weights", "", f"Converted Inception weights (default: ${inception.WEIGHTS_ENV}, else cache)."
 )
+flags.DEFINE_bool("tf_range", False, "Feed TF's (x * 255 - 128) / 128, not 2x - 1.")
 flags.DEFINE_integer("kid_subsets", 100, "KID: random subsets averaged.")
 flags.DEFINE_integer("kid_subset_size", 1000, "KID: images per subset (capped at the set size).")
 
@@ -118,8 +124,32 @@ def read_stats(path: str) -> fid.Gaussian:
     return fid.Gaussian(mean, cov)
 
 
+def data_split(argument: str) -> tuple[ConfigDict, str, int]:
+    """`data:<dataset>:<split>[:<N>]` -> (data config, split, N or 0 for all)."""
+    parts = argument.split(":")
+    limit = parts[3] if len(parts) == 4 else "0"
+    if len(parts) not in (3, 4) or not parts[1] or not parts[2] or not limit.isdigit():
+        raise ConfigError(f"{argument}: write a dataset split as data:<dataset>:<split>[:<N>]")
+    config = base_config().data
+    config.name = parts[1]
+    return config, parts[2], int(limit)
+
+
+def tf_range(network: networks.FeatureNetwork) -> networks.FeatureNetwork:
+    """The network fed TF's range: 2x - 1 = y -> (255 (y + 1) / 2 - 128) / 128. Resizing is
+    linear and keeps constants, so applying it before the network's resize is the same."""
+    apply = network.apply
+    return network._replace(
+        name=f"{network.name}_tf_range",  # its own statistics cache
+        apply=lambda params, images: apply(params, (127.5 * images - 0.5) / 128.0),
+    )
+
+
 def check_argument(path: str) -> str:
-    """ "folder" or "stats"; ConfigError for anything else."""
+    """ "folder", "stats" or "data"; ConfigError for anything else."""
+    if path.startswith("data:"):
+        data_split(path)
+        return "data"
     if os.path.isdir(path):
         return "folder"
     if not os.path.exists(path):
@@ -137,10 +167,10 @@ def main(argv):
         usage = "DIR --save_stats=F.npz" if options.save_stats else "DIR_A DIR_B (folder or .npz)"
         raise ConfigError(f"expected {wanted} path(s): {usage}; got {len(paths)}")
     kinds = [check_argument(path) for path in paths]
-    if options.save_stats and kinds[0] != "folder":
-        raise ConfigError(f"--save_stats: {paths[0]} is not an image folder")
+    if options.save_stats and kinds[0] == "stats":
+        raise ConfigError(f"--save_stats: {paths[0]} is already statistics")
     if options.kid and "stats" in kinds:
-        raise ConfigError("--kid: needs two image folders (a statistics .npz holds no features)")
+        raise ConfigError("--kid: needs features (folders or data splits); a .npz has none")
     if options.batch_size < 1:
         raise ConfigError(f"--batch_size: must be positive, got {options.batch_size}")
     for path, kind in zip(paths, kinds, strict=True):
@@ -149,9 +179,11 @@ def main(argv):
         else:
             read_stats(path)
     network = None
-    if "folder" in kinds:
+    if "folder" in kinds or "data" in kinds:
         weights = inception.resolve_weights(options.weights, "--weights")
         network = inception.load(weights, "--weights")
+        if options.tf_range:
+            network = tf_range(network)
         placement = parallel.Placement(base_config().mesh)
         batch_size = -(-options.batch_size // placement.num_devices) * placement.num_devices
 
@@ -159,10 +191,17 @@ def main(argv):
     for path, kind in zip(paths, kinds, strict=True):
         if kind == "stats":
             gaussians.append(read_stats(path))
-            continue
-        rows = folder_features(path, network, batch_size, placement)
-        features.append(rows)
-        gaussians.append(fid.gaussian_of(rows))
+        elif kind == "data":
+            data_config, split, limit = data_split(path)
+            reference = networks.reference(
+                network, data_config, split, batch_size, placement, limit
+            )
+            features.append(reference.features)
+            gaussians.append(reference.gaussian)
+        else:
+            rows = folder_features(path, network, batch_size, placement)
+            features.append(rows)
+            gaussians.append(fid.gaussian_of(rows))
 
     if options.save_stats:
         out = options.save_stats
@@ -171,7 +210,7 @@ def main(argv):
             np.savez_compressed(out, mu=gaussians[0].mean, sigma=gaussians[0].cov)
         except OSError as error:
             raise ConfigError(f"--save_stats: cannot write {out} ({error})") from None
-        print(f"written: {out} ({len(features[0])} images)")
+        print(f"written: {out}")
         return
     if gaussians[0].mean.shape != gaussians[1].mean.shape:
         raise ConfigError(
