@@ -14,7 +14,7 @@ import pytest
 
 from jaxgen import torch_archive
 from jaxgen.config import ConfigDict, ConfigError
-from jaxgen.metrics import inception
+from jaxgen.metrics import fid, inception
 from tests.e2e import run_script
 from tests.fixtures.make_fid_fixture import probe_images
 from tests.helpers import ROOT
@@ -97,6 +97,18 @@ def test_weights_without_a_classifier_refuse_the_inception_score(tmp_path):
     with pytest.raises(ConfigError, match=r"^config\.evals\.q\.weights: .* no classifier"):
         inception._check_entry(None, entry, "config.evals.q")
     inception._check_entry(None, ConfigDict({"type": "fid", "weights": str(path)}), "f")
+    script = str(FIXTURES / "torch_archive" / "script.pt")  # any TorchScript file: no fc
+    with pytest.raises(ConfigError, match="no classifier"):
+        inception._check_entry(None, ConfigDict({"type": "is", "weights": script}), "f")
+    with_fc = tmp_path / "with_fc.npz"
+    inception.save_variables(inception.init_variables(0), str(with_fc))
+    inception._check_entry(None, ConfigDict({"type": "is", "weights": str(with_fc)}), "f")
+    (tmp_path / "empty.npz").write_bytes(b"")  # unreadable: left to loading, as before
+    inception._check_entry(
+        None, ConfigDict({"type": "is", "weights": f"{tmp_path}/empty.npz"}), "f"
+    )
+    with pytest.raises(ValueError, match="no class probabilities"):
+        fid.inception_score(np.zeros((20, 0)), splits=2)
 
 
 def test_missing_weights_say_how_to_get_them_and_the_cache_dir_is_found(tmp_path, monkeypatch):

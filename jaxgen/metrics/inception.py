@@ -513,6 +513,19 @@ def network(variables: PyTree, cache_dir: str) -> FeatureNetwork:
     )
 
 
+def lacks_classifier(path: str) -> bool:
+    """Whether the weights file surely has no fc layer (a TorchScript network, or our .npz
+    converted from one), from its member names only; anything unreadable is left to `load`."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    if any("/code/__torch__/" in name for name in names):
+        return True
+    return any(name.startswith("params/") for name in names) and "params/fc/kernel.npy" not in names
+
+
 def _load_entry(config: ConfigDict, entry: ConfigDict, field: str) -> FeatureNetwork:
     del config
     return load(weights_path(entry, field), f"{field}.weights")
@@ -521,7 +534,7 @@ def _load_entry(config: ConfigDict, entry: ConfigDict, field: str) -> FeatureNet
 def _check_entry(config: ConfigDict, entry: ConfigDict, field: str) -> None:
     del config
     path = weights_path(entry, field)  # raises when missing
-    if entry.get("type") == "is" and not load(path, f"{field}.weights").num_classes:
+    if entry.get("type") == "is" and lacks_classifier(path):
         raise ConfigError(
             f"{field}.weights: {path} has no classifier (fc layer), which the Inception Score "
             "needs; use pytorch-fid's weights (see jaxgen/metrics/inception.py)"
