@@ -176,7 +176,7 @@ def main(argv):
     for path, kind in zip(paths, kinds, strict=True):
         if kind == "folder":
             check_images(list_images(path))  # bad folders fail before loading anything
-        else:
+        elif kind == "stats":
             read_stats(path)
     network = None
     if "folder" in kinds or "data" in kinds:

@@ -119,3 +119,42 @@ def test_missing_weights_say_how_to_get_them(tmp_path):
     line = one_line(run_script("fid", good, good, check=False, env=env))
     assert line.startswith("error: --weights: the inception network needs its weights")
     assert "python -m experiments.convert_inception --download" in line
+
+
+def test_dataset_splits_and_folders_mix_in_process(tmp_path, monkeypatch, capsys):
+    """data:<dataset>:<split>:N beside a folder, with a 3-feature stand-in for the Inception
+    (the route, not the network: the wheel tests above check that)."""
+    import jax.numpy as jnp
+    from absl import flags
+
+    from experiments import fid as fid_script
+    from jaxgen.metrics import networks
+
+    def features(params, images):  # [B, H, W, C] in [-1, 1] -> [B, 3]
+        del params
+        rows = [images.mean((1, 2, 3)), images.std((1, 2, 3)), images[:, :4, :4].mean((1, 2, 3))]
+        return jnp.stack(rows, -1), jnp.zeros((images.shape[0], 0))
+
+    fake = networks.FeatureNetwork("fake", {}, features, None, 0, str(tmp_path), "fake")
+    monkeypatch.setattr(fid_script.inception, "resolve_weights", lambda path, field: path)
+    monkeypatch.setattr(fid_script.inception, "load", lambda path, field: fake)
+    flags.FLAGS(["fid", "--batch_size=16"])
+    fid_script.main(["fid", "data:mnist:test:64", "data:mnist:test:64"])
+    assert abs(printed_line(capsys, "FID")) < 1e-6
+    folder = write_images(tmp_path / "grey", 5)
+    fid_script.main(["fid", "data:mnist:test:64", str(folder)])
+    value = printed_line(capsys, "FID")
+    # The folder's features in NumPy from the PNGs; the split's from the statistics cache.
+    pixels = [
+        np.asarray(Image.open(folder / f"{i}.png").convert("RGB")) / 255 * 2 - 1 for i in range(5)
+    ]
+    rows = np.array([[p.mean(), p.std(), p[:4, :4].mean()] for p in pixels])
+    with np.load(tmp_path / "stats" / "mnist_test_first64_fake.npz") as cached:
+        expected = pytorch_fid_distance(np.asarray(cached["features"], np.float64), rows)
+    np.testing.assert_allclose(value, expected, rtol=1e-4)
+
+
+def printed_line(capsys, name: str) -> float:
+    match = re.search(rf"^{name}: (\S+)", capsys.readouterr().out, re.MULTILINE)
+    assert match
+    return float(match.group(1))
