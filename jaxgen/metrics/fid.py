@@ -122,6 +122,8 @@ def inception_score(probs: np.ndarray, splits: int = 10) -> tuple[float, float]:
     as in the original code.
     """
     probs = np.asarray(probs, np.float64)
+    if probs.ndim != 2 or probs.shape[1] < 1:
+        raise ValueError(f"inception score: no class probabilities (shape {probs.shape})")
     if splits < 1 or len(probs) < splits:
         raise ValueError(f"inception score: {len(probs)} predictions cannot fill {splits} splits")
     scores = []

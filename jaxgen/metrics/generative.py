@@ -40,7 +40,7 @@ DEFAULTS = dict(
     batch_size=500,  # generated (and real) images per jit call, over all devices
     split="",  # real split to compare with; "" = config.data.train_split
     num_examples=0,  # real examples in the statistics; 0 = the whole split
-    weights="",  # inception only: converted weights (.npz) or the .pth; "" = $JAXGEN_INCEPTION_WEIGHTS
+    weights="",  # inception only: converted .npz, .pth or .pt; "" = $JAXGEN_INCEPTION_WEIGHTS, else cache
     seed=-1,  # noise of the generated images; -1 = config.seed + 2
     num_subsets=100,  # kid: random subsets averaged
     subset_size=1000,  # kid: rows per subset (capped by the sample counts)
