@@ -60,6 +60,7 @@ LAYERS = (
             "jaxgen", "jaxgen.config", "jaxgen.registry", "jaxgen.workdir", "jaxgen.tokenizers",
             "jaxgen.images", "jaxgen.samples", "jaxgen.lowering", "jaxgen.checksums",
             "jaxgen.optim", "jaxgen.distributed", "jaxgen.diffusion", "jaxgen.diffaugment",
+            "jaxgen.torch_archive",
         ),
     ),
     ("data and devices", ("jaxgen.data.*", "jaxgen.parallel", "jaxgen.checkpoint")),
