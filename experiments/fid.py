@@ -33,13 +33,15 @@ from PIL import Image, UnidentifiedImageError
 
 from jaxgen import cli, parallel
 from jaxgen.config import ConfigDict, ConfigError, base_config
-from jaxgen.metrics import fid, inception, networks
+from jaxgen.metrics import fid, inception_weights, networks
 
 flags.DEFINE_string("save_stats", None, "Write mu and sigma of the one folder given to this .npz.")
 flags.DEFINE_bool("kid", False, "Also print the Kernel Inception Distance (two folders).")
 flags.DEFINE_integer("batch_size", 50, "Images per Inception batch (rounded up to the devices).")
 flags.DEFINE_string(
-    "weights", "", f"Converted Inception weights (default: ${inception.WEIGHTS_ENV}, else cache)."
+    "weights",
+    "",
+    f"Converted Inception weights (default: ${inception_weights.WEIGHTS_ENV}, else cache).",
 )
 flags.DEFINE_bool("tf_range", False, "Feed TF's (x * 255 - 128) / 128, not 2x - 1.")
 flags.DEFINE_integer("kid_subsets", 100, "KID: random subsets averaged.")
@@ -180,8 +182,8 @@ def main(argv):
             read_stats(path)
     network = None
     if "folder" in kinds or "data" in kinds:
-        weights = inception.resolve_weights(options.weights, "--weights")
-        network = inception.load(weights, "--weights")
+        weights = inception_weights.resolve_weights(options.weights, "--weights")
+        network = inception_weights.load(weights, "--weights")
         if options.tf_range:
             network = tf_range(network)
         placement = parallel.Placement(base_config().mesh)

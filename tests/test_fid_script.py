@@ -136,8 +136,8 @@ def test_dataset_splits_and_folders_mix_in_process(tmp_path, monkeypatch, capsys
         return jnp.stack(rows, -1), jnp.zeros((images.shape[0], 0))
 
     fake = networks.FeatureNetwork("fake", {}, features, None, 0, str(tmp_path), "fake")
-    monkeypatch.setattr(fid_script.inception, "resolve_weights", lambda path, field: path)
-    monkeypatch.setattr(fid_script.inception, "load", lambda path, field: fake)
+    monkeypatch.setattr(fid_script.inception_weights, "resolve_weights", lambda path, field: path)
+    monkeypatch.setattr(fid_script.inception_weights, "load", lambda path, field: fake)
     flags.FLAGS(["fid", "--batch_size=16"])
     fid_script.main(["fid", "data:mnist:test:64", "data:mnist:test:64"])
     assert abs(printed_line(capsys, "FID")) < 1e-6

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxgen.metrics import inception
+from jaxgen.metrics import inception, inception_weights
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def to_torch_state_dict(variables):
         value = np.asarray(value)
         if path[-1] == "kernel":
             value = value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T
-        state[inception.torch_name(path)] = value
+        state[inception_weights.torch_name(path)] = value
     return state
 
 
@@ -62,17 +62,19 @@ def test_converter_maps_a_torch_state_dict_onto_every_variable(variables, tmp_pa
     assert state["Conv2d_1a_3x3.conv.weight"].shape == (32, 3, 3, 3)  # torch OIHW
     assert len(state) == 94 * 5 + 2  # 94 BasicConv2d (conv + 4 bn) and the fc layer
     state["Conv2d_1a_3x3.bn.num_batches_tracked"] = np.array(0)  # ignored, like AuxLogits
-    converted = inception.convert(state)
+    converted = inception_weights.convert(state)
     for path, value in flax.traverse_util.flatten_dict(variables).items():
         np.testing.assert_array_equal(
             flax.traverse_util.flatten_dict(converted)[path], value, err_msg=str(path)
         )
     # Through files: a torch-named .npz converts on load; our own .npz loads as is.
     np.savez(tmp_path / "torch.npz", **state)
-    inception.save_variables(converted, str(tmp_path / "ours.npz"))
+    inception_weights.save_variables(converted, str(tmp_path / "ours.npz"))
     for name in ("torch.npz", "ours.npz"):
-        loaded = flax.traverse_util.flatten_dict(inception.load_variables(str(tmp_path / name)))
+        loaded = flax.traverse_util.flatten_dict(
+            inception_weights.load_variables(str(tmp_path / name))
+        )
         assert loaded.keys() == flax.traverse_util.flatten_dict(variables).keys()
     del state["Mixed_5b.branch_pool.bn.running_var"]
     with pytest.raises(KeyError, match="Mixed_5b.branch_pool.bn.running_var"):
-        inception.convert(state)
+        inception_weights.convert(state)

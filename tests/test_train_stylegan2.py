@@ -11,7 +11,7 @@ from jaxgen.config import ConfigError
 from jaxgen.data import DatasetInfo
 from jaxgen.family import get_family
 from jaxgen.models import stylegan2 as models
-from jaxgen.train import stylegan2
+from jaxgen.train import stylegan2, stylegan2_phases
 from tests.helpers import load_config
 from tests.test_train_gan import set_field
 
@@ -89,18 +89,18 @@ def test_phases_on_a_fixed_batch_lower_their_losses():
     setup = stylegan2.make_setup(config, INFO)
     state = jax.jit(stylegan2.make_steps(config, INFO).init)(jax.random.PRNGKey(0), fixed_batch())
     real = {
-        "image": stylegan2.pad_to_model(fixed_batch()["image"], setup),
+        "image": stylegan2_phases.pad_to_model(fixed_batch()["image"], setup),
         "label": fixed_batch()["label"],
     }
     rng = jax.random.PRNGKey(3)  # the same fakes every time
-    d_phase = jax.jit(lambda s: stylegan2.discriminator_main(s, real, rng, setup=setup))
+    d_phase = jax.jit(lambda s: stylegan2_phases.discriminator_main(s, real, rng, setup=setup))
     d_losses = []
     d_state = state
     for _ in range(15):
         d_state, metrics = d_phase(d_state)
         d_losses.append(float(metrics["d_loss"]))
     assert d_losses[-1] < 0.8 * d_losses[0], d_losses
-    g_phase = jax.jit(lambda s: stylegan2.generator_main(s, rng, setup=setup))
+    g_phase = jax.jit(lambda s: stylegan2_phases.generator_main(s, rng, setup=setup))
     g_losses = []
     g_state = d_state  # against the trained D, G has something to gain
     for _ in range(15):
@@ -116,7 +116,7 @@ def test_mixing_probability_zero_means_no_mixing():
         state = jax.jit(stylegan2.make_steps(config, INFO).init)(
             jax.random.PRNGKey(0), fixed_batch()
         )
-        draw = jax.jit(lambda p, k, setup=setup: stylegan2.draw_ws(p, k, 8, setup=setup))
+        draw = jax.jit(lambda p, k, setup=setup: stylegan2_phases.draw_ws(p, k, 8, setup=setup))
         for seed in range(5):
             ws, w, _ = draw(state.params["generator"], jax.random.PRNGKey(seed))
             same = np.allclose(np.asarray(ws), np.asarray(w)[:, None])
@@ -139,7 +139,7 @@ def test_truncation_psi_zero_gives_the_w_avg_image_in_every_cell():
     expected = setup.generator.apply(
         {"params": state.eval_params}, ws, jax.random.PRNGKey(0), "none", method="synthesis"
     )
-    expected = np.asarray(stylegan2.crop_to_data(expected, setup))[0]
+    expected = np.asarray(stylegan2_phases.crop_to_data(expected, setup))[0]
     for name in ("samples", "mixing_coarse", "interpolation"):
         images = np.asarray(out[name]).reshape((-1, 28, 28, 1))
         if name.startswith("mixing"):
@@ -230,7 +230,9 @@ def test_training_and_sampling_generators_compute_the_same_images():
     setup = stylegan2.make_setup(config, INFO)
     assert setup.generator.fused_modconv and not setup.train_generator.fused_modconv
     state = jax.jit(stylegan2.make_steps(config, INFO).init)(jax.random.PRNGKey(0), fixed_batch())
-    ws, _, _ = stylegan2.draw_ws(state.params["generator"], jax.random.PRNGKey(1), 4, setup=setup)
+    ws, _, _ = stylegan2_phases.draw_ws(
+        state.params["generator"], jax.random.PRNGKey(1), 4, setup=setup
+    )
     rng = jax.random.PRNGKey(2)
     images = [
         generator.apply({"params": state.params["generator"]}, ws, rng, method="synthesis")

@@ -29,7 +29,7 @@ import numpy as np
 
 from jaxgen import data
 from jaxgen.config import ConfigDict, ConfigError
-from jaxgen.metrics import domain, fid, inception, networks  # noqa: F401 (domain, inception: networks)
+from jaxgen.metrics import domain, fid, inception_weights, networks  # noqa: F401 (domain, inception_weights: networks)
 from jaxgen.metrics.evaluators import EVALUATORS
 from jaxgen.parallel import Placement
 
