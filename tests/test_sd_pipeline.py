@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxgen import runs
-from jaxgen.config import load_workdir_config
+from jaxgen import runs, text_to_image
+from jaxgen.config import ConfigError, load_workdir_config
 from jaxgen.sampling import stable_diffusion
 from tests.e2e import run_script, stderr_lines
 
@@ -162,3 +162,43 @@ def test_final_latents_are_diffusers(imported, version, sampler, steps):
         np.asarray(out)[0].transpose(0, 3, 1, 2), want, rtol=0, atol=TOLERANCE_LATENTS
     )
     assert np.abs(want - golden["pipe_latents"]).max() > 0.1  # the sampler moved them
+
+
+@pytest.mark.parametrize(
+    "dtype,tolerance",
+    [
+        ("bfloat16", 0.05),
+        pytest.param("float16", 0.01, marks=pytest.mark.skipif(
+            jax.default_backend() == "cpu", reason="float16 runs on GPU only (one line on CPU)"
+        )),
+    ],
+)  # fmt: skip
+def test_half_precision_latents_are_close(imported, dtype, tolerance):
+    """dtype casts the weights and the networks' inputs: DDIM's 10 steps stay near diffusers'
+    float32 latents (relative to their scale), farther than float32's 1e-4."""
+    workdir, _, golden = imported["v1"]
+    run = runs.load_run(load_workdir_config(str(workdir)), str(workdir))
+    pipeline = run.steps.predict_fns["text_to_image"]
+    settings = stable_diffusion.settings_of(run.config.sample)._replace(
+        sampler="ddim", num_inference_steps=10, dtype=dtype
+    )
+    generate = jax.jit(functools.partial(pipeline.generate, settings=settings, decode=False))
+    latents = jnp.asarray(golden["pipe_latents"].transpose(0, 2, 3, 1))
+    ids, negative = pipeline.prepare([PROMPT]), pipeline.prepare([""])
+    out = generate(pipeline.params(run.state), ids, negative, jax.random.PRNGKey(0), latents)
+    want = golden["pipe_ddim_10_latents"]
+    error = np.abs(np.asarray(out)[0].transpose(0, 3, 1, 2) - want).max() / np.abs(want).max()
+    assert 1e-6 < error < tolerance, error
+
+
+def test_text_to_image_generate_on_an_imported_run(imported):
+    """jaxgen.text_to_image.generate: the run's own scheduler by default, height/width."""
+    workdir, _, _ = imported["v1"]
+    run = text_to_image.load(str(workdir))
+    images = text_to_image.generate(run, PROMPT, num_inference_steps=3, height=32, width=48)
+    assert images.shape == (1, 1, 32, 48, 3) and images.dtype == np.uint8
+    with pytest.raises(ConfigError, match="config.sample.height: must be a positive multiple"):
+        text_to_image.generate(run, PROMPT, height=30)
+    if jax.default_backend() == "cpu":
+        with pytest.raises(ConfigError, match="config.sample.dtype: float16 needs a GPU"):
+            text_to_image.generate(run, PROMPT, dtype="float16")

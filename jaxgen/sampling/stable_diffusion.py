@@ -92,6 +92,11 @@ def check_settings(sample_config: ConfigDict, scheduler_config: dict) -> None:
         raise ConfigError(
             f"config.sample.dtype: {sample_config.dtype!r}; choose from {', '.join(DTYPES)}"
         )
+    if sample_config.dtype == "float16" and jax.default_backend() == "cpu":
+        raise ConfigError(
+            "config.sample.dtype: float16 needs a GPU (XLA's CPU matmuls have no float16 with "
+            "float32 accumulation, which the U-Net's attention uses); use bfloat16 or float32"
+        )
     if not isinstance(sample_config.latents, str):
         raise ConfigError("config.sample.latents: must be a path to a .npy file ('' = none)")
     try:  # the scheduler is built on the host: its config errors name the key, before compile
