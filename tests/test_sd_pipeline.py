@@ -202,3 +202,32 @@ def test_text_to_image_generate_on_an_imported_run(imported):
     if jax.default_backend() == "cpu":
         with pytest.raises(ConfigError, match="config.sample.dtype: float16 needs a GPU"):
             text_to_image.generate(run, PROMPT, dtype="float16")
+
+
+@pytest.mark.slow  # compiles an SD train step and the sampler (about 1-2 min on an idle CPU)
+def test_finetune_sd_trains_the_unet_only(imported, tmp_path):
+    """configs/latent_diffusion/finetune_sd.py on the tiny v1 run: two steps on a captions
+    folder; the U-Net starts from the imported one and moves, the frozen stages do not."""
+    source, _, _ = imported["v1"]
+    folder = tmp_path / "captions"
+    folder.mkdir()
+    lines = []
+    for i in range(6):
+        pixels = np.random.default_rng(i).integers(0, 255, (70, 64, 3), np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+        lines.append(json.dumps({"file": f"{i}.png", "caption": f"a noisy picture {i}"}))
+    (folder / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    workdir = tmp_path / "tuned"
+    run_script(
+        "train",
+        f"--config=configs/latent_diffusion/finetune_sd.py:{source},smoke",
+        f"--workdir={workdir}",
+        f"--config.data.folder={folder}",
+    )
+    config = load_workdir_config(str(workdir))
+    tuned = runs.load_run(config, str(workdir)).state
+    start = runs.load_run(load_workdir_config(str(source)), str(source)).state
+    moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), tuned.params, start.params)
+    assert 0 < max(jax.tree.leaves(moved)) < 1e-3  # two steps at lr 1e-5 from the import
+    same = jax.tree.map(lambda a, b: bool(jnp.all(a == b)), tuned.frozen, start.frozen)
+    assert all(jax.tree.leaves(same))
