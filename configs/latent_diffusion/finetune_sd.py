@@ -6,7 +6,7 @@
     python -m experiments.sample --workdir=/tmp/sd_pokemon --config.sample.prompt="a green dragon"
 
 The argument is the imported run W (experiments/import_diffusers.py; ",smoke" appended shrinks
-training to two steps on CPU, which tests do on the tiny fixture folder). The config is W's own
+training to two steps on CPU, which tests do on the tiny fixture folder; arguments: "smoke"). The config is W's own
 (the SD U-Net, its frozen stages W/vae and W/text_encoder, the scaled_linear schedule, eps or v,
 the folder's scheduler and sampling defaults, CLIP's tokenizer W/text_encoder/tokenizer.json),
 with `init_from` = W: the U-Net starts from the imported weights (the optimizer and step afresh),
@@ -20,7 +20,7 @@ trained) while samples drift toward the folder's style within a few thousand ste
 
 import os
 
-from jaxgen.config import ConfigDict, ConfigError, load_workdir_config
+from jaxgen.config import ConfigDict, ConfigError, load_workdir_config, sibling_config
 
 
 def get_config(arg: str = "") -> ConfigDict:
@@ -31,10 +31,12 @@ def get_config(arg: str = "") -> ConfigDict:
         raise ValueError(f"configs/latent_diffusion/finetune_sd.py: one run, got {paths}")
     workdir = paths[0] if paths else "/tmp/sd"
     if not os.path.isfile(os.path.join(workdir, "config.json")):
-        raise ConfigError(
-            f"configs/latent_diffusion/finetune_sd.py: {workdir} is not a run; import one first "
-            "(python -m experiments.import_diffusers --hf_dir=D --workdir=W)"
-        )
+        # No run there (yet): emoji.py's recipe with this schedule, so that the file loads and
+        # its smoke variant validates alone (as the config checks run it); without smoke, the
+        # run's checks then name config.init_from, the missing import.
+        config = sibling_config(__file__, "emoji.py", "smoke" if smoke else "")
+        config.init_from = "" if smoke else os.path.abspath(workdir)
+        return finetuning(config, smoke, data=False)
     config = load_workdir_config(workdir)
     if "scheduler" not in config.diffusion:
         raise ConfigError(
@@ -42,10 +44,16 @@ def get_config(arg: str = "") -> ConfigDict:
             "Diffusion (experiments/import_diffusers.py)"
         )
     config.init_from = os.path.abspath(workdir)  # the imported U-Net
-    config.data.name = "captions_folder"
-    config.data.folder = ""  # required: captions.jsonl and its images
-    config.data.val_fraction = 0.1
-    config.data.augment = ""  # SD fine-tunes on the images as they are (resized)
+    return finetuning(config, smoke)
+
+
+def finetuning(config: ConfigDict, smoke: bool, data: bool = True) -> ConfigDict:
+    """The fine-tuning data, optimizer and schedule on top of a latent diffusion config."""
+    if data:
+        config.data.name = "captions_folder"
+        config.data.folder = ""  # required: captions.jsonl and its images
+        config.data.val_fraction = 0.1
+        config.data.augment = ""  # SD fine-tunes on the images as they are (resized)
 
     config.optim.lr = 1e-5  # a pretrained U-Net: a small step (diffusers' examples: 1e-5)
     config.optim.schedule = "constant"
