@@ -27,6 +27,7 @@ import numpy as np
 from jaxgen import images, runs
 from jaxgen.config import ConfigError, load_workdir_config
 from jaxgen.sampling import latent_diffusion as sampling
+from jaxgen.sampling import stable_diffusion
 
 # (id(run), settings) -> (run, compiled generate), most recent last. The run is kept beside its
 # id so that an id reused by a later object never hits a stale entry.
@@ -52,12 +53,16 @@ def generate(
     num_inference_steps: int = 50,
     seed: int = 0,
     num_images_per_prompt: int = 1,
-    sampler: str = "ddim",
+    sampler: str | None = None,
     eta: float = 0.0,
     output: str = "uint8",
+    **imported,
 ) -> np.ndarray:
     """Images [P, N, H, W, C] for P prompts (a list, or one string with '|' between prompts),
-    N = num_images_per_prompt each: uint8 in [0, 255], or floats in [-1, 1] with output="float"."""
+    N = num_images_per_prompt each: uint8 in [0, 255], or floats in [-1, 1] with output="float".
+
+    sampler None: "ddim", or for an imported Stable Diffusion (experiments/import_diffusers.py)
+    its own scheduler; such a run also takes height, width and dtype (sampling/stable_diffusion)."""
     run = load(run_or_workdir) if isinstance(run_or_workdir, str) else run_or_workdir
     if output not in ("uint8", "float"):
         raise ConfigError(f"output: {output!r}; choose from uint8, float")
@@ -65,6 +70,13 @@ def generate(
     if any("|" in prompt for prompt in prompts):
         raise ConfigError("prompts: a prompt may not contain '|' (it separates prompts)")
     sample = run.config.sample.copy_and_resolve_references()
+    is_imported = "scheduler" in run.config.diffusion
+    if sampler is None:
+        sampler = "" if is_imported else "ddim"
+    for key in imported:
+        if not is_imported or key not in ("height", "width", "dtype"):
+            raise ConfigError(f"{key}: not an argument of generate for this run")
+    sample.update(imported)
     sample.update(
         prompt="|".join(prompts),
         negative_prompt=negative_prompt,
@@ -76,9 +88,14 @@ def generate(
         eta=eta,
     )
     config = run.config
-    sampling.check_settings(sample, config.diffusion.num_timesteps, config.loss.caption_dropout)
+    if is_imported:
+        stable_diffusion.check_settings(sample, config.diffusion.scheduler.to_dict())
+        settings = stable_diffusion.settings_of(sample)
+    else:
+        sampling.check_settings(sample, config.diffusion.num_timesteps, config.loss.caption_dropout)
+        settings = sampling.image_settings(sample)
     pipeline = run.steps.predict_fns["text_to_image"]
-    compiled = _compiled(run, pipeline, sampling.image_settings(sample))
+    compiled = _compiled(run, pipeline, settings)
     ids, negative = pipeline.prepare(prompts), pipeline.prepare([negative_prompt])
     grid = compiled(run.state, ids, negative, jax.random.PRNGKey(seed))
     grid = np.asarray(jax.device_get(grid))

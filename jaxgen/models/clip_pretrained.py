@@ -213,16 +213,23 @@ class Clip(nn.Module):
     encode_pixels takes the processor's pixel_values (NHWC); encode_image takes jaxgen images in
     [-1, 1] at any size, resized in the graph (bicubic, antialiased: close to, not exactly, PIL's)
     to image_size and normalised with the processor's mean and std.
+
+    vision None: CLIPTextModel alone (Stable Diffusion's text_encoder/): the text tower without
+    projections, whose encode_text gives the condition; it has no image side (encode_image is
+    one line naming config.model.vision) and is a clip run only to be a latent diffusion run's
+    text encoder.
     """
 
     text: dict  # TextTransformer's fields
-    vision: dict  # VisionTransformer's fields
-    projection_dim: int
+    vision: dict | None  # VisionTransformer's fields; None: the text tower alone
+    projection_dim: int | None
     image_mean: tuple[float, ...] = OPENAI_MEAN
     image_std: tuple[float, ...] = OPENAI_STD
 
     def setup(self):
         self.text_model = TextTransformer(**self.text)
+        if self.vision is None:
+            return
         self.vision_model = VisionTransformer(**self.vision)
         self.visual_projection = nn.Dense(self.projection_dim, use_bias=False)
         self.text_projection = nn.Dense(self.projection_dim, use_bias=False)
@@ -237,6 +244,8 @@ class Clip(nn.Module):
     def text_features(self, ids: jax.Array) -> tuple[jax.Array, TextOutput]:
         """(the projected text embedding [B, projection_dim] (not normalised), TextOutput)."""
         out = self.text_model(ids)
+        if self.vision is None:  # CLIPTextModel: no projection
+            return out.pooled, out
         return self.text_projection(out.pooled), out
 
     def encode_pixels(self, pixels: jax.Array) -> jax.Array:
@@ -246,6 +255,11 @@ class Clip(nn.Module):
     def encode_image(self, image: jax.Array) -> jax.Array:
         """Unit-norm image embeddings of jaxgen images [B, H, W, C] in [-1, 1] (C = 1: gray,
         repeated to RGB as PIL's convert("RGB") does)."""
+        if self.vision is None:
+            raise ConfigError(
+                "config.model.vision: none: this CLIP is a text encoder alone (a Stable "
+                "Diffusion text_encoder/); it has no image tower to embed or score images with"
+            )
         if image.shape[-1] == 1:
             image = jnp.repeat(image, 3, axis=-1)
         size = self.vision["image_size"]
@@ -261,6 +275,8 @@ class Clip(nn.Module):
 
     def __call__(self, image: jax.Array, ids: jax.Array) -> ClipOutput:
         text_embeds, _ = self.encode_text(ids)
+        if self.vision is None and self.is_initializing():  # the text tower's params only
+            return ClipOutput(text_embeds, text_embeds, jnp.zeros(()))
         scale = jnp.minimum(self.logit_scale, MAX_LOGIT_SCALE)
         return ClipOutput(self.encode_image(image), text_embeds, scale)
 
@@ -394,12 +410,26 @@ def model_config(sizes: dict, processor: dict) -> dict:
     }
 
 
+def text_model_config(sizes: dict) -> dict:
+    """config.model of a clip family run of a CLIPTextModel alone (SD's text_encoder/)."""
+    return {
+        "name": "clip_pretrained",
+        "text": text_kwargs(sizes),
+        "vision": None,
+        "projection_dim": None,
+        "processor": None,
+    }
+
+
 def check_config(config_model) -> None:
     """ConfigError naming the first config.model field a Clip cannot be built from."""
     for field in MODEL_FIELDS:
         if field not in config_model:
             raise ConfigError(f"config.model.{field}: missing (a clip_pretrained model needs it)")
-    for tower, fields in (("text", TextTransformer), ("vision", VisionTransformer)):
+    towers = (("text", TextTransformer), ("vision", VisionTransformer))
+    if config_model.vision is None:  # a text encoder alone: no image side to check
+        towers = towers[:1]
+    for tower, fields in towers:
         wanted = {f.name for f in dataclasses.fields(fields) if f.name not in ("parent", "name")}
         given = set(config_model[tower].keys())
         for name in sorted(wanted ^ given):
@@ -413,6 +443,8 @@ def check_config(config_model) -> None:
         if config_model[tower]["width"] % config_model[tower]["heads"]:
             raise ConfigError(f"config.model.{tower}.heads: does not divide the width")
     for name in ("image_mean", "image_std"):
+        if config_model.vision is None:
+            break
         if len(config_model.processor[name]) != 3:
             raise ConfigError(f"config.model.processor.{name}: needs 3 values (RGB)")
 
@@ -431,6 +463,8 @@ def make_model(config_model, vocab_size: int, caption_len: int) -> "Clip":
             f"config.data.caption_len: {caption_len} > the text tower's {text['positions']} "
             "positions"
         )
+    if config_model.vision is None:
+        return Clip(text=flax.core.FrozenDict(_plain(text)), vision=None, projection_dim=None)
     return Clip(
         text=flax.core.FrozenDict(_plain(text)),
         vision=flax.core.FrozenDict(_plain(config_model.vision)),

@@ -308,10 +308,15 @@ GRID_SETTINGS = (
 )  # fmt: skip
 
 
+# config.sample fields of an imported Stable Diffusion run (sampling/stable_diffusion.py).
+IMPORTED_SETTINGS = ("height", "width", "latents", "dtype")
+
+
 def file_tag(sample_config: ConfigDict) -> str:
     """The end of a prompt grid's file name: _seed<S>_g<guidance>_<8 hex digits of the other
     settings>, so that a call with other prompts or settings never overwrites an earlier grid."""
-    others = {k: sample_config[k] for k in GRID_SETTINGS if k not in ("seed", "guidance_scale")}
+    names = GRID_SETTINGS + tuple(k for k in IMPORTED_SETTINGS if k in sample_config)
+    others = {k: sample_config[k] for k in names if k not in ("seed", "guidance_scale")}
     digest = hashlib.sha1(json.dumps(others, sort_keys=True).encode()).hexdigest()[:8]
     return f"_seed{sample_config.seed}_g{sample_config.guidance_scale:g}_{digest}"
 
@@ -322,6 +327,7 @@ def write_prompt_images(config: ConfigDict, name: str, array: np.ndarray, stem: 
     `stem`.json; returns the grid's path."""
     path = samples.write_image_grid(config, name, array, stem)
     settings = {k: config.sample[k] for k in GRID_SETTINGS}
+    settings |= {k: config.sample[k] for k in IMPORTED_SETTINGS if k in config.sample}
     settings["prompts"] = parse_prompts(settings.pop("prompt"), "config.sample.prompt")
     with writing(stem + ".json"), open(stem + ".json", "w", encoding="utf-8") as f:
         json.dump(settings, f, indent=1)

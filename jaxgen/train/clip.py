@@ -92,7 +92,8 @@ def text_features(params, ids, *, model):
 def make_scorer(config: ConfigDict, info: Any, model) -> Scorer:
     """predict_fns["clip_scorer"]: an imported CLIP takes CLIPImageProcessor's pixel_values
     (config.model.processor), ours the data's images."""
-    if config.model.name == models.PRETRAINED:
+    # A text encoder alone (vision None) has no image side: its encode_image says so.
+    if config.model.name == models.PRETRAINED and config.model.get("vision") is not None:
         processor = config.model.processor.to_dict()
         processor["crop"] = tuple(processor["crop"])
         preprocess = functools.partial(metrics.preprocess, processor=processor)

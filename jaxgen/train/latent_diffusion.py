@@ -51,6 +51,7 @@ from jaxgen.models import latent_unet
 from jaxgen.models.clip import PAD_ID
 from jaxgen.parallel import example_rngs
 from jaxgen.sampling import latent_diffusion as sampling
+from jaxgen.sampling import stable_diffusion
 from jaxgen.sampling.latent_diffusion import encode_text
 from jaxgen.train import latent_stages
 from jaxgen.train import state as train_state
@@ -85,10 +86,23 @@ def validate(config: ConfigDict, info: Any) -> None:
         raise ConfigError(
             f"config.loss.caption_dropout: must be in [0, 1), got {config.loss.caption_dropout}"
         )
-    sampling.check_settings(config.sample, num_steps, config.loss.caption_dropout)
+    if imported(config):  # diffusers' schedulers, from the imported folder's config
+        stable_diffusion.check_settings(config.sample, scheduler_config(config))
+    else:
+        sampling.check_settings(config.sample, num_steps, config.loss.caption_dropout)
     for name, entry in config.evals.items():
         check_eval_entry(config, info, name, entry)
     latent_stages.check_stages(config, info, latent_stages.stages_of(config))
+
+
+def imported(config: ConfigDict) -> bool:
+    """Whether the run is an imported Stable Diffusion (experiments/import_diffusers.py): it
+    holds the folder's scheduler_config.json as config.diffusion.scheduler."""
+    return "scheduler" in config.diffusion
+
+
+def scheduler_config(config: ConfigDict) -> dict:
+    return config.diffusion.scheduler.to_dict()
 
 
 def check_eval_entry(config: ConfigDict, info: Any, name: str, entry: ConfigDict) -> None:
@@ -308,20 +322,36 @@ def make_steps(config: ConfigDict, info: Any, axis_name: str | None = None) -> S
         return functools.partial(score, latent_shape=latent_shape)
 
     tokenizer = data.get_tokenizers(config.data)["tokenizer"]
-    pipeline = sampling.make_pipeline(
-        tokenizer,
-        caption_len,
-        **models,
-        parameterisation=parameterisation,
-        latent_shape=latent_shape,
-    )
     prompts = sampling.parse_prompts(config.sample.prompt, "config.sample.prompt")
+    if imported(config):
+        pipeline = stable_diffusion.make_pipeline(
+            tokenizer,
+            caption_len,
+            scheduler_config=scheduler_config(config),
+            unet=unet,
+            autoencoder=ae,
+            clip=text_model,
+        )
+        latents = stable_diffusion.read_latents(config.sample, len(prompts))
+        grid = functools.partial(
+            stable_diffusion.sample_grid,
+            settings=stable_diffusion.settings_of(config.sample),
+            latents=None if latents is None else jnp.asarray(latents),
+        )
+    else:
+        pipeline = sampling.make_pipeline(
+            tokenizer,
+            caption_len,
+            **models,
+            parameterisation=parameterisation,
+            latent_shape=latent_shape,
+        )
+        grid = functools.partial(sample_grid, settings=sampling.image_settings(config.sample))
     grid = functools.partial(
-        sample_grid,
+        grid,
         pipeline=pipeline,
         prompt_ids=jnp.asarray(pipeline.prepare(prompts)),
         negative_ids=jnp.asarray(pipeline.prepare([config.sample.negative_prompt])),
-        settings=sampling.image_settings(config.sample),
     )
     tables = sampling.caption_tables(config.data, tokenizer)
     return Steps(
