@@ -11,7 +11,7 @@ one, so reading an archive never runs code from it.
     tensors = torch_archive.read_tensors("default_1.pt")  # {"net.layers.conv.weight": array}
 
 Deliberately not here: the legacy (pre-zip) torch.save format, which still needs torch,
-and mapping names onto a model (that lives beside the model, e.g. metrics/inception.py).
+and mapping names onto a model (that lives beside the model, e.g. metrics/inception_weights.py).
 """
 
 import collections

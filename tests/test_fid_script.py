@@ -126,7 +126,9 @@ def test_dataset_splits_and_folders_mix_in_process(tmp_path, monkeypatch, capsys
     (the route, not the network: the wheel tests above check that)."""
     import jax.numpy as jnp
     from absl import flags
+    from absl.testing import flagsaver
 
+    import experiments.import_diffusers  # noqa: F401  required flags of another script
     from experiments import fid as fid_script
     from jaxgen.metrics import networks
 
@@ -138,11 +140,14 @@ def test_dataset_splits_and_folders_mix_in_process(tmp_path, monkeypatch, capsys
     fake = networks.FeatureNetwork("fake", {}, features, None, 0, str(tmp_path), "fake")
     monkeypatch.setattr(fid_script.inception_weights, "resolve_weights", lambda path, field: path)
     monkeypatch.setattr(fid_script.inception_weights, "load", lambda path, field: fake)
-    flags.FLAGS(["fid", "--batch_size=16"])
-    fid_script.main(["fid", "data:mnist:test:64", "data:mnist:test:64"])
-    assert abs(printed_line(capsys, "FID")) < 1e-6
-    folder = write_images(tmp_path / "grey", 5)
-    fid_script.main(["fid", "data:mnist:test:64", str(folder)])
+    # Set this script's flags alone: parsing the whole of FLAGS would also check the required
+    # flags of every other script a test imported into this process.
+    flags.FLAGS.mark_as_parsed()
+    with flagsaver.flagsaver(batch_size=16):
+        fid_script.main(["fid", "data:mnist:test:64", "data:mnist:test:64"])
+        assert abs(printed_line(capsys, "FID")) < 1e-6
+        folder = write_images(tmp_path / "grey", 5)
+        fid_script.main(["fid", "data:mnist:test:64", str(folder)])
     value = printed_line(capsys, "FID")
     # The folder's features in NumPy from the PNGs; the split's from the statistics cache.
     pixels = [
