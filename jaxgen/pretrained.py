@@ -22,6 +22,7 @@ A model's converter (the map from the publisher's names to our params) lives bes
 """
 
 import errno
+import json
 import os
 import shutil
 import tempfile
@@ -49,6 +50,21 @@ class WeightError(ValueError):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))
+
+
+def read_json_object(path: str, missing: str) -> dict:
+    """A published model's JSON object file (config.json, ...); one WeightError line naming
+    the path if it is missing (`missing` says what that means), not JSON, or not an object."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except FileNotFoundError:
+        raise WeightError(f"{path}: missing ({missing})") from None
+    except (OSError, ValueError) as error:
+        raise WeightError(f"{path}: not JSON ({' '.join(str(error).split())})") from None
+    if not isinstance(raw, dict):
+        raise WeightError(f"{path}: not a JSON object (a {type(raw).__name__})")
+    return raw
 
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:

@@ -128,7 +128,6 @@ def test_dataset_splits_and_folders_mix_in_process(tmp_path, monkeypatch, capsys
     from absl import flags
     from absl.testing import flagsaver
 
-    import experiments.import_diffusers  # noqa: F401  required flags of another script
     from experiments import fid as fid_script
     from jaxgen.metrics import networks
 

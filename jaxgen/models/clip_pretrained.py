@@ -37,7 +37,6 @@ after the end token from every real token), dropout, and position-embedding inte
 """
 
 import dataclasses
-import json
 import math
 import os
 from typing import NamedTuple
@@ -287,16 +286,7 @@ def _normalize(x: jax.Array) -> jax.Array:
 
 
 def _read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-    except FileNotFoundError:
-        raise WeightError(f"{path}: missing (not a Hugging Face CLIP folder?)") from None
-    except (OSError, ValueError) as error:
-        raise WeightError(f"{path}: not JSON ({' '.join(str(error).split())})") from None
-    if not isinstance(raw, dict):
-        raise WeightError(f"{path}: not a JSON object")
-    return raw
+    return pretrained.read_json_object(path, "not a Hugging Face CLIP folder?")
 
 
 def _tower_sizes(raw: dict, path: str, where: str, defaults=(512, 12, 8, 2048)) -> dict:

@@ -14,13 +14,12 @@ jaxgen's GPT (models/gpt.py) has HF GPT-2's layout up to Conv1D's [in, out] kern
 Every error is a pretrained.WeightError: one line naming the file (and the tensor).
 """
 
-import json
 import os
 
 import numpy as np
 import tokenizers as hf
 
-from jaxgen import tokenizers
+from jaxgen import pretrained, tokenizers
 from jaxgen.config import is_number
 from jaxgen.pretrained import Tensors, WeightError
 
@@ -32,15 +31,7 @@ BUFFERS = ("attn.bias", "attn.masked_bias", "lm_head.weight")  # not parameters 
 def read_hf_config(hf_dir: str) -> dict:
     """config.json's sizes, checked: {layers, heads, width, positions, vocab, epsilon}."""
     path = os.path.join(hf_dir, "config.json")
-    if not os.path.isfile(path):
-        raise WeightError(f"{path}: missing (not a Hugging Face model folder?)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-    except (OSError, ValueError) as error:
-        raise WeightError(f"{path}: not JSON ({error})") from None
-    if not isinstance(raw, dict):
-        raise WeightError(f"{path}: not a JSON object (a {type(raw).__name__})")
+    raw = pretrained.read_json_object(path, "not a Hugging Face model folder?")
     if raw.get("model_type") != "gpt2":
         raise WeightError(f"{path}: model_type is {raw.get('model_type')!r}, not 'gpt2'")
     sizes = {

@@ -16,7 +16,6 @@ is a WeightError naming the file and the tensor. The CLIP text encoder and the t
 models/clip's concern; the scheduler config is jaxgen.sampling's.
 """
 
-import json
 import os
 import re
 from typing import Any, NamedTuple
@@ -25,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen import pretrained
 from jaxgen.config import ConfigDict, ConfigError
 from jaxgen.models import sd_unet, sd_vae
 from jaxgen.pretrained import Tensors, WeightError, fit_params, read_weights
@@ -87,15 +87,7 @@ class Component(NamedTuple):
 def read_config(hf_dir: str, component: str) -> tuple[dict, str]:
     """(config.json of hf_dir/component, its path); WeightError if it is missing or not JSON."""
     path = os.path.join(hf_dir, component, "config.json")
-    if not os.path.isfile(path):
-        raise WeightError(f"{path}: missing (the folder has no {component} component)")
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = json.load(f)
-    except (OSError, ValueError) as error:
-        raise WeightError(f"{path}: not JSON ({error})") from None
-    if not isinstance(raw, dict):
-        raise WeightError(f"{path}: not a JSON object")
+    raw = pretrained.read_json_object(path, f"the folder has no {component} component")
     return raw, path
 
 
