@@ -37,7 +37,8 @@ from jaxgen.workdir import write_atomic
 flags.DEFINE_string("clip", None, "A clip run: experiments.import_clip's, or one trained here.")
 flags.DEFINE_string("images", None, "A folder of images with a captions.jsonl.")
 flags.DEFINE_string("out", None, "Where to write the per-pair scores as JSON (optional).")
-flags.DEFINE_integer("batch_size", 32, "Pairs per forward pass.")
+# allow_override: fid.py defines batch_size too, and tests import both into one process.
+flags.DEFINE_integer("batch_size", 32, "Pairs per forward pass.", allow_override=True)
 flags.mark_flags_as_required(["clip", "images"])
 
 

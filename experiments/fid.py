@@ -37,7 +37,10 @@ from jaxgen.metrics import fid, inception_weights, networks
 
 flags.DEFINE_string("save_stats", None, "Write mu and sigma of the one folder given to this .npz.")
 flags.DEFINE_bool("kid", False, "Also print the Kernel Inception Distance (two folders).")
-flags.DEFINE_integer("batch_size", 50, "Images per Inception batch (rounded up to the devices).")
+# allow_override: clip_score.py defines batch_size too, and tests import both into one process.
+flags.DEFINE_integer(
+    "batch_size", 50, "Images per Inception batch (rounded up to the devices).", allow_override=True
+)
 flags.DEFINE_string(
     "weights",
     "",
